@@ -1,0 +1,6 @@
+"""`python -m botasync` runs the command line."""
+
+from botasync.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""Configuration: one TOML file, overridable by the environment, validated by pydantic.
+
+The key names are a public contract (README, `config/botasync.example.toml`): add
+keys freely, rename none. Loading is pure apart from reading the file itself and
+the key file; every problem becomes one `ConfigError` line that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from botasync.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.bota.dev/v1"
+RECORDING_STATUSES = ("pending", "uploaded", "processing", "completed", "failed")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ApiConfig(_Section):
+    """How to reach the Bota API and how hard to use it."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: SecretStr = SecretStr("")
+    api_key_file: str = ""
+    timeout_s: float = Field(30.0, gt=0)
+    requests_per_minute: int = Field(90, ge=1)
+    max_retries: int = Field(5, ge=0)
+    concurrency: int = Field(4, ge=1, le=64)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class SyncConfig(_Section):
+    """What a pass walks and how it decides what to fetch."""
+
+    interval_s: float = Field(60, gt=0)
+    page_size: int = Field(100, ge=1, le=100)
+    detail: Literal["changed", "always", "never"] = "changed"
+    reconcile_every_s: float = Field(21600, gt=0)
+    reconcile_budget_share: float = Field(0.3, gt=0, le=1)
+    device_id: str = ""
+    end_user_id: str = ""
+
+
+class DatabaseConfig(_Section):
+    """Where the mirror lives."""
+
+    path: str = "botasync.db"
+
+
+class EventsConfig(_Section):
+    """How the outbox delivers."""
+
+    deliver_backfill: bool = False
+    max_attempts: int = Field(10, ge=1)
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(3600.0, gt=0)
+
+
+class _Handler(_Section):
+    name: str = Field(min_length=1)
+    events: list[str] = Field(default_factory=lambda: ["*"])
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class CommandHandlerConfig(_Handler):
+    """Run a program (argv, no shell) with the event JSON on stdin."""
+
+    type: Literal["command"]
+    command: list[str] = Field(min_length=1)
+
+
+class WebhookHandlerConfig(_Handler):
+    """POST the event JSON to a URL, HMAC-SHA256 signed."""
+
+    type: Literal["webhook"]
+    url: str
+    secret_env: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class PythonHandlerConfig(_Handler):
+    """Call `module:function` or an entry point of group `botasync.handlers`."""
+
+    type: Literal["python"]
+    target: str = Field(min_length=1)
+
+
+class LogHandlerConfig(_Handler):
+    """Write each event to the log."""
+
+    type: Literal["log"]
+
+
+HandlerConfig = Annotated[
+    CommandHandlerConfig | WebhookHandlerConfig | PythonHandlerConfig | LogHandlerConfig,
+    Field(discriminator="type"),
+]
+
+
+class MediaConfig(_Section):
+    """Optional mirroring of the media files themselves."""
+
+    download: bool = False
+    types: list[Literal["audio", "image", "video"]] = Field(default_factory=lambda: ["audio"])
+    files_dir: str = "botasync-files"
+    requests_per_minute: int = Field(25, ge=1)
+    concurrency: int = Field(2, ge=1, le=16)
+    min_free_bytes: int = Field(1_073_741_824, ge=0)
+
+
+class LoggingConfig(_Section):
+    """Log level and format (JSON for services, pretty on a terminal)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    handlers: list[HandlerConfig] = Field(default_factory=list)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("handlers")
+    @classmethod
+    def _unique_names(cls, v: list[Any]) -> list[Any]:
+        names = [h.name for h in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"handler names must be unique, repeated: {', '.join(sorted(dup))}")
+        return v
+
+    def api_key(self) -> str:
+        """The API key in clear, for the Authorization header only."""
+        return self.api.api_key.get_secret_value()
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as plain data, the key shown as `***`."""
+        data = self.model_dump(mode="json")
+        if data["api"]["api_key"]:
+            data["api"]["api_key"] = "***"
+        return data
+
+
+def _describe(err: ValidationError) -> str:
+    """Turn pydantic's report into one line naming the key, like `[api] timeout_s: ...`."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if loc and loc[0] == "handlers" and len(loc) > 1:
+        where = f"[[handlers]] #{int(loc[1]) + 1}"
+        # pydantic puts the union's tag (the handler type) before the field name
+        key = ".".join(loc[3:] if len(loc) > 3 else loc[2:3])
+    elif len(loc) > 1:
+        where, key = f"[{loc[0]}]", ".".join(loc[1:])
+    else:
+        where, key = (loc[0] if loc else "config"), ""
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "union_tag_invalid" or first["type"] == "union_tag_not_found":
+        msg = "type must be one of command, webhook, python, log"
+    extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{where} {key}: {msg}{extra}" if key else f"{where}: {msg}{extra}"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The environment wins over the file for the key, the URL and the database."""
+    api = data.setdefault("api", {})
+    if not isinstance(api, dict):
+        raise ConfigError("[api] must be a table")
+    if env.get("BOTA_API_KEY"):
+        api["api_key"] = env["BOTA_API_KEY"]
+    if env.get("BOTA_API_URL"):
+        api["base_url"] = env["BOTA_API_URL"]
+    if env.get("BOTASYNC_DB"):
+        db = data.setdefault("database", {})
+        if not isinstance(db, dict):
+            raise ConfigError("[database] must be a table")
+        db["path"] = env["BOTASYNC_DB"]
+
+
+def _resolve_key_file(cfg: Config, base: Path) -> None:
+    """Read `api_key_file` (systemd credentials) when no key was given directly."""
+    if cfg.api.api_key.get_secret_value() or not cfg.api.api_key_file:
+        return
+    raw = cfg.api.api_key_file
+    if "%d" in raw:
+        raw = raw.replace("%d", os.environ.get("CREDENTIALS_DIRECTORY", ""))
+    path = Path(raw) if Path(raw).is_absolute() else base / raw
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"[api] api_key_file: {path} does not exist") from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
+        raise ConfigError(f"[api] api_key_file: {path} cannot be read ({type(e).__name__})") from None
+    if not key:
+        raise ConfigError(f"[api] api_key_file: {path} is empty")
+    cfg.api.api_key = SecretStr(key)
+
+
+def config_path(explicit: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    """The file to read: `--config`, else `BOTASYNC_CONFIG`, else none (defaults)."""
+    if explicit:
+        return Path(explicit)
+    if env.get("BOTASYNC_CONFIG"):
+        return Path(env["BOTASYNC_CONFIG"])
+    return None
+
+
+def load(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Read, merge and validate the configuration; raise `ConfigError` with one line."""
+    env = os.environ if env is None else env
+    file = config_path(path, env)
+    data: dict[str, Any] = _read_toml(file) if file else {}
+    _apply_env(data, env)
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+    _resolve_key_file(cfg, file.parent if file else Path.cwd())
+    return cfg

@@ -1,0 +1,151 @@
+"""Numbered schema steps, applied at start; `PRAGMA user_version` says which ran.
+
+The tables and columns are a public contract: people query them directly. A step
+is never edited once released; a change is a new step (and a note in the README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botasync.errors import MigrationError
+
+STEPS: tuple[str, ...] = (
+    # 1: the mirror, the outbox and the pass log
+    """
+    CREATE TABLE recordings (
+        id               TEXT PRIMARY KEY,
+        device_id        TEXT,
+        end_user_id      TEXT,
+        name             TEXT,
+        status           TEXT NOT NULL,
+        duration_ms      INTEGER,
+        started_at       TEXT,
+        ended_at         TEXT,
+        transcription_id TEXT,
+        metadata         TEXT,            -- JSON text, or NULL
+        created_at       TEXT,
+        raw              TEXT NOT NULL,   -- the JSON as received, unknown fields kept
+        fingerprint      TEXT,            -- of the list item, see fingerprint.py
+        first_seen_at    TEXT NOT NULL,
+        synced_at        TEXT NOT NULL,
+        deleted_at       TEXT             -- tombstone: confirmed gone remotely
+    );
+    CREATE INDEX recordings_status ON recordings(status);
+    CREATE INDEX recordings_device_id ON recordings(device_id);
+    CREATE INDEX recordings_end_user_id ON recordings(end_user_id);
+    CREATE INDEX recordings_created_at ON recordings(created_at);
+
+    CREATE TABLE media (
+        id               TEXT PRIMARY KEY,
+        recording_id     TEXT NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+        position         INTEGER NOT NULL, -- order within the recording's media list
+        type             TEXT,
+        mime_type        TEXT,
+        file_size_bytes  INTEGER,
+        status           TEXT,
+        captured_at      TEXT,
+        created_at       TEXT,
+        raw              TEXT NOT NULL
+    );
+    CREATE INDEX media_recording_id ON media(recording_id);
+
+    CREATE TABLE events (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        id               TEXT NOT NULL UNIQUE,
+        type             TEXT NOT NULL,
+        recording_id     TEXT,
+        created_at       TEXT NOT NULL,
+        payload          TEXT NOT NULL,    -- the JSON envelope, exactly as delivered
+        backfill         INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX events_type ON events(type);
+    CREATE INDEX events_recording_id ON events(recording_id);
+
+    CREATE TABLE handler_cursors (
+        handler          TEXT PRIMARY KEY,
+        seq              INTEGER NOT NULL  -- every event up to here is settled
+    );
+
+    CREATE TABLE deliveries (
+        handler          TEXT NOT NULL,
+        event_seq        INTEGER NOT NULL REFERENCES events(seq),
+        state            TEXT NOT NULL,    -- pending | delivered | dead
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        last_error       TEXT,
+        last_attempt_at  TEXT,
+        next_attempt_at  TEXT,
+        delivered_at     TEXT,
+        PRIMARY KEY (handler, event_seq)
+    );
+    CREATE INDEX deliveries_state ON deliveries(state);
+
+    CREATE TABLE sync_runs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind             TEXT NOT NULL,    -- full | reconcile | head | hot
+        started_at       TEXT NOT NULL,
+        ended_at         TEXT,
+        pages            INTEGER NOT NULL DEFAULT 0,
+        requests         INTEGER NOT NULL DEFAULT 0,
+        seen             INTEGER NOT NULL DEFAULT 0,
+        created          INTEGER NOT NULL DEFAULT 0,
+        updated          INTEGER NOT NULL DEFAULT 0,
+        unchanged        INTEGER NOT NULL DEFAULT 0,
+        invalid          INTEGER NOT NULL DEFAULT 0,
+        deleted          INTEGER NOT NULL DEFAULT 0,
+        events           INTEGER NOT NULL DEFAULT 0,
+        position         INTEGER,          -- checkpoint: the walk's next offset
+        complete         INTEGER NOT NULL DEFAULT 0,
+        error            TEXT
+    );
+    CREATE INDEX sync_runs_kind ON sync_runs(kind, id);
+
+    CREATE TABLE state (
+        key              TEXT PRIMARY KEY,
+        value            TEXT NOT NULL
+    );
+    """,
+)
+
+LATEST = len(STEPS)
+
+
+def pending_steps(current: int) -> list[tuple[int, str]]:
+    """The steps still to run from version `current`; refuse a newer database."""
+    if current > LATEST:
+        raise MigrationError(
+            f"database schema version {current} is newer than this botasync knows ({LATEST}); "
+            "upgrade botasync"
+        )
+    return [(n, STEPS[n - 1]) for n in range(current + 1, LATEST + 1)]
+
+
+async def apply(conn: Any) -> int:
+    """Bring an aiosqlite connection to `LATEST`, each step committed with its number."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    current = int(row[0])
+    for number, sql in pending_steps(current):
+        # executescript would COMMIT first and run outside our transaction: run the
+        # statements one by one inside BEGIN so a crash leaves the step all or nothing.
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _statements(sql):
+                await conn.execute(stmt)
+            await conn.execute(f"PRAGMA user_version = {number}")
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+    return LATEST
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a step on `;` (the steps hold no `;` inside strings or triggers)."""
+    out = []
+    for part in sql.split(";"):
+        lines = [ln.split("--", 1)[0] for ln in part.splitlines()]
+        stmt = "\n".join(lines).strip()
+        if stmt:
+            out.append(stmt)
+    return out
