@@ -25,6 +25,7 @@ from pydantic import (
 from botasync.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.bota.dev/v1"
+MediaType = Literal["audio", "image", "video"]
 RECORDING_STATUSES = ("pending", "uploaded", "processing", "completed", "failed")
 
 
@@ -41,6 +42,8 @@ class ApiConfig(_Section):
     timeout_s: float = Field(30.0, gt=0)
     requests_per_minute: int = Field(90, ge=1)
     max_retries: int = Field(5, ge=0)
+    retry_base_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
     concurrency: int = Field(4, ge=1, le=64)
 
     @field_validator("base_url")
@@ -129,7 +132,7 @@ class MediaConfig(_Section):
     """Optional mirroring of the media files themselves."""
 
     download: bool = False
-    types: list[Literal["audio", "image", "video"]] = Field(default_factory=lambda: ["audio"])
+    types: list[MediaType] = Field(default_factory=lambda: list[MediaType](["audio"]))
     files_dir: str = "botasync-files"
     requests_per_minute: int = Field(25, ge=1)
     concurrency: int = Field(2, ge=1, le=16)

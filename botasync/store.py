@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +23,9 @@ import aiosqlite
 
 from botasync import migrations
 from botasync.errors import MigrationError, StoreError
+from botasync.events import Event
+from botasync.jsoncodec import dumps, loads
+from botasync.models import Recording
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -133,3 +137,231 @@ def _why(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror.lower()
     return str(e) or type(e).__name__
+
+
+# --- the mirror: what a pass reads and writes -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """One recording to write: validated, as received, and the list item's fingerprint."""
+
+    recording: Recording
+    raw: dict[str, Any]
+    fingerprint: str | None
+    is_new: bool
+
+
+@dataclass
+class PageWrite:
+    """Everything one page changes; written in one transaction, events included."""
+
+    upserts: list[Upsert] = field(default_factory=list)
+    tombstones: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    backfill: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.upserts or self.tombstones or self.events)
+
+
+_UPSERT_RECORDING = """
+INSERT INTO recordings (id, device_id, end_user_id, name, status, duration_ms, started_at,
+    ended_at, transcription_id, metadata, created_at, raw, fingerprint, first_seen_at,
+    synced_at, deleted_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
+ON CONFLICT(id) DO UPDATE SET
+    device_id = excluded.device_id, end_user_id = excluded.end_user_id, name = excluded.name,
+    status = excluded.status, duration_ms = excluded.duration_ms,
+    started_at = excluded.started_at, ended_at = excluded.ended_at,
+    transcription_id = excluded.transcription_id, metadata = excluded.metadata,
+    created_at = excluded.created_at, raw = excluded.raw, fingerprint = excluded.fingerprint,
+    synced_at = excluded.synced_at, deleted_at = NULL
+"""
+
+_UPSERT_MEDIA = """
+INSERT INTO media (id, recording_id, position, type, mime_type, file_size_bytes, status,
+    captured_at, created_at, raw)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET
+    recording_id = excluded.recording_id, position = excluded.position, type = excluded.type,
+    mime_type = excluded.mime_type, file_size_bytes = excluded.file_size_bytes,
+    status = excluded.status, captured_at = excluded.captured_at,
+    created_at = excluded.created_at, raw = excluded.raw
+"""
+
+
+def _recording_row(u: Upsert, now: str) -> tuple[Any, ...]:
+    r = u.recording
+    meta = dumps(r.metadata) if r.metadata is not None else None
+    return (
+        r.id, r.device_id, r.end_user_id, r.name, r.status, r.duration_ms, r.started_at,
+        r.ended_at, r.transcription_id, meta, r.created_at, dumps(u.raw), u.fingerprint, now, now,
+    )
+
+
+def _media_rows(u: Upsert) -> list[tuple[Any, ...]]:
+    raw_media = u.raw.get("media") or []
+    return [
+        (m.id, u.recording.id, i, m.type, m.mime_type, m.file_size_bytes, m.status,
+         m.captured_at, m.created_at, dumps(raw_media[i]))
+        for i, m in enumerate(u.recording.media or [])
+    ]
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+async def _write_page(conn: aiosqlite.Connection, page: PageWrite, now: str) -> None:
+    """Upserts, media, tombstones and their events, inside the caller's transaction."""
+    await conn.executemany(_UPSERT_RECORDING, [_recording_row(u, now) for u in page.upserts])
+    for u in page.upserts:
+        if not u.is_new and u.recording.media is not None:
+            keep = [m.id for m in u.recording.media]
+            marks = ",".join("?" * len(keep))
+            await conn.execute(
+                f"DELETE FROM media WHERE recording_id = ? AND id NOT IN ({marks})",  # noqa: S608
+                (u.recording.id, *keep),
+            )
+    await conn.executemany(_UPSERT_MEDIA, [row for u in page.upserts for row in _media_rows(u)])
+    await conn.executemany(
+        "UPDATE recordings SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
+        [(now, rid) for rid in page.tombstones],
+    )
+    await conn.executemany(
+        "INSERT INTO events (id, type, recording_id, created_at, payload, backfill) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(e.id, e.type, e.recording_id, e.created_at, dumps(e.envelope()), int(page.backfill))
+         for e in page.events],
+    )
+
+
+class Mirror:
+    """The queries a pass makes; a thin layer over `Store` that speaks recordings."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def fingerprints(self, ids: Sequence[str]) -> dict[str, tuple[str | None, bool]]:
+        """id -> (stored fingerprint, is tombstoned) for the ids that are stored."""
+        out: dict[str, tuple[str | None, bool]] = {}
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            rows = await self.store.fetchall(
+                f"SELECT id, fingerprint, deleted_at FROM recordings WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            out.update({r[0]: (r[1], r[2] is not None) for r in rows})
+        return out
+
+    async def raws(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """id -> the stored recording as received, for diffing."""
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            rows = await self.store.fetchall(
+                f"SELECT id, raw FROM recordings WHERE id IN ({marks})", chunk  # noqa: S608
+            )
+            out.update({r[0]: loads(r[1]) for r in rows})
+        return out
+
+    async def live_ids(self, *, status: str | None = None) -> list[str]:
+        """Ids of stored recordings not tombstoned, optionally of one status."""
+        if status is None:
+            rows = await self.store.fetchall("SELECT id FROM recordings WHERE deleted_at IS NULL")
+        else:
+            rows = await self.store.fetchall(
+                "SELECT id FROM recordings WHERE deleted_at IS NULL AND status = ?", (status,)
+            )
+        return [r[0] for r in rows]
+
+    async def live_ids_created_after(self, created_at: str) -> list[str]:
+        """Live ids newer than a timestamp: what a resumed walk covered before it stopped."""
+        rows = await self.store.fetchall(
+            "SELECT id FROM recordings WHERE deleted_at IS NULL AND created_at > ?", (created_at,)
+        )
+        return [r[0] for r in rows]
+
+    async def count(self) -> int:
+        row = await self.store.fetchone("SELECT count(*) FROM recordings")
+        return int(row[0]) if row else 0
+
+    async def apply(
+        self, ids: Sequence[str], build: Callable[[dict[str, dict[str, Any]]], PageWrite], now: str
+    ) -> PageWrite:
+        """Read the stored rows of `ids`, let `build` decide the page, write it: one transaction.
+
+        Reading the old rows inside the transaction keeps two passes that see the same
+        change (a head pass and a reconcile walk) from both announcing it. The write is
+        shielded: a pass cancelled at shutdown still commits the page in hand.
+        """
+        return await asyncio.shield(asyncio.ensure_future(self._apply(ids, build, now)))
+
+    async def _apply(
+        self, ids: Sequence[str], build: Callable[[dict[str, dict[str, Any]]], PageWrite], now: str
+    ) -> PageWrite:
+        async with self.store.transaction() as conn:
+            old: dict[str, dict[str, Any]] = {}
+            for chunk in _chunks(list(ids)):
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT id, raw, deleted_at FROM recordings WHERE id IN ({marks})"  # noqa: S608
+                async with conn.execute(sql, chunk) as cur:
+                    old.update({r[0]: loads(r[1]) for r in await cur.fetchall() if r[2] is None})
+            page = build(old)
+            if page:
+                await _write_page(conn, page, now)
+            return page
+
+    # -- state and the pass log --
+
+    async def get_state(self, key: str) -> str | None:
+        row = await self.store.fetchone("SELECT value FROM state WHERE key = ?", (key,))
+        return str(row[0]) if row else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    async def start_run(self, kind: str, now: str, position: int | None = None) -> int:
+        async with self.store.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO sync_runs (kind, started_at, position) VALUES (?, ?, ?)",
+                (kind, now, position),
+            )
+            return int(cur.lastrowid or 0)
+
+    async def update_run(self, run_id: int, counts: Mapping[str, Any]) -> None:
+        """Write a run's counters (and checkpoint `position`, `ended_at`, `error`...)."""
+        cols = ", ".join(f"{k} = ?" for k in counts)
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                f"UPDATE sync_runs SET {cols} WHERE id = ?",  # noqa: S608
+                (*counts.values(), run_id),
+            )
+
+    async def interrupted_walk(self, kinds: Sequence[str]) -> tuple[int, int] | None:
+        """The last walk of these kinds if it did not complete: (run id, next offset)."""
+        marks = ",".join("?" * len(kinds))
+        row = await self.store.fetchone(
+            f"SELECT id, position, complete FROM sync_runs WHERE kind IN ({marks}) "  # noqa: S608
+            "ORDER BY id DESC LIMIT 1",
+            tuple(kinds),
+        )
+        if row is None or row[2] or row[1] is None:
+            return None
+        return int(row[0]), int(row[1])
+
+    async def supersede_run(self, run_id: int) -> None:
+        """A walk taken over by a resumed one: no longer resumable itself."""
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                "UPDATE sync_runs SET position = NULL, error = coalesce(error, 'interrupted') "
+                "WHERE id = ?",
+                (run_id,),
+            )

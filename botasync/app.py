@@ -1,0 +1,123 @@
+"""App: everything a command needs, wired: store, client, dispatcher, syncer.
+
+Opened together, closed in reverse order. The one-shot commands (`sync`, `events
+replay`, `config check`) are here too: each opens what it needs and calls one thing.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from botasync.budget import RequestBudget
+from botasync.client import BotaClient
+from botasync.config import Config
+from botasync.errors import ConfigError
+from botasync.handlers import build_handler
+from botasync.logging import add_secret
+from botasync.outbox import Dispatcher, ReplayResult
+from botasync.store import Store
+from botasync.sync import PassStats, Progress, Syncer
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+def require_key(cfg: Config) -> str:
+    """The API key, registered for redaction; a missing one is a config error."""
+    key = cfg.api_key()
+    if not key:
+        raise ConfigError("[api] api_key: no API key (set BOTA_API_KEY, api_key or api_key_file)")
+    add_secret(key)
+    return key
+
+
+class App:
+    """Store, client, dispatcher and syncer, opened together and closed in reverse."""
+
+    def __init__(self, cfg: Config, store: Store, client: BotaClient, dispatcher: Dispatcher,
+                 syncer: Syncer, budget: RequestBudget) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.client = client
+        self.dispatcher = dispatcher
+        self.syncer = syncer
+        self.budget = budget
+        self._closed = False
+
+    @classmethod
+    async def open(cls, cfg: Config, *, on_progress: Progress | None = None) -> App:
+        """Open the database (migrating it), build the handlers and the client."""
+        require_key(cfg)
+        handlers = [build_handler(h) for h in cfg.handlers]
+        store = await Store.open(cfg.database.path)
+        budget = RequestBudget(cfg.api.requests_per_minute)
+        share = max(1, int(cfg.api.requests_per_minute * cfg.sync.reconcile_budget_share))
+        client = BotaClient(
+            cfg.api, budget=budget, download_budget=RequestBudget(cfg.media.requests_per_minute),
+            backoff_base=cfg.api.retry_base_s, backoff_cap=cfg.api.retry_max_s,
+        )
+        dispatcher = Dispatcher(store, handlers, cfg.events)
+        syncer = Syncer(cfg, client, store, on_commit=dispatcher.notify, on_progress=on_progress,
+                        reconcile_budget=RequestBudget(share))
+        return cls(cfg, store, client, dispatcher, syncer, budget)
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Close in reverse order of opening; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.dispatcher.aclose(grace_s=grace_s)
+        await self.client.aclose()
+        await self.store.aclose()
+
+
+async def sync_once(
+    cfg: Config, *, full: bool = True, deliver_timeout: float = 30.0,
+    on_progress: Progress | None = None,
+) -> tuple[list[PassStats], bool]:
+    """`botasync sync`: one pass (full, or quick), then deliver its events for a while."""
+    async with await App.open(cfg, on_progress=on_progress) as app:
+        await app.dispatcher.start()
+        stats = [await app.syncer.full()] if full else await app.syncer.quick()
+        delivered = await app.dispatcher.drain(deliver_timeout) if cfg.handlers else True
+        return stats, delivered
+
+
+async def replay_events(
+    cfg: Config, handler: str, *, since_seq: int | None = None, type_pattern: str | None = None
+) -> ReplayResult:
+    """`botasync events replay`: deliver stored events to one handler again."""
+    names = [h.name for h in cfg.handlers]
+    if handler not in names:
+        raise ConfigError(f"no handler named {handler!r} (configured: {', '.join(names) or 'none'})")
+    handlers = [build_handler(h) for h in cfg.handlers if h.name == handler]
+    async with await Store.open(cfg.database.path) as store:
+        dispatcher = Dispatcher(store, handlers, cfg.events)
+        try:
+            return await dispatcher.replay(handler, since_seq=since_seq, type_pattern=type_pattern)
+        finally:
+            await dispatcher.aclose()
+
+
+async def check(cfg: Config) -> list[str]:
+    """`botasync config check`: the config is valid, the key resolves, the API answers."""
+    lines = ["configuration is valid"]
+    key = require_key(cfg)
+    source = ("BOTA_API_KEY / api_key" if not cfg.api.api_key_file
+              else f"api_key_file {cfg.api.api_key_file}")
+    lines.append(f"API key found ({key[:8]}..., from {source})")
+    for h in cfg.handlers:
+        build_handler(h)
+    if cfg.handlers:
+        lines.append(f"{len(cfg.handlers)} handler(s) ready: {', '.join(h.name for h in cfg.handlers)}")
+    async with BotaClient(cfg.api, budget=RequestBudget(cfg.api.requests_per_minute)) as client:
+        await client.check()
+    lines.append(f"API at {cfg.api.base_url} accepted the key (recordings:read)")
+    return lines

@@ -1,0 +1,353 @@
+"""The command line: click + rich. Parses, calls one library function, renders. No logic.
+
+Every expected failure is a `BotasyncError`: one line on stderr and its exit code
+(2 config/usage, 3 auth, 1 otherwise). Tracebacks only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from botasync import __version__, config, queries
+from botasync.errors import BotasyncError
+from botasync.jsoncodec import dumps
+from botasync.logging import configure, redact
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class State:
+    """What the group options leave for the commands."""
+
+    def __init__(self) -> None:
+        self.config_path: str | None = None
+        self.debug = False
+
+    def load(self, **overrides: dict[str, Any]) -> config.Config:
+        cfg = config.load(self.config_path, overrides=overrides or None)
+        configure(cfg.logging.level, cfg.logging.format)
+        return cfg
+
+
+def _config_option(f: F) -> F:
+    """`--config PATH` on every command (also accepted before the command name)."""
+
+    def remember(ctx: click.Context, _p: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.ensure_object(State).config_path = value
+
+    return click.option("--config", "config_path", metavar="PATH", expose_value=False,
+                        callback=remember, help="Configuration file (else $BOTASYNC_CONFIG).")(f)
+
+
+def handle_errors(f: F) -> F:
+    """Turn a BotasyncError into one red line and its exit code."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except BotasyncError as e:
+            if _state().debug:
+                raise
+            err.print(f"[red]error:[/red] {redact(str(e))}", markup=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _state() -> State:
+    return click.get_current_context().ensure_object(State)
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(dumps(data))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", help="Configuration file (else $BOTASYNC_CONFIG).")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(__version__, prog_name="botasync")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """Keep a local SQLite mirror of a Bota project's recordings, and turn changes into events."""
+    state = ctx.ensure_object(State)
+    state.config_path = config_path
+    state.debug = debug
+
+
+# --- sync and run --------------------------------------------------------------------
+
+
+def _summary(stats: Any) -> str:
+    return (
+        f"{stats.kind} pass: {stats.pages} pages, {stats.requests} requests, "
+        f"{stats.created} created, {stats.updated} updated, {stats.unchanged} unchanged, "
+        f"{stats.invalid} invalid, {stats.deleted} deleted, {stats.events} events "
+        f"in {stats.seconds:.1f} s"
+    )
+
+
+@main.command()
+@_config_option
+@click.option("--full/--quick", default=True,
+              help="--full walks every page (default); --quick runs the daemon's tick (hot + head).")
+@click.option("--deliver-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to spend delivering the pass's events before exiting.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pass summary as JSON.")
+@handle_errors
+def sync(full: bool, deliver_timeout: float, as_json: bool) -> None:
+    """Run one pass against the API, deliver its events, and exit."""
+    from botasync.app import sync_once
+    from botasync.progress import walk_progress
+
+    cfg = _state().load()
+    with walk_progress(err, cfg.api.requests_per_minute, enabled=not as_json) as progress:
+        stats, delivered = run_async(
+            sync_once(cfg, full=full, deliver_timeout=deliver_timeout, on_progress=progress)
+        )
+    if as_json:
+        _print_json({"passes": [s.as_dict() for s in stats], "delivered": delivered})
+        return
+    for s in stats:
+        click.echo(_summary(s))
+    if not delivered:
+        click.echo(f"some events are still undelivered after {deliver_timeout:g} s; "
+                   "they stay in the outbox for the next run", err=True)
+
+
+@main.command()
+@_config_option
+@handle_errors
+def run() -> None:
+    """Run the daemon: passes on a schedule, events to handlers, until SIGTERM/SIGINT."""
+    from botasync.daemon import Daemon
+
+    cfg = _state().load()
+    code = run_async(Daemon(cfg).run())
+    sys.exit(code)
+
+
+@main.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def status(as_json: bool) -> None:
+    """Last passes, recordings by status, outbox backlog, dead deliveries, budget."""
+    from botasync.status import collect
+
+    cfg = _state().load()
+    data = run_async(collect(cfg))
+    if as_json:
+        _print_json(data)
+        return
+    from botasync.status import render
+
+    render(out, data)
+
+
+# --- recordings ------------------------------------------------------------------------
+
+
+@main.group()
+def recordings() -> None:
+    """Query the mirrored recordings."""
+
+
+async def _with_store(cfg: config.Config, fn: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    from botasync.store import Store
+
+    if not Path(cfg.database.path).exists():
+        raise BotasyncError(f"no database at {cfg.database.path}: run `botasync sync` first")
+    async with await Store.open(cfg.database.path) as store:
+        return await fn(store)
+
+
+@recordings.command("list")
+@_config_option
+@click.option("--status", type=click.Choice(config.RECORDING_STATUSES), help="Only this status.")
+@click.option("--device", help="Only this device id.")
+@click.option("--user", help="Only this end user id.")
+@click.option("--since", metavar="ISO", help="Created at or after this time (ISO 8601).")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--deleted", is_flag=True, help="Include tombstoned (deleted) recordings.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def recordings_list(status: str | None, device: str | None, user: str | None,
+                    since: str | None, limit: int, deleted: bool, as_json: bool) -> None:
+    """List recordings, newest first."""
+    cfg = _state().load()
+    rows = run_async(_with_store(cfg, lambda s: queries.list_recordings(
+        s, status=status, device=device, user=user, since=since, limit=limit,
+        include_deleted=deleted)))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "status", "name", "device", "duration", "created", box=None)
+    for r in rows:
+        dur = f"{r['duration_ms'] / 1000:.0f} s" if r["duration_ms"] is not None else ""
+        name = r["name"] or ""
+        if r["deleted_at"]:
+            name = f"[strike]{name}[/strike] (deleted)"
+        table.add_row(r["id"], r["status"], name, r["device_id"] or "", dur, r["created_at"] or "")
+    out.print(table)
+    out.print(f"[dim]{len(rows)} recordings[/dim]")
+
+
+@recordings.command("show")
+@_config_option
+@click.argument("recording_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def recordings_show(recording_id: str, as_json: bool) -> None:
+    """One recording with its media and its event history."""
+    cfg = _state().load()
+    rec = run_async(_with_store(cfg, lambda s: queries.show_recording(s, recording_id)))
+    if rec is None:
+        raise BotasyncError(f"no recording {recording_id} in the mirror")
+    if as_json:
+        _print_json(rec)
+        return
+    fields = Table(show_header=False, box=None)
+    for k, v in rec.items():
+        if k not in ("media", "events"):
+            fields.add_row(f"[bold]{k}[/bold]", "" if v is None else str(v))
+    out.print(fields)
+    media = Table("media", "type", "mime", "bytes", "status", title="media", box=None)
+    for m in rec["media"]:
+        media.add_row(m["id"], m["type"], m["mime_type"] or "", str(m["file_size_bytes"]),
+                      m["status"])
+    out.print(media)
+    evs = Table("seq", "event", "type", "created", title="events", box=None)
+    for e in rec["events"]:
+        evs.add_row(str(e["seq"]), e["id"], e["type"], e["created_at"])
+    out.print(evs)
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@main.group()
+def events() -> None:
+    """Look at the outbox and re-deliver events."""
+
+
+@events.command("list")
+@_config_option
+@click.option("--type", "type_", metavar="GLOB", help="Only types matching this glob.")
+@click.option("--undelivered", is_flag=True, help="Only events some handler still has to take.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def events_list(type_: str | None, undelivered: bool, limit: int, as_json: bool) -> None:
+    """List events, newest first."""
+    from botasync.outbox import list_events
+
+    cfg = _state().load()
+    rows = run_async(_with_store(cfg, lambda s: list_events(
+        s, type_pattern=type_, undelivered=undelivered, limit=limit)))
+    if as_json:
+        _print_json([dataclasses.asdict(r) for r in rows])
+        return
+    table = Table("seq", "id", "type", "recording", "created", "deliveries", box=None)
+    for r in rows:
+        states = ", ".join(f"{h}: {st}" for h, st in r.deliveries.items())
+        table.add_row(str(r.seq), r.id, r.type, r.recording_id or "", r.created_at, states)
+    out.print(table)
+
+
+@events.command("replay")
+@_config_option
+@click.option("--handler", "handler_name", required=True, help="The handler to deliver to.")
+@click.option("--since", "since_seq", type=int, metavar="SEQ", help="From this event seq on.")
+@click.option("--type", "type_", metavar="GLOB", help="Only types matching this glob.")
+@handle_errors
+def events_replay(handler_name: str, since_seq: int | None, type_: str | None) -> None:
+    """Deliver stored events to one handler again, in order."""
+    from botasync.app import replay_events as replay
+
+    cfg = _state().load()
+    result = run_async(replay(cfg, handler_name, since_seq=since_seq, type_pattern=type_))
+    click.echo(f"replayed to {handler_name}: {result.delivered} delivered, {result.failed} failed")
+    if result.failed:
+        sys.exit(1)
+
+
+# --- config ------------------------------------------------------------------------------
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check or show the configuration."""
+
+
+@config_group.command("check")
+@_config_option
+@handle_errors
+def config_check() -> None:
+    """Validate the config, resolve the key, and call the API once."""
+    from botasync.app import check
+
+    cfg = _state().load()
+    for line in run_async(check(cfg)):
+        out.print(f"[green]ok[/green] {line}")
+
+
+@config_group.command("show")
+@_config_option
+@handle_errors
+def config_show() -> None:
+    """Print the effective configuration (file + environment) with the key redacted."""
+    cfg = _state().load()
+    _print_json(cfg.redacted())
+
+
+# --- simulator and demo ----------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--recordings", "n", type=click.IntRange(0, 10_000_000), default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--api-key", default="sk_test_botasync", show_default=True)
+@click.option("--rate-limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True,
+              help="Requests a minute per key.")
+@click.option("--no-rate-limit", is_flag=True, help="Serve without a rate limit.")
+@click.option("--latency-ms", type=click.IntRange(0, 60_000), default=0, show_default=True)
+@click.option("--move-every", type=float, default=0.0, show_default=True,
+              help="Seconds between world changes (0: a still world).")
+@handle_errors
+def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: int,
+             no_rate_limit: bool, latency_ms: int, move_every: float) -> None:
+    """Serve the built-in Bota API simulator (for trying botasync without a key)."""
+    from botasync.simulator import World, run_forever
+
+    configure("info", "auto")
+    world = World(seed=seed, recordings=n)
+
+    def ready(url: str) -> None:
+        err.print(f"simulator serving {n} recordings at [bold]{url}[/bold] (key {api_key})")
+
+    run_async(run_forever(
+        world, host=host, port=port, api_keys={api_key: {"recordings:read"}},
+        rate_limit=None if no_rate_limit else rate_limit, latency_s=latency_ms / 1000,
+        move_every_s=move_every, ready=ready))

@@ -1,0 +1,424 @@
+"""BotaClient: the Bota API over aiohttp, with auth, the request budget, retries and error mapping.
+
+Every request passes through the budget(s), feeds the server's rate-limit headers
+back into them, and comes back as parsed JSON or as one of the `ApiError`
+classes. aiohttp's exceptions are translated in one place (`_transport_error`,
+`_status_error`, `_shape_error`) and never leave this module; the API key never
+appears in a message, a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+
+from botasync import __version__, jsoncodec
+from botasync.backoff import backoff_delay, parse_retry_after
+from botasync.budget import RequestBudget, acquire_all
+from botasync.config import ApiConfig
+from botasync.errors import (
+    ApiError,
+    ApiTransportError,
+    AuthError,
+    BadRequest,
+    NotFound,
+    RateLimited,
+    ServerError,
+)
+
+log = structlog.get_logger("botasync.client")
+
+USER_AGENT = f"botasync/{__version__}"
+DEFAULT_BACKOFF_BASE_S = 0.5
+DEFAULT_BACKOFF_CAP_S = 30.0
+# A 429 without Retry-After or X-RateLimit-Reset: wait at least this long.
+DEFAULT_RETRY_AFTER_S = 1.0
+# Server text quoted in a message is cut here, so an error stays one readable line.
+MAX_QUOTED_CHARS = 200
+_PARAM_KEYS = ("param", "parameter", "field", "name")
+
+Bucket = Literal["main", "download"]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of `GET /recordings`: the items as received (unvalidated) and `has_more`."""
+
+    items: list[Any]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class DownloadUrl:
+    """A pre-signed URL for one media file; the URL is a credential, so repr hides it."""
+
+    url: str = field(repr=False)
+    media_id: str
+    content_type: str
+    file_size_bytes: int
+    expires_at: str
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One API call as the retry loop sees it; `label` names it in messages and logs."""
+
+    method: str
+    path: str
+    label: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+    bucket: Bucket = "main"  # which server limit the rate-limit headers describe
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class BotaClient:
+    """The API calls botasync makes; `async with` it, or call `aclose()` when done."""
+
+    def __init__(
+        self,
+        api: ApiConfig,
+        *,
+        budget: RequestBudget | None = None,
+        download_budget: RequestBudget | None = None,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+        backoff_cap: float = DEFAULT_BACKOFF_CAP_S,
+    ) -> None:
+        self._api = api
+        self.budget = budget if budget is not None else RequestBudget(api.requests_per_minute)
+        self.download_budget = download_budget
+        self._clock = clock  # wall clock (Unix seconds): the rate-limit headers use it
+        self._rand = rand
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._sem = asyncio.Semaphore(api.concurrency)
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self.requests = 0  # HTTP requests sent, retries included
+
+    def __repr__(self) -> str:
+        url = self._api.base_url
+        return f"BotaClient(base_url={url!r}, api_key='***', requests={self.requests})"
+
+    async def __aenter__(self) -> BotaClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session; calling it again does nothing."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- the calls ---------------------------------------------------------------
+
+    async def list_recordings(
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        status: str | None = None,
+        device_id: str | None = None,
+        end_user_id: str | None = None,
+        budgets: Sequence[RequestBudget] = (),
+    ) -> Page:
+        """One page of recordings, newest first; empty filters are left out."""
+        params = {"limit": str(limit), "offset": str(offset)}
+        filters = {"status": status, "device_id": device_id, "end_user_id": end_user_id}
+        params.update({k: v for k, v in filters.items() if v})
+        shown = " ".join(f"{k}={v}" for k, v in params.items() if k != "limit")
+        req = _Request("GET", "/recordings", f"GET /recordings {shown}", params)
+        data = await self._call(req, budgets)
+        if not (
+            isinstance(data, dict)
+            and isinstance(data.get("data"), list)
+            and isinstance(data.get("has_more"), bool)
+        ):
+            raise _shape_error(req, "not a page (`data` list and `has_more` bool)")
+        return Page(items=data["data"], has_more=data["has_more"])
+
+    async def get_recording(
+        self, recording_id: str, *, budgets: Sequence[RequestBudget] = ()
+    ) -> Any:
+        """One recording as received (a dict); NotFound when it does not exist (any more)."""
+        path = f"/recordings/{quote(recording_id, safe='')}"
+        req = _Request("GET", path, f"GET {path}")
+        data = await self._call(req, budgets)
+        if not isinstance(data, dict):
+            raise _shape_error(req, "not a recording object")
+        return data
+
+    async def create_download_url(self, recording_id: str, media_id: str) -> DownloadUrl:
+        """A pre-signed URL for one uploaded media file (also under the download budget)."""
+        path = f"/recordings/{quote(recording_id, safe='')}/download-url"
+        req = _Request(
+            "POST", path, f"POST {path} media_id={media_id}",
+            body={"media_id": media_id}, bucket="download",
+        )
+        extra = [self.download_budget] if self.download_budget is not None else []
+        data = await self._call(req, extra)
+        return _download_url(req, data)
+
+    async def check(self) -> None:
+        """One cheap call (a page of one) that proves the URL, the key and its scope."""
+        await self.list_recordings(limit=1)
+
+    # -- the retry loop and one attempt --------------------------------------------
+
+    async def _call(self, req: _Request, budgets: Sequence[RequestBudget]) -> Any:
+        """Send `req` until it succeeds, fails for good, or runs out of retries."""
+        every = [self.budget, *budgets]
+        for attempt in range(self._api.max_retries + 1):
+            try:
+                return await self._attempt(req, every)
+            except ApiError as err:
+                self._scrub(err)
+                if not err.retryable or attempt >= self._api.max_retries:
+                    raise
+                delay = self._retry_delay(err, attempt, req, every)
+                log.warning(
+                    "api.retry", request=req.label, attempt=attempt + 1,
+                    delay_s=round(delay, 3), error=str(err),
+                )
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _retry_delay(
+        self, err: ApiError, attempt: int, req: _Request, budgets: Sequence[RequestBudget]
+    ) -> float:
+        """Backoff with jitter; a 429 waits at least what the server asked, and so do the rest."""
+        delay = backoff_delay(
+            attempt, base=self._backoff_base, cap=self._backoff_cap, rand=self._rand
+        )
+        if isinstance(err, RateLimited):
+            for budget in self._server_budgets(req, budgets):
+                budget.pause_for(err.retry_after)
+            delay = max(delay, err.retry_after)
+        return delay
+
+    def _server_budgets(
+        self, req: _Request, budgets: Sequence[RequestBudget]
+    ) -> list[RequestBudget]:
+        """The budgets mirroring the server limit that `req`'s rate-limit headers describe."""
+        if req.bucket == "download" and self.download_budget is not None:
+            return [self.download_budget]
+        return [self.budget]
+
+    async def _attempt(self, req: _Request, budgets: Sequence[RequestBudget]) -> Any:
+        """One HTTP exchange: concurrency, budget slot, send, observe, decode."""
+        session = self._get_session()
+        async with self._sem, acquire_all(budgets):
+            self.requests += 1
+            started = time.monotonic()
+            resp = await self._send(session, req)
+        log.debug(
+            "api.request", request=req.label, status=resp.status,
+            elapsed_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        self._observe(req, resp, budgets)
+        return _decode(req, resp, self._clock())
+
+    async def _send(self, session: aiohttp.ClientSession, req: _Request) -> _Response:
+        headers = {"Authorization": f"Bearer {self._api.api_key.get_secret_value()}"}
+        try:
+            async with session.request(
+                req.method, self._api.base_url + req.path,
+                params=req.params, json=req.body, headers=headers,
+            ) as resp:
+                body = await resp.read()
+                return _Response(resp.status, resp.headers, body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _transport_error(req, exc, self._api.timeout_s) from exc
+
+    def _observe(self, req: _Request, resp: _Response, budgets: Sequence[RequestBudget]) -> None:
+        """Tell the budget what the server counts (other clients share the project's limit)."""
+        remaining = _int_header(resp.headers, "X-RateLimit-Remaining")
+        reset = _int_header(resp.headers, "X-RateLimit-Reset")
+        for budget in self._server_budgets(req, budgets):
+            budget.observe(remaining, reset, self._clock())
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        """The one session, made on first use inside the running loop."""
+        if self._closed:
+            raise RuntimeError("BotaClient is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._api.timeout_s),
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                connector=aiohttp.TCPConnector(limit=self._api.concurrency),
+            )
+            # aiohttp silently resends a GET whose connection dropped; that second
+            # request would bypass the budget and the count, and our own retry covers it.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
+        return self._session
+
+    def _scrub(self, err: ApiError) -> None:
+        """Belt and braces: should the server echo the key, cut it out of the message."""
+        key = self._api.api_key.get_secret_value()
+        if key and key in str(err):
+            err.args = (str(err).replace(key, "***"),)
+
+
+# -- decoding and error mapping: the one place foreign errors become ours ----------
+
+
+def _decode(req: _Request, resp: _Response, now_epoch: float) -> Any:
+    """The JSON of a 2xx answer, or the `ApiError` the answer stands for."""
+    if not 200 <= resp.status < 300:
+        raise _status_error(req, resp, now_epoch)
+    try:
+        return jsoncodec.loads(resp.body)
+    except ValueError as exc:
+        kind = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+        ctype = resp.headers.get("Content-Type", "no content type")
+        raise ApiTransportError(
+            f"{req.label}: {resp.status} response body is {kind} ({ctype})",
+            status=resp.status, request_id=_request_id(resp.headers),
+        ) from exc
+
+
+def _transport_error(req: _Request, exc: BaseException, timeout_s: float) -> ApiTransportError:
+    """A connection that failed, dropped or timed out."""
+    if isinstance(exc, TimeoutError):
+        what = f"no complete answer within {timeout_s:g} s"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        what = "connection dropped by the server"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        what = f"cannot connect to {exc.host}:{exc.port}"
+    elif isinstance(exc, aiohttp.ClientPayloadError):
+        what = "response body cut short"
+    else:
+        what = f"{type(exc).__name__}: {_one_line(str(exc))}".rstrip(": ")
+    return ApiTransportError(f"{req.label}: {what}")
+
+
+def _status_error(req: _Request, resp: _Response, now_epoch: float) -> ApiError:
+    """The error class for an HTTP error status, with the server's code and message."""
+    code, message, details = _envelope(resp.body)
+    st = resp.status
+    kw: dict[str, Any] = {"status": st, "code": code, "request_id": _request_id(resp.headers)}
+    said = f": {message}" if message else ""
+    if st == 400:
+        return BadRequest(f"{req.label}: bad request (400){_param(details)}{said}", **kw)
+    if st == 401:
+        return AuthError(f"{req.label}: API key rejected (401 unauthorized)", **kw)
+    if st == 403:
+        return AuthError(
+            f"{req.label}: API key lacks the recordings:read scope (403 forbidden)", **kw
+        )
+    if st in (404, 410):
+        return NotFound(f"{req.label}: not found ({st})", **kw)
+    if st == 429:
+        wait = parse_retry_after(resp.headers, now_epoch)
+        wait = DEFAULT_RETRY_AFTER_S if wait is None else wait
+        return RateLimited(
+            f"{req.label}: rate limited (429), retry in {wait:g} s", retry_after=wait, **kw
+        )
+    if st >= 500:
+        why = f" {code}" if code else _not_json_hint(resp)
+        return ServerError(f"{req.label}: server error {st}{why}{said}", **kw)
+    if st == 408:
+        return ApiTransportError(f"{req.label}: request timeout (408)", **kw)
+    return ApiError(f"{req.label}: unexpected status {st}{said}", **kw)
+
+
+def _shape_error(req: _Request, what: str) -> ApiTransportError:
+    """A 2xx JSON answer that is not the documented shape (a proxy, a broken deploy)."""
+    return ApiTransportError(f"{req.label}: response is {what}", status=200)
+
+
+def _download_url(req: _Request, data: Any) -> DownloadUrl:
+    """The download-url answer, checked field by field."""
+    if not isinstance(data, dict):
+        raise _shape_error(req, "not a download-url object")
+    strings = ("download_url", "media_id", "content_type", "expires_at")
+    bad = [k for k in strings if not isinstance(data.get(k), str)]
+    size = data.get("file_size_bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        bad.append("file_size_bytes")
+    if bad:
+        raise _shape_error(req, f"a download-url object with bad or missing {', '.join(bad)}")
+    return DownloadUrl(
+        url=data["download_url"], media_id=data["media_id"],
+        content_type=data["content_type"], file_size_bytes=data["file_size_bytes"],
+        expires_at=data["expires_at"],
+    )
+
+
+def _envelope(body: bytes) -> tuple[str | None, str | None, Mapping[str, Any]]:
+    """(code, message, details) from `{"error": {...}}`, all empty when it is not one."""
+    try:
+        data = jsoncodec.loads(body)
+    except ValueError:
+        return None, None, {}
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict):
+        return None, None, {}
+    code = err.get("code") if isinstance(err.get("code"), str) else None
+    message = err.get("message")
+    details = err.get("details")
+    return (
+        code,
+        _one_line(message) if isinstance(message, str) and message else None,
+        details if isinstance(details, dict) else {},
+    )
+
+
+def _param(details: Mapping[str, Any]) -> str:
+    """`parameter 'limit'` from the error details, when the server names it."""
+    for key in _PARAM_KEYS:
+        value = details.get(key)
+        if isinstance(value, str) and value:
+            return f" parameter {_one_line(value)!r}"
+    return ""
+
+
+def _not_json_hint(resp: _Response) -> str:
+    """Say what came instead of an error envelope (an HTML page from a proxy, say)."""
+    ctype = resp.headers.get("Content-Type", "")
+    return f" (not the API: {ctype.split(';')[0]})" if ctype and "json" not in ctype else ""
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_QUOTED_CHARS else flat[: MAX_QUOTED_CHARS - 1] + "…"
+
+
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    return headers.get("X-Request-Id") or headers.get("Request-Id")
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except (ValueError, OverflowError):
+        return None

@@ -1,0 +1,170 @@
+"""Daemon: the schedule, signals and systemd.
+
+`Daemon` runs passes on an APScheduler `AsyncIOScheduler` in the running loop: the quick tick (head + hot) every `interval_s`, the reconcile walk every
+`reconcile_every_s`, the dispatcher alongside. SIGTERM/SIGINT stop it cleanly; a second
+signal exits at once (the outbox keeps what was not delivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from botasync.app import App
+from botasync.config import Config
+from botasync.errors import AuthError, BotasyncError
+from botasync.events import iso, utc_now
+from botasync.jsoncodec import dumps
+from botasync.store import Mirror
+
+log = structlog.get_logger("botasync.daemon")
+
+DAEMON_STATE = "daemon"
+SHUTDOWN_GRACE_S = 5.0
+
+
+class Notifier:
+    """sd_notify over `$NOTIFY_SOCKET`; does nothing outside systemd."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ) if env is None else env
+        self.address = env.get("NOTIFY_SOCKET", "")
+        usec = env.get("WATCHDOG_USEC", "")
+        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() else 0.0
+
+    def send(self, message: str) -> None:
+        if not self.address:
+            return
+        addr = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.connect(addr)
+                s.sendall(message.encode())
+        except OSError as e:
+            log.warning("sd_notify_failed", error=str(e))
+
+
+class Daemon:
+    """`botasync run`: passes on a schedule until a signal; `stop()` ends it from code."""
+
+    def __init__(self, cfg: Config, *, handle_signals: bool = True,
+                 notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.handle_signals = handle_signals
+        self.notifier = notifier or Notifier()
+        self.app: App | None = None
+        self.exit_code = 0
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._running: set[asyncio.Task[Any]] = set()
+        self._scheduler: AsyncIOScheduler | None = None
+
+    def stop(self, code: int = 0) -> None:
+        """Ask the daemon to shut down cleanly."""
+        self.exit_code = self.exit_code or code
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Open, schedule, serve until stopped, close; return the exit code."""
+        async with await App.open(self.cfg) as app:
+            self.app = app
+            await app.dispatcher.start()
+            self._install_signals()
+            self._scheduler = self._schedule(app)
+            self._scheduler.start()
+            self.notifier.send("READY=1\nSTATUS=syncing")
+            watchdog = asyncio.create_task(self._watchdog())
+            log.info("daemon_started", db=str(app.store.path), interval_s=self.cfg.sync.interval_s,
+                     handlers=[h.name for h in self.cfg.handlers])
+            try:
+                await self._stop.wait()
+            finally:
+                self.notifier.send("STOPPING=1")
+                watchdog.cancel()
+                await self._shutdown()
+        log.info("daemon_stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    def _schedule(self, app: App) -> AsyncIOScheduler:
+        sched = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        now = datetime.now().astimezone()
+        opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        sched.add_job(self._job, "interval", args=["tick", app.syncer.quick], id="tick",
+                      seconds=self.cfg.sync.interval_s, next_run_time=now, **opts)
+        reconcile = lambda: app.syncer.full(kind="reconcile")  # noqa: E731
+        sched.add_job(self._job, "interval", args=["reconcile", reconcile], id="reconcile",
+                      seconds=self.cfg.sync.reconcile_every_s,
+                      next_run_time=now + timedelta(seconds=self.cfg.sync.reconcile_every_s),
+                      **opts)
+        return sched
+
+    async def _job(self, name: str, body: Callable[[], Awaitable[Any]]) -> None:
+        """Run one pass; an error is logged and the schedule goes on, except a rejected key."""
+        if self._stop.is_set():
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            await body()
+        except AuthError as e:
+            log.error("auth_failed", error=str(e))
+            self.stop(e.exit_code)
+        except BotasyncError as e:
+            log.error("pass_failed", job=name, error=str(e))
+        finally:
+            self._running.discard(task)
+            await self._save_state()
+
+    async def _save_state(self) -> None:
+        """What `botasync status` shows of a running daemon: budget used, next passes."""
+        if self.app is None or self._scheduler is None:
+            return
+        jobs = {j.id: iso(j.next_run_time) for j in self._scheduler.get_jobs() if j.next_run_time}
+        state = {"pid": os.getpid(), "updated_at": iso(utc_now()),
+                 "requests_last_minute": self.app.budget.used(),
+                 "requests_per_minute": self.cfg.api.requests_per_minute, "next_runs": jobs}
+        try:
+            await Mirror(self.app.store).set_state(DAEMON_STATE, dumps(state))
+        except BotasyncError as e:
+            log.warning("state_save_failed", error=str(e))
+
+    async def _watchdog(self) -> None:
+        """Ping systemd from the loop itself, so a hung loop stops the pings."""
+        interval = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else 0
+        while interval:
+            self.notifier.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _install_signals(self) -> None:
+        if not self.handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second_signal_exit_now", signal=sig.name)
+            os._exit(1)
+        log.info("stopping", signal=sig.name)
+        self.stop()
+
+    async def _shutdown(self) -> None:
+        """Stop scheduling, cancel passes (a page write in hand still commits), close."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=SHUTDOWN_GRACE_S)
+        await self._save_state()

@@ -1,0 +1,358 @@
+"""Handlers: where events go. A command (no shell), a webhook, a Python callable, the log.
+
+Each handler takes one event at a time (`deliver`) and either returns (delivered) or
+raises `HandlerError` with a one-line reason (the outbox records it and retries).
+Handlers know nothing of the database: the dispatcher in `outbox.py` owns ordering,
+retries and bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.metadata
+import inspect
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+
+from botasync import __version__, jsoncodec
+from botasync.config import (
+    CommandHandlerConfig,
+    HandlerConfig,
+    LogHandlerConfig,
+    PythonHandlerConfig,
+    WebhookHandlerConfig,
+)
+from botasync.errors import ConfigError, HandlerError
+from botasync.signing import SIGNATURE_HEADER, sign
+
+log = structlog.get_logger("botasync.handlers")
+
+ENTRY_POINT_GROUP = "botasync.handlers"
+USER_AGENT = f"botasync/{__version__}"
+# what we keep of a command's stderr for the error message; the rest is read and dropped
+STDERR_TAIL_BYTES = 4096
+READ_CHUNK = 65536
+REASON_MAX = 300
+
+
+class Handler(Protocol):
+    """What the dispatcher needs of a handler."""
+
+    name: str
+    patterns: list[str]
+
+    async def deliver(self, payload: bytes, event_id: str, event_type: str) -> None:
+        """Take one event; raise `HandlerError` with a one-line reason on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the handler holds (sessions); safe to call twice."""
+        ...
+
+
+def one_line(text: str, limit: int = REASON_MAX) -> str:
+    """Collapse whitespace and keep the end of `text` (the end of a log is what matters)."""
+    flat = " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+    return flat if len(flat) <= limit else "..." + flat[-(limit - 3) :]
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` on one line, for a failure recorded on a delivery."""
+    msg = str(exc)
+    return one_line(f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)
+
+
+# --- command -------------------------------------------------------------------------
+
+
+async def _feed(proc: asyncio.subprocess.Process, payload: bytes) -> None:
+    """Write the event to stdin and close it; a program that does not read it is fine."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(payload)
+        await proc.stdin.drain()
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+async def _tail(stream: asyncio.StreamReader | None, limit: int) -> bytes:
+    """Read a stream to its end, keeping only its last `limit` bytes (memory stays bounded)."""
+    tail = b""
+    if stream is None:
+        return tail
+    while chunk := await stream.read(READ_CHUNK):
+        tail = (tail + chunk)[-limit:] if limit else b""
+    return tail
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the command's process group, so children it started go too."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _exit_reason(code: int, stderr: bytes) -> str:
+    if code < 0:
+        try:
+            what = f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            what = f"killed by signal {-code}"
+    else:
+        what = f"exit code {code}"
+    err = one_line(stderr.decode("utf-8", errors="replace"))
+    return f"{what}: {err}" if err else what
+
+
+class CommandHandler:
+    """Run a program (argv, never a shell) with the event JSON on stdin."""
+
+    def __init__(self, name: str, patterns: list[str], argv: list[str], timeout_s: float) -> None:
+        self.name = name
+        self.patterns = patterns
+        self.argv = list(argv)
+        self.timeout_s = timeout_s
+
+    async def _spawn(self, event_id: str, event_type: str) -> asyncio.subprocess.Process:
+        env = {**os.environ, "BOTASYNC_EVENT_ID": event_id, "BOTASYNC_EVENT_TYPE": event_type}
+        pipe = asyncio.subprocess.PIPE
+        try:
+            # a new session makes the program a process group leader: a timeout kills
+            # the whole group, not just the direct child
+            return await asyncio.create_subprocess_exec(
+                *self.argv, stdin=pipe, stdout=pipe, stderr=pipe, env=env,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise HandlerError(f"command not found: {self.argv[0]}") from None
+        except PermissionError:
+            raise HandlerError(f"command not executable: {self.argv[0]}") from None
+        except OSError as e:
+            raise HandlerError(f"cannot run {self.argv[0]}: {e.strerror or e}") from None
+
+    async def deliver(self, payload: bytes, event_id: str, event_type: str) -> None:
+        """Run the command once; a timeout, a signal or a non-zero exit is a failure."""
+        proc = await self._spawn(event_id, event_type)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                _, _, err, code = await asyncio.gather(
+                    _feed(proc, payload),
+                    _tail(proc.stdout, 0),
+                    _tail(proc.stderr, STDERR_TAIL_BYTES),
+                    proc.wait(),
+                )
+        except TimeoutError:
+            _kill_group(proc)
+            raise HandlerError(f"timed out after {self.timeout_s:g}s (killed)") from None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: never leave it running
+                _kill_group(proc)
+                await proc.wait()
+        if code != 0:
+            raise HandlerError(_exit_reason(code, err))
+
+    async def aclose(self) -> None:
+        """Nothing is held between deliveries."""
+
+
+# --- webhook -------------------------------------------------------------------------
+
+
+class WebhookHandler:
+    """POST the event JSON to a URL; 2xx is delivered, anything else (3xx too) fails."""
+
+    def __init__(
+        self,
+        name: str,
+        patterns: list[str],
+        url: str,
+        timeout_s: float,
+        secret: bytes | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.patterns = patterns
+        self.url = url
+        self.timeout_s = timeout_s
+        self._secret = secret
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _headers(self, payload: bytes, event_id: str, event_type: str) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "Botasync-Event-Id": event_id,
+            "Botasync-Event-Type": event_type,
+        }
+        if self._secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self._secret, payload, int(self._clock()))
+        return headers
+
+    def _client(self) -> aiohttp.ClientSession:
+        # made on first use: a session belongs to the running loop, which build time lacks
+        if self._closed:
+            raise HandlerError("handler is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            )
+        return self._session
+
+    async def deliver(self, payload: bytes, event_id: str, event_type: str) -> None:
+        """One POST, no redirects followed."""
+        headers = self._headers(payload, event_id, event_type)
+        try:
+            async with self._client().post(
+                self.url, data=payload, headers=headers, allow_redirects=False
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    return
+                snippet = (await resp.content.read(200)).decode("utf-8", errors="replace")
+                status = resp.status
+        except TimeoutError:
+            raise HandlerError(f"timed out after {self.timeout_s:g}s") from None
+        except aiohttp.ClientError as e:
+            raise HandlerError(describe(e)) from None
+        what = f"HTTP {status}"
+        if 300 <= status < 400:
+            what += " (redirects are not followed)"
+        raise HandlerError(one_line(f"{what}: {snippet}" if snippet.strip() else what))
+
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+# --- python --------------------------------------------------------------------------
+
+
+def load_target(handler: str, target: str) -> Callable[..., Any]:
+    """Import `module:attr.path`, or load entry point `target` of group botasync.handlers."""
+    try:
+        if ":" in target:
+            module, _, attr = target.partition(":")
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        else:
+            eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=target)
+            if not eps:
+                raise ConfigError(
+                    f'handler "{handler}": no entry point "{target}" in group {ENTRY_POINT_GROUP}'
+                )
+            obj = next(iter(eps)).load()
+    except ConfigError:
+        raise
+    except Exception as e:  # importing user code can raise anything
+        raise ConfigError(f'handler "{handler}": cannot load "{target}": {describe(e)}') from None
+    if not callable(obj):
+        raise ConfigError(f'handler "{handler}": "{target}" is not callable')
+    return obj  # type: ignore[no-any-return]
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with `async def __call__`
+    )
+
+
+class PythonHandler:
+    """Call `fn(event: dict)`: awaited if async, else in a thread so it cannot block the loop.
+
+    A sync callable that overruns its timeout is abandoned, not stopped: Python cannot
+    kill a thread. Its delivery fails and is retried like any other failure.
+    """
+
+    def __init__(
+        self, name: str, patterns: list[str], fn: Callable[..., Any], timeout_s: float
+    ) -> None:
+        self.name = name
+        self.patterns = patterns
+        self.fn = fn
+        self.timeout_s = timeout_s
+        self._async = _is_async(fn)
+
+    async def _call(self, event: dict[str, Any]) -> None:
+        if self._async:
+            await self.fn(event)
+            return
+        result = await asyncio.to_thread(self.fn, event)
+        if inspect.isawaitable(result):
+            await result
+
+    async def deliver(self, payload: bytes, event_id: str, event_type: str) -> None:
+        """Give the callable its own copy of the event, parsed from the payload."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._call(jsoncodec.loads(payload))
+        except TimeoutError:
+            raise HandlerError(f"timed out after {self.timeout_s:g}s") from None
+        except HandlerError:
+            raise
+        except Exception as e:
+            raise HandlerError(describe(e)) from e
+
+    async def aclose(self) -> None:
+        """Nothing is held."""
+
+
+# --- log -----------------------------------------------------------------------------
+
+
+class LogHandler:
+    """Write one log line per event: a way to watch the stream without code."""
+
+    def __init__(self, name: str, patterns: list[str]) -> None:
+        self.name = name
+        self.patterns = patterns
+
+    async def deliver(self, payload: bytes, event_id: str, event_type: str) -> None:
+        """Log the id and type (the payload can be large; it stays in the database)."""
+        log.info("event_delivered", handler=self.name, event_id=event_id, event_type=event_type)
+
+    async def aclose(self) -> None:
+        """Nothing is held."""
+
+
+# --- building ------------------------------------------------------------------------
+
+
+def _webhook_secret(cfg: WebhookHandlerConfig) -> bytes | None:
+    """Read the secret now, so a missing one stops the start rather than the first event."""
+    if not cfg.secret_env:
+        return None
+    value = os.environ.get(cfg.secret_env, "")
+    if not value:
+        raise ConfigError(
+            f'handler "{cfg.name}": secret_env {cfg.secret_env} is not set or is empty'
+        )
+    return value.encode("utf-8")
+
+
+def build_handler(cfg: HandlerConfig) -> Handler:
+    """The handler a config entry describes; `ConfigError` if it cannot work."""
+    patterns = list(cfg.events)
+    if isinstance(cfg, CommandHandlerConfig):
+        return CommandHandler(cfg.name, patterns, cfg.command, cfg.timeout_s)
+    if isinstance(cfg, WebhookHandlerConfig):
+        return WebhookHandler(cfg.name, patterns, cfg.url, cfg.timeout_s, _webhook_secret(cfg))
+    if isinstance(cfg, PythonHandlerConfig):
+        fn = load_target(cfg.name, cfg.target)
+        return PythonHandler(cfg.name, patterns, fn, cfg.timeout_s)
+    if isinstance(cfg, LogHandlerConfig):
+        return LogHandler(cfg.name, patterns)
+    raise ConfigError(f'handler "{cfg.name}": unknown type')  # pragma: no cover

@@ -1,0 +1,32 @@
+"""A standalone simulator of the Bota recordings API, for tests, the demo and benchmarks.
+
+It imports nothing from the rest of botasync: the client and the simulator share only
+the OpenAPI contract (`botasync/openapi.yaml`), so a bug in one cannot hide the same
+bug in the other.
+
+    world = World(seed=1, recordings=500)
+    async with serve(world, rate_limit=None) as sim:
+        ...  # point a client at sim.url; change sim.world; queue sim.faults
+"""
+
+from botasync.simulator.app import DEFAULT_API_KEYS, RequestRecord, Simulator, run_forever, serve
+from botasync.simulator.clock import Clock, ManualClock, SystemClock
+from botasync.simulator.faults import KINDS as FAULT_KINDS
+from botasync.simulator.faults import Faults
+from botasync.simulator.files import file_bytes
+from botasync.simulator.world import World
+
+__all__ = [
+    "DEFAULT_API_KEYS",
+    "FAULT_KINDS",
+    "Clock",
+    "Faults",
+    "ManualClock",
+    "RequestRecord",
+    "Simulator",
+    "SystemClock",
+    "World",
+    "file_bytes",
+    "run_forever",
+    "serve",
+]

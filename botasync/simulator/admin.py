@@ -1,0 +1,186 @@
+"""Admin endpoints under /_sim/ for out-of-process control (benchmarks, demo, torture tests).
+
+No auth (the simulator serves loopback tooling); not rate limited, not faulted, and
+left out of the request log so they never disturb what a test measures.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from botasync.simulator.api import SIM_KEY
+from botasync.simulator.clock import ManualClock
+from botasync.simulator.faults import KINDS
+
+if TYPE_CHECKING:
+    from botasync.simulator.app import Simulator
+
+BATCH = 1000  # items per write when streaming the whole world
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def _bad(message: str) -> web.Response:
+    return _json({"error": message}, status=400)
+
+
+def _sim(request: web.Request) -> Simulator:
+    return request.app[SIM_KEY]
+
+
+def _number(request: web.Request, name: str, default: float | None = None) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise ValueError(f"{name} is required")
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+async def stats(request: web.Request) -> web.Response:
+    """GET /_sim/stats: recordings by status, requests by status code, faults, settings."""
+    return _json(_sim(request).stats())
+
+
+async def recordings(request: web.Request) -> web.StreamResponse:
+    """GET /_sim/recordings: the whole world as served, newest first (streamed).
+
+    With `limit` (and `offset`) it returns that slice instead, unfiltered and unlimited.
+    """
+    world = _sim(request).world
+    if "limit" in request.query:
+        try:
+            limit, offset = int(_number(request, "limit")), int(_number(request, "offset", 0))
+        except ValueError as exc:
+            return _bad(str(exc))
+        body = world.page_body(max(0, limit), max(0, offset))
+        return web.Response(body=body, content_type="application/json")
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    await response.prepare(request)
+    await response.write(b'{"total":' + str(len(world)).encode() + b',"data":[')
+    batch: list[bytes] = []
+    first = True
+    for body in world.iter_bodies():
+        batch.append(body)
+        if len(batch) == BATCH:
+            await response.write((b"" if first else b",") + b",".join(batch))
+            batch, first = [], False
+    if batch:
+        await response.write((b"" if first else b",") + b",".join(batch))
+    await response.write(b"]}")
+    await response.write_eof()
+    return response
+
+
+async def step(request: web.Request) -> web.Response:
+    """POST /_sim/step?n=: make n random changes now; returns their descriptions."""
+    try:
+        n = int(_number(request, "n", 1))
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _json({"changes": _sim(request).world.step(n)})
+
+
+async def move(request: web.Request) -> web.Response:
+    """POST /_sim/move?every_s=&changes=: keep the world moving in the background."""
+    sim = _sim(request)
+    try:
+        sim.start_moving(_number(request, "every_s"), int(_number(request, "changes", 1)))
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _json({"moving": True})
+
+
+async def freeze(request: web.Request) -> web.Response:
+    """POST /_sim/freeze: stop the background changes."""
+    await _sim(request).stop_moving()
+    return _json({"moving": False})
+
+
+def _apply_faults(sim: Simulator, body: dict[str, Any]) -> None:
+    """Apply a faults document: clear, rates (nested or flat), slow_s, latency_s, queue."""
+    faults = sim.faults
+    unknown = set(body) - {"clear", "rates", "slow_s", "latency_s", "queue", *KINDS}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}")
+    if body.get("clear"):
+        faults.clear()
+    rates = body.get("rates", {k: v for k, v in body.items() if k in KINDS})
+    if rates or "rates" in body:
+        faults.set_rates({str(k): float(v) for k, v in dict(rates).items()})
+    if "slow_s" in body:
+        faults.slow_s = float(body["slow_s"])
+    if "latency_s" in body:
+        faults.latency_s = float(body["latency_s"])
+    for entry in body.get("queue", []):
+        faults.queue(str(entry["kind"]), int(entry.get("n", 1)), entry.get("path_prefix"))
+
+
+async def faults(request: web.Request) -> web.Response:
+    """GET or POST /_sim/faults: read, or change, the fault settings (JSON body)."""
+    sim = _sim(request)
+    if request.method == "POST":
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            _apply_faults(sim, body)
+        except (ValueError, TypeError, KeyError) as exc:
+            return _bad(f"bad faults document: {exc}")
+    return _json(sim.faults.snapshot())
+
+
+async def requests_log(request: web.Request) -> web.Response:
+    """GET /_sim/requests?since=N: log entries from index N on, and the next index to ask."""
+    sim = _sim(request)
+    try:
+        since = max(0, int(_number(request, "since", 0)))
+    except ValueError as exc:
+        return _bad(str(exc))
+    entries = [r.as_dict() for r in sim.requests[since:]]
+    return _json({"requests": entries, "next": since + len(entries)})
+
+
+async def clock(request: web.Request) -> web.Response:
+    """POST /_sim/clock?advance=S: move a manual clock forward (409 on a real clock)."""
+    world_clock = _sim(request).world.clock
+    if not isinstance(world_clock, ManualClock):
+        return _json({"error": "the world runs on the real clock"}, status=409)
+    try:
+        now = world_clock.advance(_number(request, "advance"))
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _json({"now": now})
+
+
+async def rate_limit(request: web.Request) -> web.Response:
+    """POST /_sim/rate-limit?limit=N|off: change the per-minute limit (a fresh window)."""
+    sim = _sim(request)
+    raw = request.query.get("limit", "")
+    if raw != "off" and not raw.isdigit():
+        return _bad("limit must be a whole number or 'off'")
+    sim.rate_limit = None if raw == "off" else int(raw)
+    return _json({"rate_limit": sim.rate_limit})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the /_sim/ routes."""
+    app.router.add_get("/_sim/stats", stats)
+    app.router.add_get("/_sim/recordings", recordings)
+    app.router.add_post("/_sim/step", step)
+    app.router.add_post("/_sim/move", move)
+    app.router.add_post("/_sim/freeze", freeze)
+    app.router.add_get("/_sim/faults", faults)
+    app.router.add_post("/_sim/faults", faults)
+    app.router.add_get("/_sim/requests", requests_log)
+    app.router.add_post("/_sim/clock", clock)
+    app.router.add_post("/_sim/rate-limit", rate_limit)

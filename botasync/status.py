@@ -1,0 +1,98 @@
+"""`botasync status`: what the mirror holds, what the daemon did and will do, what is stuck.
+
+`collect` returns plain data (the `--json` output); `render` draws it with rich.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from botasync import queries
+from botasync.config import Config
+from botasync.errors import BotasyncError
+from botasync.jsoncodec import loads
+from botasync.outbox import backlog, dead
+from botasync.store import Mirror, Store
+
+DAEMON_STATE = "daemon"
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def collect(cfg: Config) -> dict[str, Any]:
+    """Everything `status` shows, read from the database only (no API request)."""
+    path = Path(cfg.database.path)
+    if not path.exists():
+        raise BotasyncError(f"no database at {path}: run `botasync sync` or `botasync run` first")
+    async with await Store.open(path) as store:
+        patterns = {h.name: list(h.events) for h in cfg.handlers}
+        pending = await backlog(store, patterns, deliver_backfill=cfg.events.deliver_backfill)
+        dead_letters = await dead(store)
+        daemon_raw = await Mirror(store).get_state(DAEMON_STATE)
+        daemon = loads(daemon_raw) if daemon_raw else None
+        if daemon:
+            daemon["running"] = _alive(daemon.get("pid"))
+        row = await store.fetchone("SELECT count(*), max(seq) FROM events")
+        return {
+            "database": {"path": str(path), "bytes": path.stat().st_size},
+            "recordings": await queries.counts_by_status(store),
+            "last_walk": await queries.last_run_of(store, ("full", "reconcile")),
+            "passes": await queries.last_runs(store, 10),
+            "events": {"total": int(row[0]) if row else 0, "last_seq": row[1] if row else None},
+            "handlers": {
+                name: {"backlog": pending.get(name, 0),
+                       "dead": sum(1 for d in dead_letters if d.handler == name)}
+                for name in patterns
+            },
+            "daemon": daemon,
+        }
+
+
+def render(console: Console, data: dict[str, Any]) -> None:
+    """Draw the status for a person."""
+    db = data["database"]
+    console.print(f"[bold]database[/bold] {db['path']} ({db['bytes'] / 1e6:.1f} MB)")
+    counts = data["recordings"]
+    console.print("[bold]recordings[/bold] " + (", ".join(
+        f"{k} {v}" for k, v in counts.items()) or "none yet"))
+    d = data["daemon"]
+    if d:
+        state = "running" if d.get("running") else "not running"
+        console.print(
+            f"[bold]daemon[/bold] {state} (pid {d.get('pid')}), budget used "
+            f"{d.get('requests_last_minute')}/{d.get('requests_per_minute')} requests in the "
+            f"last minute, as of {d.get('updated_at')}")
+        for job, when in (d.get("next_runs") or {}).items():
+            console.print(f"  next {job}: {when}")
+    walk = data["last_walk"]
+    if walk:
+        done = "complete" if walk["complete"] else f"stopped at offset {walk['position']}"
+        console.print(f"[bold]last walk[/bold] {walk['kind']} {walk['started_at']} ({done})")
+    console.print(f"[bold]events[/bold] {data['events']['total']}")
+    if data["handlers"]:
+        t = Table("handler", "backlog", "dead", box=None)
+        for name, h in data["handlers"].items():
+            t.add_row(name, str(h["backlog"]), f"[red]{h['dead']}[/red]" if h["dead"] else "0")
+        console.print(t)
+    t = Table("pass", "kind", "started", "pages", "requests", "created", "updated", "deleted",
+              "events", "error", title="last passes", box=None)
+    for p in data["passes"]:
+        t.add_row(str(p["id"]), p["kind"], p["started_at"], str(p["pages"]), str(p["requests"]),
+                  str(p["created"]), str(p["updated"]), str(p["deleted"]), str(p["events"]),
+                  p["error"] or "")
+    console.print(t)

@@ -1,0 +1,73 @@
+"""Shared fixtures: a seeded simulator world, a simulator serving it, and `wait_for`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import pytest
+
+from botasync.simulator import Simulator, World, serve
+
+API_KEY = "sk_test_botasync"
+
+
+async def wait_for(
+    predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, interval: float = 0.01,
+) -> Any:
+    """Poll a sync or async predicate until it is truthy and return its value.
+
+    Fails the test with the predicate's name when `timeout` seconds pass first.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            name = getattr(predicate, "__qualname__", repr(predicate))
+            pytest.fail(f"wait_for: {name} still false after {timeout}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+class SimulatorFactory(Protocol):
+    """Starts a simulator; every one it started is closed at teardown."""
+
+    async def __call__(self, world: World | None = None, **options: Any) -> Simulator: ...
+
+
+@pytest.fixture
+def api_key() -> str:
+    """The simulator's default key with the recordings:read scope."""
+    return API_KEY
+
+
+@pytest.fixture
+def world() -> World:
+    """A seeded world of 300 recordings on the real clock."""
+    return World(seed=7, recordings=300)
+
+
+@pytest.fixture
+async def simulator_factory() -> AsyncIterator[SimulatorFactory]:
+    """Start simulators with any `serve` options (rate limit off unless given)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(world: World | None = None, **options: Any) -> Simulator:
+            options.setdefault("rate_limit", None)
+            served = world if world is not None else World(seed=7, recordings=300)
+            return await stack.enter_async_context(serve(served, **options))
+
+        yield start
+
+
+@pytest.fixture
+async def simulator(world: World, simulator_factory: SimulatorFactory) -> Simulator:
+    """The `world` served on 127.0.0.1 (any free port) with the rate limit off."""
+    return await simulator_factory(world)

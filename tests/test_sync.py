@@ -1,0 +1,204 @@
+"""Core sync: an exact mirror at the API's minimum cost, against the simulator over loopback."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from botasync import config
+from botasync.app import App
+from botasync.budget import RequestBudget
+from botasync.simulator import Simulator, World, serve
+from botasync.sync import PassStats
+from tests.mirror import mirror_diff
+
+KEY = "sk_test_botasync"
+
+
+def make_cfg(sim: Simulator, db: Path, **sync: Any) -> config.Config:
+    return config.load(env={}, overrides={
+        "api": {"base_url": sim.url, "api_key": KEY, "requests_per_minute": 100_000},
+        "database": {"path": str(db)},
+        "sync": sync,
+    })
+
+
+def kinds(sim: Simulator, since: int = 0) -> dict[str, int]:
+    """Requests the simulator saw since a point in its log, by kind."""
+    out = {"list": 0, "detail": 0}
+    for r in sim.requests[since:]:
+        if r.path == "/v1/recordings":
+            out["list"] += 1
+        elif r.path.startswith("/v1/recordings/"):
+            out["detail"] += 1
+    return out
+
+
+async def full_sync(cfg: config.Config) -> PassStats:
+    async with await App.open(cfg) as app:
+        return await app.syncer.full()
+
+
+def table_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def big_sim() -> AsyncIterator[Simulator]:
+    async with serve(World(seed=7, recordings=1500), rate_limit=None) as sim:
+        yield sim
+
+
+async def test_first_sync_is_exact_and_cheap(big_sim: Simulator, tmp_path: Path) -> None:
+    """1,500 recordings mirror exactly from about 15 list pages and no detail request."""
+    db = tmp_path / "botasync.db"
+    stats = await full_sync(make_cfg(big_sim, db))
+    assert mirror_diff(db, big_sim.world.all()) == []
+    seen = kinds(big_sim)
+    assert seen["detail"] == 0
+    assert 15 <= seen["list"] <= 15 + 3  # at most concurrency-1 pages fetched ahead past the end
+    assert (stats.created, stats.updated, stats.invalid, stats.complete) == (1500, 0, 0, True)
+    media = table_rows(db, "SELECT count(*) FROM media")[0][0]
+    assert media == sum(len(i["media"]) for i in big_sim.world.all())
+    unknown = [i for i in big_sim.world.all() if "language" in i]
+    assert unknown, "the world should hold items with undocumented fields"
+    raws = dict(table_rows(db, "SELECT id, raw FROM recordings"))
+    assert all(json.loads(raws[i["id"]])["language"] == i["language"] for i in unknown)
+
+
+async def test_detail_always_fetches_every_detail(big_sim: Simulator, tmp_path: Path) -> None:
+    """With detail = "always", a first sync asks for all 1,500 details."""
+    db = tmp_path / "botasync.db"
+    await full_sync(make_cfg(big_sim, db, detail="always"))
+    assert kinds(big_sim)["detail"] == 1500
+    assert mirror_diff(db, big_sim.world.all()) == []
+
+
+async def test_unchanged_rerun_writes_nothing(big_sim: Simulator, tmp_path: Path) -> None:
+    """A second sync with nothing changed fetches no detail, walks once, writes only its run row."""
+    db = tmp_path / "botasync.db"
+    cfg = make_cfg(big_sim, db)
+    await full_sync(cfg)
+    before = table_rows(db, "SELECT id, raw, fingerprint, synced_at FROM recordings ORDER BY id")
+    events_before = table_rows(db, "SELECT count(*) FROM events")
+    mark = len(big_sim.requests)
+    stats = await full_sync(cfg)
+    assert kinds(big_sim, mark) == {"list": 15, "detail": 0}
+    assert (stats.created, stats.updated, stats.unchanged) == (0, 0, 1500)
+    assert table_rows(db, "SELECT id, raw, fingerprint, synced_at FROM recordings ORDER BY id") == before
+    assert table_rows(db, "SELECT count(*) FROM events") == events_before
+    assert table_rows(db, "SELECT count(*) FROM sync_runs")[0][0] == 2
+
+
+async def test_five_edits_cost_five_details(big_sim: Simulator, tmp_path: Path) -> None:
+    """Status, name, metadata, media status and a new media item: exactly five details."""
+    db = tmp_path / "botasync.db"
+    cfg = make_cfg(big_sim, db)
+    await full_sync(cfg)
+    world = big_sim.world
+    old = [i["id"] for i in world.all()[700:1500:160]][:5]
+    world.update(old[0], status="failed")
+    world.update(old[1], name="renamed")
+    world.update(old[2], metadata={"project": "x", "n": 2})
+    target = next(i for i in world.all()[1000:] if any(m["status"] == "uploaded" for m in i["media"]))
+    world.update_media(target["id"], target["media"][0]["id"], status="pending")
+    world.add_media(old[4], type="image", status="uploaded")
+    mark = len(big_sim.requests)
+    stats = await full_sync(cfg)
+    details = {r.path.rsplit("/", 1)[1] for r in big_sim.requests[mark:] if r.path != "/v1/recordings"}
+    assert details == {old[0], old[1], old[2], target["id"], old[4]}
+    assert kinds(big_sim, mark)["detail"] == 5
+    assert stats.updated == 5
+    assert mirror_diff(db, world.all()) == []
+
+
+async def test_faults_are_retried_and_the_pass_completes(tmp_path: Path) -> None:
+    """5xx, 429, dropped connections, malformed and HTML bodies are retried; the mirror is exact."""
+    async with serve(World(seed=3, recordings=600), rate_limit=None) as sim:
+        for kind in ("server_error", "rate_limited", "drop", "malformed", "html_502", "non_utf8"):
+            sim.faults.queue(kind, n=1)
+        db = tmp_path / "botasync.db"
+        cfg = make_cfg(sim, db)
+        cfg.api.max_retries, cfg.api.retry_base_s, cfg.api.retry_max_s = 8, 0.01, 0.05
+        async with await App.open(cfg) as app:
+            stats = await app.syncer.full()
+        assert stats.complete
+        assert mirror_diff(db, sim.world.all()) == []
+        statuses = {r.status for r in sim.requests}
+        assert {200, 429, 502} <= statuses and statuses & {500, 503}
+
+
+async def test_invalid_items_are_skipped_and_counted(tmp_path: Path) -> None:
+    """An item with no id or a wrong type is logged and counted; the rest of its page is saved."""
+    async with serve(World(seed=4, recordings=150), rate_limit=None) as sim:
+        sim.world.put_raw({"status": "completed", "name": "no id"}, position=3)
+        sim.world.put_raw({"id": "rec_badtype", "status": "completed", "duration_ms": "long"}, 5)
+        sim.world.put_raw({"id": "rec_badstatus", "status": "exploded"}, position=7)
+        db = tmp_path / "botasync.db"
+        stats = await full_sync(make_cfg(sim, db))
+        assert stats.invalid == 3
+        valid = [i for i in sim.world.all() if i.get("id", "").startswith("rec_")
+                 and i["id"] not in ("rec_badtype", "rec_badstatus")]
+        assert mirror_diff(db, valid) == []
+
+
+async def test_deletion_becomes_tombstone(tmp_path: Path) -> None:
+    """A recording gone from a complete walk and 404 on its detail is tombstoned, not removed."""
+    async with serve(World(seed=5, recordings=250), rate_limit=None) as sim:
+        db = tmp_path / "botasync.db"
+        cfg = make_cfg(sim, db)
+        await full_sync(cfg)
+        victim = sim.world.all()[100]["id"]
+        sim.world.delete(victim)
+        stats = await full_sync(cfg)
+        assert stats.deleted == 1
+        rows = table_rows(db, f"SELECT deleted_at FROM recordings WHERE id = '{victim}'")
+        assert rows and rows[0][0] is not None
+        assert table_rows(db, f"SELECT type FROM events WHERE recording_id = '{victim}' "
+                              "ORDER BY seq DESC LIMIT 1") == [("recording.deleted",)]
+        assert mirror_diff(db, sim.world.all()) == []
+
+
+async def test_budget_holds_during_a_walk(tmp_path: Path) -> None:
+    """With a budget of 12 requests per 0.25 s, no 0.25 s window of the server's log holds more."""
+    async with serve(World(seed=6, recordings=150), rate_limit=None) as sim:
+        db = tmp_path / "botasync.db"
+        cfg = make_cfg(sim, db, detail="always")
+        async with await App.open(cfg) as app:
+            budget = RequestBudget(12, window_s=0.25)
+            app.client.budget = budget
+            app.syncer.client = app.client
+            sim.world.update(sim.world.all()[0]["id"], name="x")
+            stats = await app.syncer.full()
+        assert stats.complete
+        times = sorted(r.t for r in sim.requests)
+        worst = max(sum(1 for u in times if t <= u < t + 0.25) for t in times)
+        assert len(times) > 150 and worst <= 12
+
+
+async def test_quick_pass_finds_new_and_moved(tmp_path: Path) -> None:
+    """The tick (head + hot) picks up a new recording and a status change with a few requests."""
+    async with serve(World(seed=8, recordings=1500), rate_limit=None) as sim:
+        db = tmp_path / "botasync.db"
+        cfg = make_cfg(sim, db)
+        await full_sync(cfg)
+        world = sim.world
+        in_flight = next(i for i in world.all()[300:] if i["status"] == "processing")
+        world.update(in_flight["id"], status="completed", transcription_id="txn_quick1")
+        world.create(name="brand new")
+        mark = len(sim.requests)
+        async with await App.open(cfg) as app:
+            head, hot = await app.syncer.quick()
+        assert head.created == 1 and hot.updated == 1
+        assert len(sim.requests) - mark <= 8
+        assert mirror_diff(db, world.all()) == []
+
