@@ -6,13 +6,14 @@ replay`, `config check`) are here too: each opens what it needs and calls one th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 
 from botasync.budget import RequestBudget
 from botasync.client import BotaClient
 from botasync.config import Config
 from botasync.errors import ConfigError
-from botasync.handlers import build_handler
+from botasync.handlers import Handler, build_handler
 from botasync.logging import add_secret
 from botasync.outbox import Dispatcher, ReplayResult
 from botasync.store import Store
@@ -44,10 +45,13 @@ class App:
         self._closed = False
 
     @classmethod
-    async def open(cls, cfg: Config, *, on_progress: Progress | None = None) -> App:
+    async def open(
+        cls, cfg: Config, *, on_progress: Progress | None = None,
+        extra_handlers: Sequence[Handler] = (),
+    ) -> App:
         """Open the database (migrating it), build the handlers and the client."""
         require_key(cfg)
-        handlers = [build_handler(h) for h in cfg.handlers]
+        handlers = [build_handler(h) for h in cfg.handlers] + list(extra_handlers)
         store = await Store.open(cfg.database.path)
         budget = RequestBudget(cfg.api.requests_per_minute)
         share = max(1, int(cfg.api.requests_per_minute * cfg.sync.reconcile_budget_share))

@@ -344,10 +344,34 @@ def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: 
     configure("info", "auto")
     world = World(seed=seed, recordings=n)
 
-    def ready(url: str) -> None:
-        err.print(f"simulator serving {n} recordings at [bold]{url}[/bold] (key {api_key})")
+    def ready(sim: Any) -> None:
+        err.print(f"simulator serving {n} recordings at [bold]{sim.url}[/bold] (key {api_key}); "
+                  f"try: BOTA_API_URL={sim.url} BOTA_API_KEY={api_key} botasync sync")
 
     run_async(run_forever(
         world, host=host, port=port, api_keys={api_key: {"recordings:read"}},
         rate_limit=None if no_rate_limit else rate_limit, latency_s=latency_ms / 1000,
-        move_every_s=move_every, ready=ready))
+        move_every_s=move_every or None, on_ready=ready))
+
+
+@main.command()
+@click.option("--for", "seconds", type=click.FloatRange(1, None), metavar="SECONDS",
+              help="Stop by itself after this many seconds (default: run until Ctrl-C).")
+@click.option("--db", "db_path", default="botasync-demo.db", show_default=True,
+              help="Where the demo mirror goes (replaced at each start).")
+@click.option("--recordings", "n", type=click.IntRange(1, 100_000), default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--move-every", type=click.FloatRange(0.1, None), default=1.5, show_default=True,
+              help="Seconds between changes in the simulated world.")
+@handle_errors
+def demo(seconds: float | None, db_path: str, n: int, seed: int, move_every: float) -> None:
+    """Mirror a simulated, moving Bota project and print its events live. No key needed."""
+    from botasync.demo import next_steps, run_demo
+
+    configure("warning", "auto")
+    printer = run_async(run_demo(out, db=Path(db_path), seconds=seconds, recordings=n,
+                                 seed=seed, move_every_s=move_every))
+    out.print(f"\n[bold]{printer.count} events delivered[/bold] "
+              f"({printer.status_changes} status changes). Try next:")
+    for line in next_steps(Path(db_path)):
+        out.print(f"  {line}", highlight=False, markup=False)

@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,9 @@ from botasync.config import Config
 from botasync.errors import AuthError, BotasyncError
 from botasync.events import iso, utc_now
 from botasync.jsoncodec import dumps
+from botasync.handlers import Handler
 from botasync.store import Mirror
+from botasync.sync import PassStats
 
 log = structlog.get_logger("botasync.daemon")
 
@@ -56,8 +58,11 @@ class Daemon:
     """`botasync run`: passes on a schedule until a signal; `stop()` ends it from code."""
 
     def __init__(self, cfg: Config, *, handle_signals: bool = True,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, extra_handlers: Sequence[Handler] = (),
+                 on_pass: Callable[[PassStats], None] | None = None) -> None:
         self.cfg = cfg
+        self.extra_handlers = list(extra_handlers)
+        self.on_pass = on_pass
         self.handle_signals = handle_signals
         self.notifier = notifier or Notifier()
         self.app: App | None = None
@@ -74,7 +79,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Open, schedule, serve until stopped, close; return the exit code."""
-        async with await App.open(self.cfg) as app:
+        async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
             self.app = app
             await app.dispatcher.start()
             self._install_signals()
@@ -114,7 +119,10 @@ class Daemon:
         assert task is not None
         self._running.add(task)
         try:
-            await body()
+            result = await body()
+            for stats in result if isinstance(result, list) else [result]:
+                if self.on_pass:
+                    self.on_pass(stats)
         except AuthError as e:
             log.error("auth_failed", error=str(e))
             self.stop(e.exit_code)

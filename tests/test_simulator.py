@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDictProxy
 
 from botasync.simulator import (
     FAULT_KINDS,
@@ -38,7 +40,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def get_json(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None, **params: Any,
-) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, Any, CIMultiDictProxy[str]]:
     """GET a URL and return (status, parsed JSON body, headers)."""
     async with http.get(url, params=params, headers=AUTH if headers is None else headers) as r:
         return r.status, orjson.loads(await r.read()), r.headers
@@ -76,7 +78,7 @@ async def download_url(
         return r.status, orjson.loads(await r.read())
 
 
-# -- the list ---------------------------------------------------------------------------------
+# -- the list -------------------------------------------------------------------------------------
 
 
 async def test_walk_returns_the_whole_world_newest_first(
@@ -87,7 +89,7 @@ async def test_walk_returns_the_whole_world_newest_first(
     assert [i["id"] for i in items] == simulator.world.ids()
     assert len(items) == 300
     stamps = [datetime.fromisoformat(i["created_at"]) for i in items]
-    assert all(a > b for a, b in zip(stamps, stamps[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(stamps))
 
 
 async def test_default_page_and_has_more(simulator: Simulator, http: aiohttp.ClientSession) -> None:
@@ -100,7 +102,9 @@ async def test_default_page_and_has_more(simulator: Simulator, http: aiohttp.Cli
     assert beyond == {"data": [], "has_more": False}
 
 
-async def test_filters_match_a_plain_scan(simulator: Simulator, http: aiohttp.ClientSession) -> None:
+async def test_filters_match_a_plain_scan(
+    simulator: Simulator, http: aiohttp.ClientSession,
+) -> None:
     """status, device_id and end_user_id filters (alone and together) match a scan of the world."""
     everything = simulator.world.all()
     device, user = everything[0]["device_id"], everything[0]["end_user_id"]
@@ -190,7 +194,7 @@ async def test_auth_errors(
 async def test_rate_limit_headers_429_and_reset(
     simulator_factory: SimulatorFactory, http: aiohttp.ClientSession,
 ) -> None:
-    """Headers count down, the request over the limit is a 429 with Retry-After, a new window resets."""
+    """Headers count down, one over the limit gets 429 + Retry-After, a new window resets."""
     clock = ManualClock(1_750_000_000.0)
     sim = await simulator_factory(World(seed=1, recordings=20, clock=clock), rate_limit=3)
     seen = []
@@ -239,7 +243,7 @@ async def test_download_url_has_its_own_limit(
 async def test_request_log_records_query_and_status(
     simulator: Simulator, http: aiohttp.ClientSession,
 ) -> None:
-    """Each API request is logged with method, path, query string and status; admin calls are not."""
+    """API requests are logged with method, path, query string and status; admin calls are not."""
     await get_json(http, f"{simulator.url}/recordings", limit=2, status="failed")
     await get_json(http, f"{simulator.url}/recordings/rec_missing")
     await get_json(http, f"{simulator.origin}/_sim/stats")
@@ -283,7 +287,9 @@ async def test_queued_fault_kinds(
     assert simulator.faults.injected == {kind: 1}
 
 
-async def test_drop_closes_the_connection(simulator: Simulator, http: aiohttp.ClientSession) -> None:
+async def test_drop_closes_the_connection(
+    simulator: Simulator, http: aiohttp.ClientSession,
+) -> None:
     """A dropped request gets no answer at all and is logged with status 0."""
     # aiohttp retries an idempotent GET once on a dropped connection, so drop two.
     simulator.faults.queue("drop", n=2)
@@ -432,16 +438,20 @@ async def test_truncate_fault_sends_fewer_bytes(
     _, body = await download_url(http, simulator, rec_id, media["id"])
     simulator.faults.queue("truncate")
     received = bytearray()
-    with pytest.raises(aiohttp.ClientPayloadError):
+
+    async def fetch() -> None:
         async with http.get(body["download_url"]) as r:
             assert r.content_length == media["file_size_bytes"]
             async for chunk in r.content.iter_any():
                 received.extend(chunk)
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await fetch()
     assert 0 < len(received) < media["file_size_bytes"]
     assert bytes(received) == file_bytes(media["id"], media["file_size_bytes"])[: len(received)]
 
 
-# -- the world --------------------------------------------------------------------------------------
+# -- the world ------------------------------------------------------------------------------------
 
 
 def test_world_is_deterministic_for_a_seed() -> None:
@@ -562,7 +572,7 @@ async def test_world_page_is_fast_on_a_large_archive() -> None:
     assert len(orjson.loads(world.page_body(100, 19_950))["data"]) == 50
 
 
-# -- admin endpoints and lifecycle ------------------------------------------------------------------
+# -- admin endpoints and lifecycle ----------------------------------------------------------------
 
 
 async def test_admin_endpoints(simulator: Simulator, http: aiohttp.ClientSession) -> None:

@@ -190,9 +190,9 @@ async def test_quick_pass_finds_new_and_moved(tmp_path: Path) -> None:
     async with serve(World(seed=8, recordings=1500), rate_limit=None) as sim:
         db = tmp_path / "botasync.db"
         cfg = make_cfg(sim, db)
-        await full_sync(cfg)
         world = sim.world
-        in_flight = next(i for i in world.all()[300:] if i["status"] == "processing")
+        in_flight = world.update(world.all()[700]["id"], status="processing", transcription_id=None)
+        await full_sync(cfg)
         world.update(in_flight["id"], status="completed", transcription_id="txn_quick1")
         world.create(name="brand new")
         mark = len(sim.requests)

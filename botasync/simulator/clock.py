@@ -11,7 +11,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
