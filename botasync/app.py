@@ -121,7 +121,9 @@ async def check(cfg: Config) -> list[str]:
         build_handler(h)
     if cfg.handlers:
         lines.append(f"{len(cfg.handlers)} handler(s) ready: {', '.join(h.name for h in cfg.handlers)}")
-    async with BotaClient(cfg.api, budget=RequestBudget(cfg.api.requests_per_minute)) as client:
+    quick = cfg.api.model_copy(update={"max_retries": 1})  # a check answers now, not in a minute
+    async with BotaClient(quick, budget=RequestBudget(cfg.api.requests_per_minute),
+                          backoff_base=0.2, backoff_cap=1.0) as client:
         await client.check()
     lines.append(f"API at {cfg.api.base_url} accepted the key (recordings:read)")
     return lines

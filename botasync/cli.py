@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from botasync import __version__, config, queries
@@ -24,7 +25,8 @@ from botasync.jsoncodec import dumps
 from botasync.logging import configure, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False, soft_wrap=True)
+# off a terminal (a pipe, a file) tables get room instead of rich's default 80 columns
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -62,7 +64,7 @@ def handle_errors(f: F) -> F:
         except BotasyncError as e:
             if _state().debug:
                 raise
-            err.print(f"[red]error:[/red] {redact(str(e))}", markup=True)
+            err.print(f"[red]error:[/red] {escape(redact(str(e)))}", markup=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
@@ -201,15 +203,29 @@ def recordings_list(status: str | None, device: str | None, user: str | None,
     if as_json:
         _print_json(rows)
         return
-    table = Table("id", "status", "name", "device", "duration", "created", box=None)
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=40)
+    table.add_column("device", no_wrap=True)
+    table.add_column("duration", no_wrap=True, justify="right")
+    table.add_column("created (UTC)", no_wrap=True)
     for r in rows:
-        dur = f"{r['duration_ms'] / 1000:.0f} s" if r["duration_ms"] is not None else ""
-        name = r["name"] or ""
+        name = escape(r["name"] or "")
         if r["deleted_at"]:
             name = f"[strike]{name}[/strike] (deleted)"
-        table.add_row(r["id"], r["status"], name, r["device_id"] or "", dur, r["created_at"] or "")
+        table.add_row(r["id"], r["status"], name, r["device_id"] or "",
+                      _duration(r["duration_ms"]), (r["created_at"] or "")[:16].replace("T", " "))
     out.print(table)
     out.print(f"[dim]{len(rows)} recordings[/dim]")
+
+
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else (
+        f"{minutes}:{seconds:02d}")
 
 
 @recordings.command("show")

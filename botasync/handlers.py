@@ -39,7 +39,8 @@ ENTRY_POINT_GROUP = "botasync.handlers"
 USER_AGENT = f"botasync/{__version__}"
 # what we keep of a command's stderr for the error message; the rest is read and dropped
 STDERR_TAIL_BYTES = 4096
-READ_CHUNK = 65536
+# after the program exits, how long its pipes may stay open before we stop reading
+PIPE_GRACE_S = 0.5
 REASON_MAX = 300
 
 
@@ -73,6 +74,56 @@ def describe(exc: BaseException) -> str:
 # --- command -------------------------------------------------------------------------
 
 
+class _Tail(asyncio.Protocol):
+    """Reads a pipe as data comes, keeping only its last `limit` bytes (memory stays bounded)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = b""
+        self.eof: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if self.limit:
+            self.data = (self.data + data)[-self.limit :]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.eof.done():
+            self.eof.set_result(None)
+
+
+class _Pipe:
+    """A pipe whose write end goes to the child and whose read end we own (and close)."""
+
+    def __init__(self, transport: asyncio.ReadTransport, tail: _Tail, write_fd: int) -> None:
+        self.transport = transport
+        self.tail = tail
+        self.write_fd: int | None = write_fd
+
+    @classmethod
+    async def open(cls, limit: int) -> _Pipe:
+        r, w = os.pipe()
+        reader = os.fdopen(r, "rb", buffering=0)  # wraps the fd, no I/O; the transport closes it
+        try:
+            transport, tail = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: _Tail(limit), reader
+            )
+        except BaseException:
+            reader.close()
+            os.close(w)
+            raise
+        return cls(transport, tail, w)
+
+    def close_write_end(self) -> None:
+        """Drop our copy of the write end, so EOF comes when the child's copies close."""
+        if self.write_fd is not None:
+            os.close(self.write_fd)
+            self.write_fd = None
+
+    def close(self) -> None:
+        self.close_write_end()
+        self.transport.close()
+
+
 async def _feed(proc: asyncio.subprocess.Process, payload: bytes) -> None:
     """Write the event to stdin and close it; a program that does not read it is fine."""
     assert proc.stdin is not None
@@ -84,14 +135,14 @@ async def _feed(proc: asyncio.subprocess.Process, payload: bytes) -> None:
         pass
 
 
-async def _tail(stream: asyncio.StreamReader | None, limit: int) -> bytes:
-    """Read a stream to its end, keeping only its last `limit` bytes (memory stays bounded)."""
-    tail = b""
-    if stream is None:
-        return tail
-    while chunk := await stream.read(READ_CHUNK):
-        tail = (tail + chunk)[-limit:] if limit else b""
-    return tail
+def _abort_stdin(proc: asyncio.subprocess.Process) -> None:
+    """Drop stdin's unsent bytes, so `wait()` cannot hang on a pipe nobody reads."""
+    if proc.stdin is None:
+        return
+    t = proc.stdin.transport
+    # a closed transport with nothing buffered has already scheduled its own teardown
+    if not t.is_closing() or t.get_write_buffer_size():
+        t.abort()
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -121,15 +172,16 @@ class CommandHandler:
         self.argv = list(argv)
         self.timeout_s = timeout_s
 
-    async def _spawn(self, event_id: str, event_type: str) -> asyncio.subprocess.Process:
+    async def _spawn(
+        self, event_id: str, event_type: str, out: _Pipe, err: _Pipe
+    ) -> asyncio.subprocess.Process:
         env = {**os.environ, "BOTASYNC_EVENT_ID": event_id, "BOTASYNC_EVENT_TYPE": event_type}
-        pipe = asyncio.subprocess.PIPE
         try:
             # a new session makes the program a process group leader: a timeout kills
             # the whole group, not just the direct child
             return await asyncio.create_subprocess_exec(
-                *self.argv, stdin=pipe, stdout=pipe, stderr=pipe, env=env,
-                start_new_session=True,
+                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=out.write_fd,
+                stderr=err.write_fd, env=env, start_new_session=True,
             )
         except FileNotFoundError:
             raise HandlerError(f"command not found: {self.argv[0]}") from None
@@ -137,27 +189,41 @@ class CommandHandler:
             raise HandlerError(f"command not executable: {self.argv[0]}") from None
         except OSError as e:
             raise HandlerError(f"cannot run {self.argv[0]}: {e.strerror or e}") from None
+        finally:
+            out.close_write_end()
+            err.close_write_end()
 
     async def deliver(self, payload: bytes, event_id: str, event_type: str) -> None:
         """Run the command once; a timeout, a signal or a non-zero exit is a failure."""
-        proc = await self._spawn(event_id, event_type)
+        out, err = await _Pipe.open(0), await _Pipe.open(STDERR_TAIL_BYTES)
+        try:
+            proc = await self._spawn(event_id, event_type, out, err)
+            code = await self._wait(proc, payload, out, err)
+        finally:
+            out.close()
+            err.close()
+        if code != 0:
+            raise HandlerError(_exit_reason(code, err.tail.data))
+
+    async def _wait(
+        self, proc: asyncio.subprocess.Process, payload: bytes, out: _Pipe, err: _Pipe
+    ) -> int:
+        """Feed stdin and wait for the exit, within the timeout; kill the group otherwise."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                _, _, err, code = await asyncio.gather(
-                    _feed(proc, payload),
-                    _tail(proc.stdout, 0),
-                    _tail(proc.stderr, STDERR_TAIL_BYTES),
-                    proc.wait(),
-                )
+                await _feed(proc, payload)
+                code = await proc.wait()
         except TimeoutError:
-            _kill_group(proc)
             raise HandlerError(f"timed out after {self.timeout_s:g}s (killed)") from None
         finally:
             if proc.returncode is None:  # timed out or cancelled: never leave it running
                 _kill_group(proc)
+                _abort_stdin(proc)
                 await proc.wait()
-        if code != 0:
-            raise HandlerError(_exit_reason(code, err))
+        # the last words on stderr may still be in the pipe; a background child that
+        # keeps the pipe open must not hold the delivery, hence the bound
+        await asyncio.wait([out.tail.eof, err.tail.eof], timeout=PIPE_GRACE_S)
+        return code
 
     async def aclose(self) -> None:
         """Nothing is held between deliveries."""

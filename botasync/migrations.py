@@ -120,12 +120,16 @@ def pending_steps(current: int) -> list[tuple[int, str]]:
     return [(n, STEPS[n - 1]) for n in range(current + 1, LATEST + 1)]
 
 
-async def apply(conn: Any) -> int:
-    """Bring an aiosqlite connection to `LATEST`, each step committed with its number."""
+async def current_version(conn: Any) -> int:
+    """The schema version of an open aiosqlite connection's database."""
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
-    current = int(row[0])
-    for number, sql in pending_steps(current):
+    return int(row[0])
+
+
+async def apply(conn: Any) -> int:
+    """Bring an aiosqlite connection to `LATEST`, each step committed with its number."""
+    for number, sql in pending_steps(await current_version(conn)):
         # executescript would COMMIT first and run outside our transaction: run the
         # statements one by one inside BEGIN so a crash leaves the step all or nothing.
         await conn.execute("BEGIN IMMEDIATE")

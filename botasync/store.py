@@ -59,6 +59,8 @@ class Store:
             raise StoreError(f"cannot open database {p}: {_why(e)}") from None
         try:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # refuse a newer schema before touching anything (WAL mode rewrites the header)
+            migrations.pending_steps(await migrations.current_version(conn))
             await conn.execute("PRAGMA journal_mode = WAL")
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
@@ -353,7 +355,7 @@ class Mirror:
             "ORDER BY id DESC LIMIT 1",
             tuple(kinds),
         )
-        if row is None or row[2] or row[1] is None:
+        if row is None or row[2] or not row[1]:  # position 0: nothing to resume
             return None
         return int(row[0]), int(row[1])
 

@@ -172,14 +172,16 @@ class Syncer:
         cap = await self._speculation_cap(walk, status, depth)
         inflight: deque[tuple[int, asyncio.Task[Page]]] = deque()
         next_offset = walk.offset
+        ahead = 1  # one page first: a rejected key or an empty archive costs one request
         try:
             while True:
-                while len(inflight) < depth and (not inflight or next_offset < cap):
+                while len(inflight) < ahead and (not inflight or next_offset < cap):
                     task = asyncio.create_task(self._list(next_offset, status, budgets))
                     inflight.append((next_offset, task))
                     next_offset += limit
                 offset, task = inflight.popleft()
                 page = await task
+                ahead = depth
                 all_unchanged = await self._page(walk, page.items, budgets)
                 walk.offset = offset + limit
                 await self._checkpoint(walk)
@@ -397,7 +399,8 @@ class Syncer:
             await asyncio.shield(self.mirror.update_run(walk.run_id, fields))
         except Exception as e:  # the pass's own error matters more than its log row
             log.warning("run_log_failed", error=str(e))
-        log.info("pass_done", **{k: v for k, v in s.as_dict().items() if v is not None})
+        if s.error is None:  # a failed pass is reported once, by whoever ran it
+            log.info("pass_done", **{k: v for k, v in s.as_dict().items() if v is not None})
 
     async def _checkpoint(self, walk: _Walk) -> None:
         if walk.stats.kind in WALK_KINDS:
