@@ -464,3 +464,17 @@ async def test_log_handler_logs_id_and_type() -> None:
         await handler.deliver(payload, event_id, "recording.completed")
     assert logs == [{"event": "event_delivered", "handler": "audit", "event_id": event_id,
                      "event_type": "recording.completed", "log_level": "info"}]
+
+
+async def test_command_leaving_a_background_child_does_not_hold_the_delivery(
+    tmp_path: Path,
+) -> None:
+    """A program that exits 0 while a detached child keeps its pipes open is delivered quickly."""
+    handler, out = command(tmp_path, "background", timeout_s=10.0)
+    payload, event_id = envelope()
+    started = time.monotonic()
+    try:
+        await handler.deliver(payload, event_id, "recording.completed")
+        assert time.monotonic() - started < 3
+    finally:
+        os.kill(int(out.read_text()), 9)

@@ -313,7 +313,8 @@ async def test_slow_fault_and_latency(
     status_slow, _, _ = await get_json(http, f"{sim.url}/recordings", limit=1)
     slow = time.monotonic() - began
     assert (status, status_slow) == (200, 200)
-    assert 0.05 <= plain < 0.2 <= slow - 0.05
+    assert plain >= 0.05
+    assert slow >= 0.25
 
 
 async def test_queue_respects_the_path_prefix(

@@ -3,7 +3,9 @@
 Modes: `append` writes one JSON line (the env vars and stdin) to OUT; `fail` writes to
 stderr and exits 3; `hang` starts a child, writes both pids to OUT and sleeps;
 `flood` writes 16 MiB to stdout and stderr, then appends; `flood-forever` never stops
-writing; `fail-on:<text>` fails when stdin holds <text>, else appends.
+writing; `fail-on:<text>` fails when stdin holds <text>, else appends; `hang-on:<text>`
+sleeps when stdin holds <text>, else appends; `background` leaves a child in its own
+session holding stdout and stderr open, writes its pid to OUT and exits 0.
 """
 
 import json
@@ -33,6 +35,16 @@ def main() -> int:
     if mode == "fail" or (mode.startswith("fail-on:") and mode[8:] in stdin):
         sys.stderr.write("first line\nboom: cannot take this event\n")
         return 3
+    if mode.startswith("hang-on:") and mode[8:] in stdin:
+        time.sleep(60)
+    if mode == "background":
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+        )
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(f"{child.pid}\n")
+        sys.stderr.write("done\n")
+        return 0
     if mode == "hang":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         with open(out, "w", encoding="utf-8") as f:
