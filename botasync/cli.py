@@ -355,7 +355,7 @@ def config_show() -> None:
 def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: int,
              no_rate_limit: bool, latency_ms: int, move_every: float) -> None:
     """Serve the built-in Bota API simulator (for trying botasync without a key)."""
-    from botasync.simulator import World, run_forever
+    from botasync.simulator import DEFAULT_API_KEYS, World, run_forever
 
     configure("info", "auto")
     world = World(seed=seed, recordings=n)
@@ -365,7 +365,8 @@ def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: 
                   f"try: BOTA_API_URL={sim.url} BOTA_API_KEY={api_key} botasync sync")
 
     run_async(run_forever(
-        world, host=host, port=port, api_keys={api_key: {"recordings:read"}},
+        world, host=host, port=port,
+        api_keys={**DEFAULT_API_KEYS, api_key: {"recordings:read"}},
         rate_limit=None if no_rate_limit else rate_limit, latency_s=latency_ms / 1000,
         move_every_s=move_every or None, on_ready=ready))
 

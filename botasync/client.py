@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -47,6 +47,7 @@ MAX_QUOTED_CHARS = 200
 _PARAM_KEYS = ("param", "parameter", "field", "name")
 
 Bucket = Literal["main", "download"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class _Response:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+Parser = Callable[[_Request, Any], T]
 
 
 class BotaClient:
@@ -153,14 +157,7 @@ class BotaClient:
         params.update({k: v for k, v in filters.items() if v})
         shown = " ".join(f"{k}={v}" for k, v in params.items() if k != "limit")
         req = _Request("GET", "/recordings", f"GET /recordings {shown}", params)
-        data = await self._call(req, budgets)
-        if not (
-            isinstance(data, dict)
-            and isinstance(data.get("data"), list)
-            and isinstance(data.get("has_more"), bool)
-        ):
-            raise _shape_error(req, "not a page (`data` list and `has_more` bool)")
-        return Page(items=data["data"], has_more=data["has_more"])
+        return await self._call(req, budgets, _page)
 
     async def get_recording(
         self, recording_id: str, *, budgets: Sequence[RequestBudget] = ()
@@ -168,10 +165,7 @@ class BotaClient:
         """One recording as received (a dict); NotFound when it does not exist (any more)."""
         path = f"/recordings/{quote(recording_id, safe='')}"
         req = _Request("GET", path, f"GET {path}")
-        data = await self._call(req, budgets)
-        if not isinstance(data, dict):
-            raise _shape_error(req, "not a recording object")
-        return data
+        return await self._call(req, budgets, _recording)
 
     async def create_download_url(self, recording_id: str, media_id: str) -> DownloadUrl:
         """A pre-signed URL for one uploaded media file (also under the download budget)."""
@@ -181,8 +175,7 @@ class BotaClient:
             body={"media_id": media_id}, bucket="download",
         )
         extra = [self.download_budget] if self.download_budget is not None else []
-        data = await self._call(req, extra)
-        return _download_url(req, data)
+        return await self._call(req, extra, _download_url)
 
     async def check(self) -> None:
         """One cheap call (a page of one) that proves the URL, the key and its scope."""
@@ -190,17 +183,22 @@ class BotaClient:
 
     # -- the retry loop and one attempt --------------------------------------------
 
-    async def _call(self, req: _Request, budgets: Sequence[RequestBudget]) -> Any:
-        """Send `req` until it succeeds, fails for good, or runs out of retries."""
+    async def _call(
+        self, req: _Request, budgets: Sequence[RequestBudget], parse: Parser[T]
+    ) -> T:
+        """Send `req` until it succeeds, fails for good, or runs out of retries.
+
+        `parse` checks the answer's shape inside the loop, so a malformed 200 is retried too.
+        """
         every = [self.budget, *budgets]
         for attempt in range(self._api.max_retries + 1):
             try:
-                return await self._attempt(req, every)
+                return parse(req, await self._attempt(req, every))
             except ApiError as err:
                 self._scrub(err)
                 if not err.retryable or attempt >= self._api.max_retries:
                     raise
-                delay = self._retry_delay(err, attempt, req, every)
+                delay = self._retry_delay(err, attempt, req)
                 log.warning(
                     "api.retry", request=req.label, attempt=attempt + 1,
                     delay_s=round(delay, 3), error=str(err),
@@ -208,22 +206,18 @@ class BotaClient:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _retry_delay(
-        self, err: ApiError, attempt: int, req: _Request, budgets: Sequence[RequestBudget]
-    ) -> float:
+    def _retry_delay(self, err: ApiError, attempt: int, req: _Request) -> float:
         """Backoff with jitter; a 429 waits at least what the server asked, and so do the rest."""
         delay = backoff_delay(
             attempt, base=self._backoff_base, cap=self._backoff_cap, rand=self._rand
         )
         if isinstance(err, RateLimited):
-            for budget in self._server_budgets(req, budgets):
+            for budget in self._server_budgets(req):
                 budget.pause_for(err.retry_after)
             delay = max(delay, err.retry_after)
         return delay
 
-    def _server_budgets(
-        self, req: _Request, budgets: Sequence[RequestBudget]
-    ) -> list[RequestBudget]:
+    def _server_budgets(self, req: _Request) -> list[RequestBudget]:
         """The budgets mirroring the server limit that `req`'s rate-limit headers describe."""
         if req.bucket == "download" and self.download_budget is not None:
             return [self.download_budget]
@@ -240,7 +234,7 @@ class BotaClient:
             "api.request", request=req.label, status=resp.status,
             elapsed_ms=round((time.monotonic() - started) * 1000, 1),
         )
-        self._observe(req, resp, budgets)
+        self._observe(req, resp)
         return _decode(req, resp, self._clock())
 
     async def _send(self, session: aiohttp.ClientSession, req: _Request) -> _Response:
@@ -255,11 +249,11 @@ class BotaClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _transport_error(req, exc, self._api.timeout_s) from exc
 
-    def _observe(self, req: _Request, resp: _Response, budgets: Sequence[RequestBudget]) -> None:
+    def _observe(self, req: _Request, resp: _Response) -> None:
         """Tell the budget what the server counts (other clients share the project's limit)."""
         remaining = _int_header(resp.headers, "X-RateLimit-Remaining")
         reset = _int_header(resp.headers, "X-RateLimit-Reset")
-        for budget in self._server_budgets(req, budgets):
+        for budget in self._server_budgets(req):
             budget.observe(remaining, reset, self._clock())
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -351,6 +345,24 @@ def _status_error(req: _Request, resp: _Response, now_epoch: float) -> ApiError:
 def _shape_error(req: _Request, what: str) -> ApiTransportError:
     """A 2xx JSON answer that is not the documented shape (a proxy, a broken deploy)."""
     return ApiTransportError(f"{req.label}: response is {what}", status=200)
+
+
+def _page(req: _Request, data: Any) -> Page:
+    """A list answer: `data` a list and `has_more` a bool, or it is not the API talking."""
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("data"), list)
+        and isinstance(data.get("has_more"), bool)
+    ):
+        raise _shape_error(req, "not a page (`data` list and `has_more` bool)")
+    return Page(items=data["data"], has_more=data["has_more"])
+
+
+def _recording(req: _Request, data: Any) -> Any:
+    """A detail answer: one JSON object (validating its fields is the caller's business)."""
+    if not isinstance(data, dict):
+        raise _shape_error(req, "not a recording object")
+    return data
 
 
 def _download_url(req: _Request, data: Any) -> DownloadUrl:

@@ -24,9 +24,9 @@ import structlog
 
 from botasync.backoff import backoff_delay
 from botasync.config import EventsConfig
-from botasync.errors import BotasyncError, ConfigError
+from botasync.errors import BotasyncError, ConfigError, HandlerError
 from botasync.events import iso, matches, utc_now
-from botasync.handlers import Handler, describe
+from botasync.handlers import Handler, describe, one_line
 from botasync.store import Store
 
 log = structlog.get_logger("botasync.outbox")
@@ -69,6 +69,11 @@ def retry_delay(attempt: int, events: EventsConfig, rand: Callable[[], float]) -
     return backoff_delay(
         attempt - 1, base=events.backoff_base_s, cap=events.backoff_max_s, rand=rand
     )
+
+
+def reason(exc: Exception) -> str:
+    """What a failed delivery records: a handler's own one-line reason, else `Type: message`."""
+    return one_line(str(exc)) if isinstance(exc, HandlerError) else describe(exc)
 
 
 def to_glob(pattern: str) -> str:
@@ -327,7 +332,7 @@ class Dispatcher:
             async with lane.lock:
                 await lane.handler.deliver(row.payload.encode("utf-8"), row.id, row.type)
         except Exception as e:  # HandlerError, or a bug in a handler: both are failures
-            return await self._failed(lane, row, attempt, describe(e))
+            return await self._failed(lane, row, attempt, reason(e))
         now = loop.time()
         at = iso(self._clock())
         if not lane.done:
@@ -430,7 +435,7 @@ class Dispatcher:
                 async with lane.lock:
                     await lane.handler.deliver(payload.encode("utf-8"), event_id, event_type)
             except Exception as e:
-                error, at = describe(e), iso(self._clock())
+                error, at = reason(e), iso(self._clock())
                 log.warning("replay_failed", handler=lane.name, event_id=event_id,
                             event_type=event_type, error=error)
                 state = "dead" if seq <= settled else "pending"

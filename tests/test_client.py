@@ -327,12 +327,14 @@ async def test_budget_holds_under_load(
     window = 0.5
     client = make_client(sim, budget=RequestBudget(20, window_s=window), concurrency=16)
     ids = [r["id"] for r in world.all()[:60]]
+    started = time.monotonic()
     got = await asyncio.wait_for(
         asyncio.gather(*(client.get_recording(i) for i in ids)), 10
     )
     assert [g["id"] for g in got] == ids
     assert len(sim.requests) == 60
-    assert sim.max_requests_in_window(window) == 20
+    assert sim.max_requests_in_window(window) <= 20
+    assert time.monotonic() - started >= 2 * window  # the third 20 had to wait two windows
 
 
 async def test_reconcile_share_budget(

@@ -341,6 +341,11 @@ def test_random_fault_rates_are_seeded() -> None:
     assert 300 < first.count("server_error") < 500
     assert 120 < first.count("drop") < 280
     assert Faults(rates={"truncate": 1.0}).pick("/v1/recordings") is None
+    misplaced = Faults()
+    misplaced.queue("truncate", path_prefix="/")
+    misplaced.queue("drop", path_prefix="/")
+    assert misplaced.pick("/v1/recordings") == "drop"
+    assert misplaced.pick("/_files/med_1") == "truncate"
     with pytest.raises(ValueError, match="unknown fault kind"):
         Faults(rates={"explode": 0.1})
     assert set(FAULT_KINDS) >= {"server_error", "drop", "truncate"}

@@ -106,7 +106,8 @@ async def api_gate(request: web.Request, handler: Handler) -> web.StreamResponse
     decision = sim.limiter.hit(token or "")
     if decision is not None and not decision.allowed:
         return error(429, "rate_limit_exceeded", "too many requests; retry after the window resets",
-                     {"limit": decision.limit, "window_s": 60}, headers=decision.headers())
+                     {"limit": decision.limit, "window_s": sim.limiter.window_s},
+                     headers=decision.headers())
     kind = sim.faults.pick(request.path)
     if kind is not None:
         log.debug("simulator.fault", kind=kind, path=request.path)
@@ -249,7 +250,8 @@ async def create_download_url(request: web.Request) -> web.Response:
     decision = sim.download_limiter.hit(bearer_token(request) or "")
     if decision is not None and not decision.allowed:
         return error(429, "rate_limit_exceeded", "too many download-url requests",
-                     {"limit": decision.limit, "window_s": 60, "scope": "download_url"},
+                     {"limit": decision.limit, "window_s": sim.download_limiter.window_s,
+                      "scope": "download_url"},
                      headers=decision.headers())
     rec_id = request.match_info["id"]
     try:

@@ -80,15 +80,19 @@ class Faults:
         return sum(q.left for q in self._queue)
 
     def pick(self, path: str) -> str | None:
-        """The fault for a request to `path`, or None; queued ones come first."""
+        """The fault for a request to `path`, or None; queued ones come first.
+
+        Only kinds that make sense for the path are picked: `truncate` for files, the
+        others for the API.
+        """
+        kinds = FILE_KINDS if path.startswith(FILE_PREFIX) else API_KINDS
         for entry in self._queue:
-            if path.startswith(entry.path_prefix):
+            if entry.kind in kinds and path.startswith(entry.path_prefix):
                 entry.left -= 1
                 if entry.left <= 0:
                     self._queue.remove(entry)
                 self.injected[entry.kind] += 1
                 return entry.kind
-        kinds = FILE_KINDS if path.startswith(FILE_PREFIX) else API_KINDS
         live = [(k, self.rates[k]) for k in kinds if k in self.rates]
         if not live:
             return None  # no draw, so a fault-free run leaves the generator untouched

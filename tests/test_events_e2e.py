@@ -1,0 +1,176 @@
+"""Events end to end: `botasync sync` processes deliver a world's changes to real handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from botasync.simulator import Simulator, World
+from tests.conftest import SimulatorFactory, wait_for
+
+KEY = "sk_test_botasync"
+HANDLER = '''
+import json, os, sys, time
+out, mode = sys.argv[1], sys.argv[2]
+event = json.loads(sys.stdin.read())
+if mode == "fail":
+    sys.exit(4)
+if mode == "block":
+    with open(out + ".started", "a") as f:
+        f.write(f"{os.getpid()} {event['id']}\\n")
+    time.sleep(60)
+with open(out, "a") as f:
+    f.write(json.dumps({"env_id": os.environ["BOTASYNC_EVENT_ID"], "event": event}) + "\\n")
+'''
+
+
+def write_cfg(tmp_path: Path, sim: Simulator, handlers: list[tuple[str, str]],
+              max_attempts: int = 10) -> Path:
+    script = tmp_path / "handler.py"
+    script.write_text(HANDLER)
+    lines = ["[api]", f'base_url = "{sim.url}"', f'api_key = "{KEY}"',
+             "[database]", f'path = "{tmp_path / "botasync.db"}"',
+             "[events]", f"max_attempts = {max_attempts}", "backoff_base_s = 0.01",
+             "backoff_max_s = 0.05"]
+    for name, mode in handlers:
+        argv = [sys.executable, str(script), str(tmp_path / f"{name}.jsonl"), mode]
+        lines += ["[[handlers]]", f'name = "{name}"', 'type = "command"',
+                  f"command = {json.dumps(argv)}", "timeout_s = 20"]
+    path = tmp_path / "botasync.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def botasync(*args: str, cfg: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "botasync", *args, "--config", str(cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "BOTASYNC_CONFIG": ""})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def delivered(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_backfill_then_changes_deliver_exactly_their_events(
+    simulator_factory: SimulatorFactory, tmp_path: Path
+) -> None:
+    """After a backfill of 300, one sync delivers each change's events once, with unique ids."""
+    sim = await simulator_factory(World(seed=31, recordings=300))
+    world = sim.world
+    ids = [i["id"] for i in world.all()[20:300:25]]
+    processing, uploaded, rename, victim = ids[:3], ids[3:5], ids[5], ids[6]
+    for rid in processing:
+        world.update(rid, status="processing", transcription_id=None)
+    for rid in uploaded:
+        world.update(rid, status="uploaded", transcription_id=None)
+    cfg = write_cfg(tmp_path, sim, [("cmd", "append")])
+    code, out, err = await botasync("sync", cfg=cfg)
+    assert code == 0, err
+    assert delivered(tmp_path / "cmd.jsonl") == []  # the backfill stays in the outbox
+
+    world.update(processing[0], status="completed", transcription_id="txn_a1")
+    world.update(processing[1], status="completed", transcription_id="txn_a2")
+    world.update(processing[2], status="completed")  # completed without a transcript yet
+    for rid in uploaded:
+        world.update(rid, status="processing")
+    world.update(rename, name="Renamed in the test")
+    world.delete(victim)
+    new = world.create(name="Brand new")
+    code, out, err = await botasync("sync", cfg=cfg)
+    assert code == 0, err
+
+    got = delivered(tmp_path / "cmd.jsonl")
+    events = [g["event"] for g in got]
+    assert all(g["env_id"] == g["event"]["id"] for g in got)
+    assert len({e["id"] for e in events}) == len(events)
+    counts = Counter(e["type"] for e in events)
+    assert counts == {
+        "recording.completed": 3, "recording.processing": 2, "recording.status_changed": 5,
+        "recording.transcribed": 2, "recording.updated": 1, "recording.deleted": 1,
+        "recording.created": 1,
+    }
+    assert {e["data"]["id"] for e in events if e["type"] == "recording.completed"} == \
+        set(processing)
+    assert all(e["previous"] == {"status": "processing"} for e in events
+               if e["type"] == "recording.completed")
+    assert [e["previous"] for e in events if e["type"] == "recording.updated"] == \
+        [{"name": world.get(rename) and next(
+            x["event"]["data"] for x in got if x["event"]["data"]["id"] == rename)["name"]
+          and _old_name(tmp_path, rename)}]
+    assert [e["data"]["id"] for e in events if e["type"] == "recording.deleted"] == [victim]
+    assert [e["data"]["id"] for e in events if e["type"] == "recording.created"] == [new["id"]]
+
+    code, out, err = await botasync("sync", cfg=cfg)
+    assert code == 0
+    assert len(delivered(tmp_path / "cmd.jsonl")) == len(got)  # nothing changed, nothing new
+
+
+def _old_name(tmp_path: Path, rec_id: str) -> Any:
+    """The name the backfill stored, from the recording.created event of the backfill."""
+    with sqlite3.connect(tmp_path / "botasync.db") as conn:
+        payload = conn.execute("SELECT payload FROM events WHERE recording_id = ? AND "
+                               "type = 'recording.created'", (rec_id,)).fetchone()[0]
+    return json.loads(payload)["data"]["name"]
+
+
+async def test_failing_handler_goes_dead_and_others_get_everything(
+    simulator_factory: SimulatorFactory, tmp_path: Path
+) -> None:
+    """A handler that always fails ends dead after max_attempts; the other got every event."""
+    sim = await simulator_factory(World(seed=32, recordings=120))
+    cfg = write_cfg(tmp_path, sim, [("good", "append"), ("bad", "fail")], max_attempts=3)
+    assert (await botasync("sync", cfg=cfg))[0] == 0
+    for item in sim.world.all()[:4]:
+        sim.world.update(item["id"], name="changed " + item["id"])
+    code, out, err = await botasync("sync", cfg=cfg)
+    assert code == 0, err
+    good = delivered(tmp_path / "good.jsonl")
+    assert Counter(g["event"]["type"] for g in good) == {"recording.updated": 4}
+    with sqlite3.connect(tmp_path / "botasync.db") as conn:
+        rows = conn.execute("SELECT state, attempts FROM deliveries WHERE handler = 'bad'"
+                            ).fetchall()
+    assert rows and all(r == ("dead", 3) for r in rows) and len(rows) == 4
+    code, out, _ = await botasync("status", "--json", cfg=cfg)
+    assert json.loads(out)["handlers"]["bad"]["dead"] == 4
+
+
+async def test_sigkill_between_commit_and_delivery_loses_nothing(
+    simulator_factory: SimulatorFactory, tmp_path: Path
+) -> None:
+    """Killed while a handler holds an event, the next run delivers it with the same id."""
+    sim = await simulator_factory(World(seed=33, recordings=80))
+    assert (await botasync("sync", cfg=write_cfg(tmp_path, sim, [("h", "append")])))[0] == 0
+    for item in sim.world.all()[:3]:
+        sim.world.update(item["id"], name="edited")
+    cfg = write_cfg(tmp_path, sim, [("h", "block")])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "botasync", "sync", "--config", str(cfg),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "BOTASYNC_CONFIG": ""})
+    started = tmp_path / "h.jsonl.started"
+    await wait_for(started.exists, timeout=30)
+    handler_pid, first_id = started.read_text().split()[:2]
+    proc.kill()
+    await proc.wait()
+    os.kill(int(handler_pid), signal.SIGKILL)
+    with sqlite3.connect(tmp_path / "botasync.db") as conn:
+        committed = [r[0] for r in conn.execute(
+            "SELECT id FROM events WHERE type = 'recording.updated' ORDER BY seq")]
+    assert first_id in committed and len(committed) == 3
+    code, _, err = await botasync("sync", cfg=write_cfg(tmp_path, sim, [("h", "append")]))
+    assert code == 0, err
+    got = [g["event"]["id"] for g in delivered(tmp_path / "h.jsonl")]
+    assert got == committed  # every committed event, in order, the interrupted one included
