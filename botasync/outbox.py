@@ -36,6 +36,9 @@ FLUSH_EVERY = 100  # successes recorded per transaction, at most
 FLUSH_AFTER_S = 0.25  # ... or when the oldest unrecorded success is this old
 SLOW_DELIVERY_S = 0.02  # a handler this slow gets each success recorded at once
 ERROR_PAUSE_S = 1.0  # after an unexpected error (the database), before trying again
+# an idle worker looks again this often even without a notify: events committed by
+# another process (a `botasync sync` run beside the daemon) are not notified here
+IDLE_POLL_S = 30.0
 
 _NEXT_EVENTS = """
 SELECT e.seq, e.id, e.type, e.backfill, e.payload, d.state, d.attempts, d.next_attempt_at
@@ -61,7 +64,8 @@ ON CONFLICT (handler, event_seq) DO UPDATE SET
     attempts = deliveries.attempts + 1, last_error = excluded.last_error,
     last_attempt_at = excluded.last_attempt_at, next_attempt_at = excluded.next_attempt_at
 """
-_SET_CURSOR = "UPDATE handler_cursors SET seq = ? WHERE handler = ?"
+# never backwards: another process (`botasync sync` beside the daemon) may be further on
+_SET_CURSOR = "UPDATE handler_cursors SET seq = MAX(seq, ?) WHERE handler = ?"
 
 
 def retry_delay(attempt: int, events: EventsConfig, rand: Callable[[], float]) -> float:
@@ -276,7 +280,7 @@ class Dispatcher:
                 if wait == 0 or lane.wake.is_set():
                     continue
                 self._set_busy(lane, False)
-                await self._sleep(lane, wait)
+                await self._sleep(lane, IDLE_POLL_S if wait is None else min(wait, IDLE_POLL_S))
                 self._set_busy(lane, True)
         finally:
             # record what was delivered before a stop or a cancel, so it is not repeated
@@ -286,8 +290,8 @@ class Dispatcher:
                 log.warning("outbox_flush_failed", handler=lane.name, error=describe(e))
             self._set_busy(lane, False)
 
-    async def _sleep(self, lane: _Lane, seconds: float | None) -> None:
-        """Wait for a wake-up (notify, stop) or `seconds` (None: no limit)."""
+    async def _sleep(self, lane: _Lane, seconds: float) -> None:
+        """Wait for a wake-up (notify, stop) or `seconds`."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(lane.wake.wait(), seconds)
 
@@ -443,6 +447,7 @@ class Dispatcher:
                 continue
             at = iso(self._clock())
             done.append((lane.name, seq, at, at))
+            log.debug("replayed", handler=lane.name, event_id=event_id, event_type=event_type)
         if done or failures:
             async with self._store.transaction() as conn:
                 await conn.executemany(_RECORD_DELIVERED, done)
@@ -517,8 +522,10 @@ async def backlog(
     return out
 
 
-async def dead(store: Store, *, handler: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-    """The dead letters, oldest event first (optionally of one handler)."""
+async def dead(
+    store: Store, *, handler: str | None = None, limit: int | None = None
+) -> list[DeadLetter]:
+    """The dead letters, oldest event first (optionally of one handler, at most `limit`)."""
     sql = (
         "SELECT d.handler, d.event_seq, e.id, e.type, d.attempts, d.last_error, "
         "d.last_attempt_at FROM deliveries d JOIN events e ON e.seq = d.event_seq "
@@ -528,8 +535,10 @@ async def dead(store: Store, *, handler: str | None = None, limit: int = 1000) -
     if handler is not None:
         sql += " AND d.handler = ?"
         params.append(handler)
-    sql += " ORDER BY d.event_seq, d.handler LIMIT ?"
-    params.append(limit)
+    sql += " ORDER BY d.event_seq, d.handler"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
     return [DeadLetter(*tuple(r)) for r in await store.fetchall(sql, params)]
 
 

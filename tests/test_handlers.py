@@ -151,7 +151,7 @@ async def test_missing_command_fails_with_command_not_found(program: str) -> Non
 async def test_shell_syntax_in_an_event_is_inert(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A recording named with `; rm -rf x` and `$(touch pwned)` reaches stdin verbatim, harmlessly."""
+    """A name holding `; rm -rf x` and `$(touch pwned)` reaches stdin verbatim, harmlessly."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep").write_text("still here")
@@ -427,7 +427,8 @@ async def test_python_entry_point_target(
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bs-ep-pkg\nVersion: 1.0\n")
     ep = f"ep_{uuid.uuid4().hex[:8]}"
-    (dist / "entry_points.txt").write_text(f"[botasync.handlers]\n{ep} = {hooks.__name__}:on_sync\n")
+    entry = f"[botasync.handlers]\n{ep} = {hooks.__name__}:on_sync\n"
+    (dist / "entry_points.txt").write_text(entry)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     payload, event_id = envelope()
     await python(ep).deliver(payload, event_id, "recording.completed")

@@ -366,7 +366,7 @@ async def test_restart_continues_from_the_cursor_with_no_loss_and_the_same_ids(
 
 
 async def test_a_crash_after_the_handler_ran_redelivers_the_same_event(tmp_path: Path) -> None:
-    """Cut off before the success is recorded, the event comes again with the same id and payload."""
+    """Cut off before its success is recorded, the event comes again: same id, same payload."""
     path = tmp_path / "botasync.db"
     store = await Store.open(path)
     hung = Recorder("h", gate=asyncio.Event())  # did its work, never returned
@@ -465,7 +465,7 @@ async def test_replay_records_failures_and_revives_dead_letters(
 async def test_replay_of_a_large_backlog_is_batched_and_fast(
     store: Store, dispatcher: Factory
 ) -> None:
-    """Three thousand events replay in seq order with one delivery row each, in well under a few seconds."""
+    """Three thousand events replay in seq order, one delivery row each, in a few seconds."""
     ids = await add_events(store, *created(*(f"rec_{i}" for i in range(3000))))
     rec = Recorder("r")
     d = dispatcher(rec)
@@ -482,7 +482,7 @@ async def test_replay_of_a_large_backlog_is_batched_and_fast(
 async def test_worker_delivers_a_large_backlog_and_records_it(
     store: Store, dispatcher: Factory
 ) -> None:
-    """A 2,000-event backlog flows through the worker with every delivery and the cursor recorded."""
+    """A 2,000-event backlog flows through the worker, every delivery and the cursor recorded."""
     rec = Recorder("r")
     d = dispatcher(rec)
     await d.start()
@@ -522,7 +522,7 @@ async def test_backlog_counts_what_each_handler_still_has_to_take(
 async def test_list_events_filters_by_type_and_undelivered(
     store: Store, dispatcher: Factory
 ) -> None:
-    """Events are listed newest first, by type glob, and `undelivered` shows failures and backlog."""
+    """Events list newest first, by type glob; `undelivered` shows failures and backlog."""
     rec = Recorder("r")
     d = dispatcher(rec, max_attempts=1)
     await d.start()
@@ -540,7 +540,7 @@ async def test_list_events_filters_by_type_and_undelivered(
 
 
 async def test_lifecycle_edges(store: Store, dispatcher: Factory) -> None:
-    """Drain before start is true, duplicate names are refused, close is idempotent and closes handlers."""
+    """Drain before start is true, duplicate names are refused, close is idempotent and total."""
     rec = Recorder("r")
     d = dispatcher(rec)
     assert await d.drain(0.1)

@@ -71,7 +71,9 @@ def test_any_of_several_v1_signatures_verifies() -> None:
 
 @given(secret=st.binary(min_size=1, max_size=64), body=st.binary(max_size=512),
        t=st.integers(min_value=0, max_value=2**40), flip=st.integers(min_value=0))
-def test_round_trip_and_any_flipped_byte_fails(secret: bytes, body: bytes, t: int, flip: int) -> None:
+def test_round_trip_and_any_flipped_byte_fails(
+    secret: bytes, body: bytes, t: int, flip: int
+) -> None:
     """Whatever the body, its own signature verifies and one changed byte breaks it."""
     header = sign(secret, body, t)
     assert header == f"t={t},v1={reference_mac(secret, body, t)}"
