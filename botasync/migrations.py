@@ -105,6 +105,17 @@ STEPS: tuple[str, ...] = (
         value            TEXT NOT NULL
     );
     """,
+    # 2: media files mirrored to disk (`[media] download = true`), and their queue
+    """
+    ALTER TABLE media ADD COLUMN local_path TEXT;        -- absolute path of the verified file
+    ALTER TABLE media ADD COLUMN local_size_bytes INTEGER;
+    ALTER TABLE media ADD COLUMN sha256 TEXT;            -- hex digest of the file on disk
+    ALTER TABLE media ADD COLUMN downloaded_at TEXT;
+    ALTER TABLE media ADD COLUMN download_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE media ADD COLUMN download_error TEXT;    -- the last failure, NULL once it lands
+    ALTER TABLE media ADD COLUMN download_next_at TEXT;  -- retry not before, NULL with an error: gave up
+    CREATE INDEX media_downloaded_at ON media(downloaded_at);
+    """,
 )
 
 LATEST = len(STEPS)

@@ -124,11 +124,14 @@ async def test_five_edits_cost_five_details(big_sim: Simulator, tmp_path: Path) 
 async def test_faults_are_retried_and_the_pass_completes(tmp_path: Path) -> None:
     """5xx, 429, dropped connections, malformed and HTML bodies are retried; the mirror is exact."""
     async with serve(World(seed=3, recordings=600), rate_limit=None) as sim:
-        for kind in ("server_error", "rate_limited", "drop", "malformed", "html_502", "non_utf8"):
+        for kind in ("server_error", "rate_limited", "drop", "malformed", "html_502", "non_utf8",
+                     "slow"):
             sim.faults.queue(kind, n=1)
+        sim.faults.slow_s = 2.0
         db = tmp_path / "botasync.db"
         cfg = make_cfg(sim, db)
         cfg.api.max_retries, cfg.api.retry_base_s, cfg.api.retry_max_s = 8, 0.01, 0.05
+        cfg.api.timeout_s = 0.5  # the slow answer times out and is asked again
         async with await App.open(cfg) as app:
             stats = await app.syncer.full()
         assert stats.complete
@@ -202,3 +205,14 @@ async def test_quick_pass_finds_new_and_moved(tmp_path: Path) -> None:
         assert len(sim.requests) - mark <= 8
         assert mirror_diff(db, world.all()) == []
 
+
+
+async def test_progress_estimates_the_archive_cheaply(big_sim: Simulator, tmp_path: Path) -> None:
+    """With a progress bar, a first sync probes the archive's size within a page, cheaply."""
+    seen: list[tuple[int, int | None]] = []
+    cfg = make_cfg(big_sim, tmp_path / "botasync.db")
+    async with await App.open(cfg, on_progress=lambda s, off, total: seen.append((s.pages, total))) as app:
+        stats = await app.syncer.full()
+    probes = [r for r in big_sim.requests if "limit=1&" in r.query + "&"]
+    assert seen and all(t is not None and 1400 <= t <= 1600 for _, t in seen)
+    assert len(probes) <= 20 and stats.pages == 15
