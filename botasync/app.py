@@ -100,7 +100,8 @@ async def replay_events(
     """`botasync events replay`: deliver stored events to one handler again."""
     names = [h.name for h in cfg.handlers]
     if handler not in names:
-        raise ConfigError(f"no handler named {handler!r} (configured: {', '.join(names) or 'none'})")
+        known = ", ".join(names) or "none"
+        raise ConfigError(f"no handler named {handler!r} (configured: {known})")
     handlers = [build_handler(h) for h in cfg.handlers if h.name == handler]
     async with await Store.open(cfg.database.path) as store:
         dispatcher = Dispatcher(store, handlers, cfg.events)
@@ -120,7 +121,8 @@ async def check(cfg: Config) -> list[str]:
     for h in cfg.handlers:
         build_handler(h)
     if cfg.handlers:
-        lines.append(f"{len(cfg.handlers)} handler(s) ready: {', '.join(h.name for h in cfg.handlers)}")
+        names = ", ".join(h.name for h in cfg.handlers)
+        lines.append(f"{len(cfg.handlers)} handler(s) ready: {names}")
     quick = cfg.api.model_copy(update={"max_retries": 1})  # a check answers now, not in a minute
     async with BotaClient(quick, budget=RequestBudget(cfg.api.requests_per_minute),
                           backoff_base=0.2, backoff_cap=1.0) as client:

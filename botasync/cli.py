@@ -85,7 +85,8 @@ def _print_json(data: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="PATH", help="Configuration file (else $BOTASYNC_CONFIG).")
+@click.option("--config", "config_path", metavar="PATH",
+              help="Configuration file (else $BOTASYNC_CONFIG).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(__version__, prog_name="botasync")
 @click.pass_context
@@ -111,7 +112,8 @@ def _summary(stats: Any) -> str:
 @main.command()
 @_config_option
 @click.option("--full/--quick", default=True,
-              help="--full walks every page (default); --quick runs the daemon's tick (hot + head).")
+              help="--full walks every page (default); --quick runs the daemon's tick "
+              "(hot + head).")
 @click.option("--deliver-timeout", type=float, default=30.0, show_default=True,
               help="Seconds to spend delivering the pass's events before exiting.")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass summary as JSON.")
@@ -342,7 +344,8 @@ def config_show() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
-@click.option("--recordings", "n", type=click.IntRange(0, 10_000_000), default=500, show_default=True)
+@click.option("--recordings", "n", type=click.IntRange(0, 10_000_000), default=500,
+              show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--api-key", default="sk_test_botasync", show_default=True)
 @click.option("--rate-limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True,

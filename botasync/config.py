@@ -247,7 +247,8 @@ def _resolve_key_file(cfg: Config, base: Path) -> None:
     except FileNotFoundError:
         raise ConfigError(f"[api] api_key_file: {path} does not exist") from None
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
-        raise ConfigError(f"[api] api_key_file: {path} cannot be read ({type(e).__name__})") from None
+        why = type(e).__name__
+        raise ConfigError(f"[api] api_key_file: {path} cannot be read ({why})") from None
     if not key:
         raise ConfigError(f"[api] api_key_file: {path} is empty")
     cfg.api.api_key = SecretStr(key)

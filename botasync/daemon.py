@@ -1,6 +1,7 @@
 """Daemon: the schedule, signals and systemd.
 
-`Daemon` runs passes on an APScheduler `AsyncIOScheduler` in the running loop: the quick tick (head + hot) every `interval_s`, the reconcile walk every
+`Daemon` runs passes on an APScheduler `AsyncIOScheduler` in the running loop: the
+quick tick (head + hot) every `interval_s`, the reconcile walk every
 `reconcile_every_s`, the dispatcher alongside. SIGTERM/SIGINT stop it cleanly; a second
 signal exits at once (the outbox keeps what was not delivered).
 """
@@ -22,8 +23,8 @@ from botasync.app import App
 from botasync.config import Config
 from botasync.errors import AuthError, BotasyncError
 from botasync.events import iso, utc_now
-from botasync.jsoncodec import dumps
 from botasync.handlers import Handler
+from botasync.jsoncodec import dumps
 from botasync.store import Mirror
 from botasync.sync import PassStats
 

@@ -129,5 +129,5 @@ def next_steps(db: Path) -> list[str]:
         f"BOTASYNC_DB={db} botasync recordings show <id>",
         f"BOTASYNC_DB={db} botasync events list --limit 20",
         f"BOTASYNC_DB={db} botasync status",
-        f"sqlite3 {db} \"SELECT status, count(*) FROM recordings GROUP BY status\"",
+        f"sqlite3 {db} \"SELECT status, count(*) FROM recordings GROUP BY status\"",  # noqa: S608
     ]

@@ -13,7 +13,7 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -101,10 +101,8 @@ class Store:
                 yield self._conn
                 await self._conn.commit()
             except BaseException as e:
-                try:
+                with suppress(sqlite3.Error):
                     await self._conn.rollback()
-                except sqlite3.Error:
-                    pass
                 if isinstance(e, sqlite3.Error):
                     raise StoreError(f"database {self.path}: {_why(e)}") from None
                 raise

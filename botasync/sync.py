@@ -203,7 +203,9 @@ class Syncer:
         known = await self.mirror.count()
         return (1 << 62) if known == 0 else known
 
-    async def _list(self, offset: int, status: str | None, budgets: Sequence[RequestBudget]) -> Page:
+    async def _list(
+        self, offset: int, status: str | None, budgets: Sequence[RequestBudget]
+    ) -> Page:
         return await self.client.list_recordings(
             offset=offset, limit=self.cfg.sync.page_size, status=status, budgets=budgets,
             device_id=self.device_id, end_user_id=self.end_user_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import stat
@@ -45,10 +46,8 @@ class ThreadedSim:
 
             await run_forever(self.world, rate_limit=None, on_ready=ready)
 
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             asyncio.run(serve())
-        except asyncio.CancelledError:
-            pass
 
     def __enter__(self) -> ThreadedSim:
         self._thread.start()

@@ -89,7 +89,7 @@ async def test_backfill_then_changes_deliver_exactly_their_events(
     world.update(rename, name="Renamed in the test")
     world.delete(victim)
     new = world.create(name="Brand new")
-    code, out, err = await botasync("sync", cfg=cfg)
+    code, _, err = await botasync("sync", cfg=cfg)
     assert code == 0, err
 
     got = delivered(tmp_path / "cmd.jsonl")
@@ -113,7 +113,7 @@ async def test_backfill_then_changes_deliver_exactly_their_events(
     assert [e["data"]["id"] for e in events if e["type"] == "recording.deleted"] == [victim]
     assert [e["data"]["id"] for e in events if e["type"] == "recording.created"] == [new["id"]]
 
-    code, out, err = await botasync("sync", cfg=cfg)
+    code, _out, err = await botasync("sync", cfg=cfg)
     assert code == 0
     assert len(delivered(tmp_path / "cmd.jsonl")) == len(got)  # nothing changed, nothing new
 
