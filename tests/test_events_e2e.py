@@ -77,7 +77,7 @@ async def test_backfill_then_changes_deliver_exactly_their_events(
     for rid in uploaded:
         world.update(rid, status="uploaded", transcription_id=None)
     cfg = write_cfg(tmp_path, sim, [("cmd", "append")])
-    code, out, err = await botasync("sync", cfg=cfg)
+    code, _, err = await botasync("sync", cfg=cfg)
     assert code == 0, err
     assert delivered(tmp_path / "cmd.jsonl") == []  # the backfill stays in the outbox
 
@@ -135,7 +135,7 @@ async def test_failing_handler_goes_dead_and_others_get_everything(
     assert (await botasync("sync", cfg=cfg))[0] == 0
     for item in sim.world.all()[:4]:
         sim.world.update(item["id"], name="changed " + item["id"])
-    code, out, err = await botasync("sync", cfg=cfg)
+    code, _, err = await botasync("sync", cfg=cfg)
     assert code == 0, err
     good = delivered(tmp_path / "good.jsonl")
     assert Counter(g["event"]["type"] for g in good) == {"recording.updated": 4}
