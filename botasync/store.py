@@ -53,7 +53,7 @@ class Store:
         """Open (creating it 0600 if new), set WAL and busy timeout, run migrations."""
         p = Path(path)
         try:
-            _create_private(p)
+            await asyncio.to_thread(_create_private, p)
             conn = await aiosqlite.connect(p, isolation_level=None)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open database {p}: {_why(e)}") from None

@@ -49,6 +49,7 @@ def daemon_cfg(sim: Simulator, db: Path, **sync: Any) -> config.Config:
 
 
 async def start(daemon: Daemon) -> asyncio.Task[int]:
+    """Run the daemon in this loop; the tests' own sqlite3 reads run in threads."""
     task = asyncio.create_task(daemon.run())
     await wait_for(lambda: daemon.app is not None, timeout=10)
     return task

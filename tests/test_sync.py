@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from blockbuster import blockbuster_ctx
 
 from botasync import config
 from botasync.app import App
@@ -40,8 +41,10 @@ def kinds(sim: Simulator, since: int = 0) -> dict[str, int]:
 
 
 async def full_sync(cfg: config.Config) -> PassStats:
-    async with await App.open(cfg) as app:
-        return await app.syncer.full()
+    """One full pass through the app's own code path; any blocking call on the loop fails it."""
+    with blockbuster_ctx():
+        async with await App.open(cfg) as app:
+            return await app.syncer.full()
 
 
 def table_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
