@@ -113,7 +113,7 @@ STEPS: tuple[str, ...] = (
     ALTER TABLE media ADD COLUMN downloaded_at TEXT;
     ALTER TABLE media ADD COLUMN download_attempts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE media ADD COLUMN download_error TEXT;    -- the last failure, NULL once it lands
-    ALTER TABLE media ADD COLUMN download_next_at TEXT;  -- retry not before, NULL with an error: gave up
+    ALTER TABLE media ADD COLUMN download_next_at TEXT;  -- not before; NULL with an error: gave up
     CREATE INDEX media_downloaded_at ON media(downloaded_at);
     """,
 )
@@ -156,11 +156,9 @@ async def apply(conn: Any) -> int:
 
 
 def _statements(sql: str) -> list[str]:
-    """Split a step on `;` (the steps hold no `;` inside strings or triggers)."""
-    out = []
-    for part in sql.split(";"):
-        lines = [ln.split("--", 1)[0] for ln in part.splitlines()]
-        stmt = "\n".join(lines).strip()
-        if stmt:
-            out.append(stmt)
-    return out
+    """Split a step into statements: drop `--` comments, then split on `;`.
+
+    The steps hold no `;` or `--` inside string literals or triggers.
+    """
+    text = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
