@@ -31,6 +31,7 @@ from botasync.sync import PassStats
 log = structlog.get_logger("botasync.daemon")
 
 DAEMON_STATE = "daemon"
+RUN_LOG_DAYS = 7  # quiet ticks are kept this long in sync_runs
 SHUTDOWN_GRACE_S = 5.0
 
 
@@ -105,7 +106,12 @@ class Daemon:
         opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         sched.add_job(self._job, "interval", args=["tick", app.syncer.quick], id="tick",
                       seconds=self.cfg.sync.interval_s, next_run_time=now, **opts)
-        reconcile = lambda: app.syncer.full(kind="reconcile")  # noqa: E731
+        async def reconcile() -> PassStats:
+            stats = await app.syncer.full(kind="reconcile")
+            cutoff = iso(utc_now() - timedelta(days=RUN_LOG_DAYS))
+            await Mirror(app.store).prune_runs(cutoff)
+            return stats
+
         sched.add_job(self._job, "interval", args=["reconcile", reconcile], id="reconcile",
                       seconds=self.cfg.sync.reconcile_every_s,
                       next_run_time=now + timedelta(seconds=self.cfg.sync.reconcile_every_s),

@@ -1,0 +1,69 @@
+"""Store: the file, the schema, transactions and the pass log."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from botasync import migrations
+from botasync.errors import MigrationError
+from botasync.store import Mirror, Store
+
+
+async def test_new_database_is_private_wal_and_migrated(tmp_path: Path) -> None:
+    """A new file is 0600, in WAL mode, at the latest schema version, with foreign keys on."""
+    db = tmp_path / "sub" / "botasync.db"
+    async with await Store.open(db) as store:
+        assert (await store.fetchone("PRAGMA journal_mode"))[0] == "wal"
+        assert (await store.fetchone("PRAGMA user_version"))[0] == migrations.LATEST
+        assert (await store.fetchone("PRAGMA foreign_keys"))[0] == 1
+        async with store.transaction() as conn:
+            await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
+        assert (tmp_path / "sub" / "botasync.db-wal").exists()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    async with await Store.open(db) as store:  # reopening migrates nothing and keeps data
+        assert (await store.fetchone("SELECT value FROM state WHERE key = 'k'"))[0] == "v"
+
+
+async def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
+    """An exception inside a transaction leaves nothing behind."""
+    async with await Store.open(tmp_path / "b.db") as store:
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as conn:
+                await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
+                raise RuntimeError("boom")
+        assert await store.fetchone("SELECT * FROM state") is None
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database written by a newer botasync is refused with a clear error."""
+    db = tmp_path / "b.db"
+    async with await Store.open(db) as store:
+        async with store.transaction() as conn:
+            await conn.execute(f"PRAGMA user_version = {migrations.LATEST + 1}")
+    with pytest.raises(MigrationError, match="newer than this botasync"):
+        await Store.open(db)
+
+
+def test_statements_split_ignores_comments() -> None:
+    """A `;` inside a comment does not split a statement."""
+    sql = "CREATE TABLE a (x INT); -- one; two\nCREATE TABLE b (y INT); -- three"
+    assert migrations._statements(sql) == ["CREATE TABLE a (x INT)", "CREATE TABLE b (y INT)"]
+
+
+async def test_prune_keeps_what_matters(tmp_path: Path) -> None:
+    """Old quiet ticks are pruned; ticks that changed something and walks are kept."""
+    async with await Store.open(tmp_path / "b.db") as store:
+        mirror = Mirror(store)
+        quiet = await mirror.start_run("hot", "2026-01-01T00:00:00.000Z")
+        busy = await mirror.start_run("head", "2026-01-01T00:00:00.000Z")
+        await mirror.update_run(busy, {"created": 1})
+        walk = await mirror.start_run("full", "2026-01-01T00:00:00.000Z")
+        recent = await mirror.start_run("hot", "2026-06-01T00:00:00.000Z")
+        assert await mirror.prune_runs("2026-03-01T00:00:00.000Z") == 1
+        left = {r[0] for r in await store.fetchall("SELECT id FROM sync_runs")}
+        assert left == {busy, walk, recent} and quiet not in left
+    assert os.path.exists(tmp_path / "b.db")
