@@ -201,7 +201,10 @@ class Dispatcher:
             self._set_busy(lane, True)
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - the daemon's API
-        """Wait until every handler is idle with nothing due now; False on timeout."""
+        """Wait until every handler has caught up (no event left, no retry pending).
+
+        False on timeout: a handler still failing keeps its events for later.
+        """
         if not self._tasks or self._stop.is_set():
             return not self._busy
         self.notify()  # an event committed without a notify is still seen
@@ -279,7 +282,8 @@ class Dispatcher:
                     continue
                 if wait == 0 or lane.wake.is_set():
                     continue
-                self._set_busy(lane, False)
+                if wait is None:  # caught up; a lane waiting for a retry still has work
+                    self._set_busy(lane, False)
                 await self._sleep(lane, IDLE_POLL_S if wait is None else min(wait, IDLE_POLL_S))
                 self._set_busy(lane, True)
         finally:

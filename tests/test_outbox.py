@@ -196,7 +196,8 @@ async def test_failing_handler_is_retried_then_dead_while_the_other_gets_everyth
     with capture_logs() as logs:
         ids = await add_events(store, *created("rec_1", "rec_bad", "rec_2"))
         d.notify()
-        await wait_until(lambda: _settled(store, "picky", 3))
+        assert await d.drain(10)  # drain waits out the retries until the dead letter
+    assert await cursor(store, "picky") == 3
     assert other.ids == ids
     assert [g["event_id"] for g in lines(out)] == [ids[0], ids[2]]
     row = await delivery(store, "picky", ids[1])
@@ -214,6 +215,24 @@ async def test_failing_handler_is_retried_then_dead_while_the_other_gets_everyth
 
 async def _settled(store: Store, handler: str, seq: int) -> bool:
     return await cursor(store, handler) >= seq
+
+
+async def test_drain_times_out_while_a_retry_is_pending(
+    store: Store, dispatcher: Factory
+) -> None:
+    """A handler waiting out a long backoff is not caught up: drain says False, the row is pending."""
+    rec = Recorder("r")
+    d = dispatcher(rec, backoff_base_s=60, backoff_max_s=60)
+    await d.start()
+    ids = await add_events(store, *created("a"))
+    rec.fail_ids = set(ids)
+    d.notify()
+    assert not await d.drain(0.3)
+    row = await delivery(store, "r", ids[0])
+    assert row is not None
+    assert (row["state"], row["attempts"]) == ("pending", 1)
+    due = datetime.fromisoformat(row["next_attempt_at"]) - datetime.now(UTC)
+    assert 25 < due.total_seconds() <= 60  # equal jitter: between half and all of the base
 
 
 async def test_hanging_command_times_out_and_later_events_still_flow(
