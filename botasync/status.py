@@ -16,7 +16,7 @@ from botasync import queries
 from botasync.config import Config
 from botasync.errors import BotasyncError
 from botasync.jsoncodec import loads
-from botasync.outbox import backlog, dead
+from botasync.outbox import backlog
 from botasync.store import Mirror, Store
 
 DAEMON_STATE = "daemon"
@@ -42,7 +42,9 @@ async def collect(cfg: Config) -> dict[str, Any]:
     async with await Store.open(path) as store:
         patterns = {h.name: list(h.events) for h in cfg.handlers}
         pending = await backlog(store, patterns, deliver_backfill=cfg.events.deliver_backfill)
-        dead_letters = await dead(store)
+        dead_rows = await store.fetchall(
+            "SELECT handler, count(*) FROM deliveries WHERE state = 'dead' GROUP BY handler")
+        dead_by_handler = {r[0]: int(r[1]) for r in dead_rows}
         daemon_raw = await Mirror(store).get_state(DAEMON_STATE)
         daemon = loads(daemon_raw) if daemon_raw else None
         if daemon:
@@ -56,7 +58,7 @@ async def collect(cfg: Config) -> dict[str, Any]:
             "events": {"total": int(row[0]) if row else 0, "last_seq": row[1] if row else None},
             "handlers": {
                 name: {"backlog": pending.get(name, 0),
-                       "dead": sum(1 for d in dead_letters if d.handler == name)}
+                       "dead": dead_by_handler.get(name, 0)}
                 for name in patterns
             },
             "daemon": daemon,
