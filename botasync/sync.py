@@ -101,6 +101,7 @@ class Syncer:
         self.reconcile_budget = reconcile_budget
         self.clock = clock
         self.ids = EventIds()
+        self._invalid_seen: set[str] = set()
         self.device_id = cfg.sync.device_id or None
         self.end_user_id = cfg.sync.end_user_id or None
 
@@ -233,7 +234,7 @@ class Syncer:
                 store_now.append((item, rec, fp))
         if not store_now and not fetch:
             self._progress(walk)
-            return len(valid) == len(items)
+            return True  # an invalid item cannot be mirrored: it must not keep a walk going
         fetched, gone = await self._details(walk, fetch, budgets)
         await self._write(walk, store_now + fetched, gone, known)
         return False
@@ -249,12 +250,19 @@ class Syncer:
                 walk.stats.invalid += 1
                 if e.item_id:
                     walk.seen.add(e.item_id)
-                log.warning("invalid_item", kind=walk.stats.kind, id=e.item_id, reason=e.reason)
+                self._log_invalid(walk, e, item)
                 continue
             walk.seen.add(rec.id)
             out[rec.id] = (item, rec, fingerprint(item))  # a duplicate id in a page: last wins
         walk.stats.seen += len(out)
         return list(out.values())
+
+    def _log_invalid(self, walk: _Walk, err: InvalidItem, item: Any) -> None:
+        """Warn once per distinct bad item; every tick would otherwise repeat the line."""
+        key = f"{err.item_id}:{err.reason}:{fingerprint(item)}"
+        level = log.debug if key in self._invalid_seen else log.warning
+        self._invalid_seen.add(key)
+        level("invalid_item", kind=walk.stats.kind, id=err.item_id, reason=err.reason)
 
     def _wants_detail(self, item: dict[str, Any], stored: bool) -> bool:
         policy = self.cfg.sync.detail
@@ -278,7 +286,7 @@ class Syncer:
                 gone.append(rid)
             elif isinstance(res, InvalidItem):
                 walk.stats.invalid += 1
-                log.warning("invalid_item", kind=walk.stats.kind, id=rid, reason=res.reason)
+                self._log_invalid(walk, res, rid)
             elif isinstance(res, BaseException):
                 raise res
             else:

@@ -219,3 +219,17 @@ async def test_progress_estimates_the_archive_cheaply(big_sim: Simulator, tmp_pa
     probes = [r for r in big_sim.requests if "limit=1&" in r.query + "&"]
     assert seen and all(t is not None and 1400 <= t <= 1600 for _, t in seen)
     assert len(probes) <= 20 and stats.pages == 15
+
+
+async def test_invalid_item_at_the_top_does_not_make_every_tick_a_walk(tmp_path: Path) -> None:
+    """A permanently broken item on the first page is skipped; the head pass still stops there."""
+    async with serve(World(seed=9, recordings=600), rate_limit=None) as sim:
+        db = tmp_path / "botasync.db"
+        cfg = make_cfg(sim, db)
+        await full_sync(cfg)
+        sim.world.put_raw({"id": "rec_broken", "status": "exploded"}, position=0)
+        async with await App.open(cfg) as app:
+            first = await app.syncer.head()
+            second = await app.syncer.head()
+        assert (first.pages, first.invalid) == (1, 1)
+        assert (second.pages, second.invalid) == (1, 1)
