@@ -174,3 +174,23 @@ async def test_sigkill_between_commit_and_delivery_loses_nothing(
     assert code == 0, err
     got = [g["event"]["id"] for g in delivered(tmp_path / "h.jsonl")]
     assert got == committed  # every committed event, in order, the interrupted one included
+
+
+async def test_replay_and_list_the_backfill(
+    simulator_factory: SimulatorFactory, tmp_path: Path
+) -> None:
+    """The backfill stays in the outbox; `events replay` delivers it, in order, on demand."""
+    sim = await simulator_factory(World(seed=34, recordings=60))
+    cfg = write_cfg(tmp_path, sim, [("cmd", "append")])
+    assert (await botasync("sync", cfg=cfg))[0] == 0
+    code, out, _ = await botasync("events", "list", "--json", "--limit", "100", cfg=cfg)
+    listed = json.loads(out)
+    assert code == 0 and len(listed) == 60 and all(e["backfill"] for e in listed)
+    code, out, err = await botasync("events", "replay", "--handler", "cmd", "--type",
+                                    "recording.*", cfg=cfg)
+    assert code == 0, err
+    assert "60 delivered, 0 failed" in out
+    got = [g["event"]["id"] for g in delivered(tmp_path / "cmd.jsonl")]
+    assert got == [e["id"] for e in reversed(listed)]  # seq order
+    code, _, err = await botasync("events", "replay", "--handler", "nope", cfg=cfg)
+    assert code == 2 and "no handler named 'nope'" in err
