@@ -324,14 +324,17 @@ class Syncer:
         """Diff against the stored rows and write the page with its events in one commit."""
         now_dt = self.clock()
         make = EventFactory(lambda: self.ids.new(now_dt), iso(now_dt))
-        ids = [r.id for _, r, _ in items if r.id in known] + [g for g in gone if g in known]
+        # every item's row is read inside the write, the ones new to this page too: another
+        # pass (a tick beside a reconcile) may have stored it since, and must not be repeated
+        ids = [r.id for _, r, _ in items] + [g for g in gone if g in known]
         counts = {"created": 0, "updated": 0, "deleted": 0}
 
         def build(old: dict[str, dict[str, Any]]) -> PageWrite:
             page = PageWrite(backfill=walk.backfill)
             for raw, rec, fp in items:
                 before = old.get(rec.id)
-                page.upserts.append(Upsert(rec, raw, fp, is_new=rec.id not in known))
+                is_new = rec.id not in known and before is None
+                page.upserts.append(Upsert(rec, raw, fp, is_new=is_new))
                 page.events += diff(before, raw, make, backfill=walk.backfill)
                 counts["created" if before is None else "updated"] += 1
             for rid in gone:
