@@ -34,6 +34,8 @@ from botasync.store import Mirror, PageWrite, Store, Upsert
 log = structlog.get_logger("botasync.sync")
 
 BACKFILL_DONE = "backfill_done"
+HOT_FULL_AT = "hot_full_at"
+HOT_FULL_EVERY = 10  # ticks' worth of time between hot passes that list every status
 WALK_KINDS = ("full", "reconcile")
 
 
@@ -115,22 +117,40 @@ class Syncer:
             walk.total = await self._estimate_total()
         return await self._run(walk, self._full_body(walk, budgets))
 
-    async def head(self) -> PassStats:
-        """New recordings: walk from the top until a page is all known and unchanged."""
-        if not await self._backfill_done():
-            return await self.full()
-        walk = await self._begin("head", resume=False)
-        return await self._run(walk, self._walk(walk, stop_when_unchanged=True, depth=1))
+    async def head(self, seen: set[str] | None = None) -> PassStats:
+        """New recordings: walk from the top until a page is all known and unchanged.
 
-    async def hot(self) -> PassStats:
-        """Recordings in flight: list each non-terminal status, ask for those that left."""
+        `seen`, if given, receives the ids the pass saw (the tick's hot pass uses it).
+        """
+        if not await self._backfill_done():
+            walk = await self._begin("full", resume=True)
+            stats = await self._run(walk, self._full_body(walk, ()))
+        else:
+            walk = await self._begin("head", resume=False)
+            stats = await self._run(walk, self._walk(walk, stop_when_unchanged=True, depth=1))
+        if seen is not None:
+            seen |= walk.seen
+        return stats
+
+    async def hot(self, covered: set[str] | None = None) -> PassStats:
+        """Recordings in flight: list each non-terminal status, ask for those that left.
+
+        With `covered` (what the head pass just saw), a status whose stored recordings
+        were all covered is not listed: in-flight recordings are usually the newest, so
+        a tick often costs one request instead of four. Every `HOT_FULL_EVERY` ticks'
+        worth of time, all three lists are walked anyway, to catch a finished recording
+        that went back into processing deep in the archive.
+        """
         walk = await self._begin("hot", resume=False)
-        return await self._run(walk, self._hot_body(walk))
+        if covered is not None and await self._hot_full_due():
+            covered = None
+        return await self._run(walk, self._hot_body(walk, covered))
 
     async def quick(self) -> list[PassStats]:
         """One daemon tick: the head pass (new recordings) then the hot pass."""
-        head = await self.head()
-        return [head, await self.hot()]
+        seen: set[str] = set()
+        head = await self.head(seen)
+        return [head, await self.hot(covered=seen)]
 
     # -- pass bodies --------------------------------------------------------------------
 
@@ -145,14 +165,19 @@ class Syncer:
             await self._confirm(walk, missing[i : i + self.cfg.sync.page_size], budgets)
         await self._mark_backfill_done(walk)
 
-    async def _hot_body(self, walk: _Walk) -> None:
+    async def _hot_body(self, walk: _Walk, covered: set[str] | None) -> None:
+        if covered is None:
+            await self.mirror.set_state(HOT_FULL_AT, iso(self.clock()))
         for status in NON_TERMINAL:
+            stored = await self.mirror.live_ids(status=status)
+            if covered is not None and covered.issuperset(stored):
+                continue
             before = set(walk.seen)
             walk.offset = 0
             if not await self._walk(walk, status=status, depth=1):
                 return
             listed = walk.seen - before
-            moved = [i for i in await self.mirror.live_ids(status=status) if i not in listed]
+            moved = [i for i in stored if i not in listed]
             if moved:
                 await self._confirm(walk, moved, ())
         walk.stats.complete = True
@@ -419,6 +444,13 @@ class Syncer:
         if walk.stats.kind in WALK_KINDS:
             fields = {**walk.stats.counts(), "position": walk.offset}
             await self.mirror.update_run(walk.run_id, fields)
+
+    async def _hot_full_due(self) -> bool:
+        last = await self.mirror.get_state(HOT_FULL_AT)
+        if last is None:
+            return True
+        age = (self.clock() - datetime.fromisoformat(last)).total_seconds()
+        return age >= HOT_FULL_EVERY * self.cfg.sync.interval_s
 
     async def _backfill_done(self) -> bool:
         return await self.mirror.get_state(BACKFILL_DONE) is not None

@@ -233,3 +233,31 @@ async def test_invalid_item_at_the_top_does_not_make_every_tick_a_walk(tmp_path:
             second = await app.syncer.head()
         assert (first.pages, first.invalid) == (1, 1)
         assert (second.pages, second.invalid) == (1, 1)
+
+
+async def test_tick_skips_hot_lists_the_head_page_covered(tmp_path: Path) -> None:
+    """When every in-flight recording sits on the head page, a tick costs one request."""
+    async with serve(World(seed=10, recordings=1000), rate_limit=None) as sim:
+        world = sim.world
+        for item in world.all()[100:]:  # in flight only on the first page
+            if item["status"] in ("pending", "uploaded", "processing"):
+                world.update(item["id"], status="completed")
+        deep = world.all()[500]["id"]
+        db = tmp_path / "botasync.db"
+        cfg = make_cfg(sim, db)
+        await full_sync(cfg)
+        async with await App.open(cfg) as app:
+            first = await app.syncer.quick()  # no full hot list yet: all three statuses
+            mark = len(sim.requests)
+            second = await app.syncer.quick()
+            assert len(sim.requests) - mark == 1
+            assert [s.pages for s in second] == [1, 0]
+            assert sum(s.requests for s in first) == 4
+            world.update(deep, status="processing")  # deep in the archive: reconcile finds it
+            await app.syncer.full()
+            world.update(deep, status="completed", transcription_id="txn_deep")
+            mark = len(sim.requests)
+            head, hot = await app.syncer.quick()
+            assert len(sim.requests) - mark == 3  # head page, processing list, detail of deep
+            assert hot.updated == 1
+        assert mirror_diff(db, world.all()) == []
