@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +276,15 @@ class Mirror:
                 "SELECT id FROM recordings WHERE deleted_at IS NULL AND status = ?", (status,)
             )
         return [r[0] for r in rows]
+
+    async def live_ids_not_in(self, seen: Container[str]) -> list[str]:
+        """Stored live ids a walk did not see, read in batches: memory stays flat."""
+        out: list[str] = []
+        async with self.store.read() as conn:
+            async with conn.execute("SELECT id FROM recordings WHERE deleted_at IS NULL") as cur:
+                while rows := await cur.fetchmany(5000):
+                    out.extend(r[0] for r in rows if r[0] not in seen)
+        return out
 
     async def live_ids_created_after(self, created_at: str) -> list[str]:
         """Live ids newer than a timestamp: what a resumed walk covered before it stopped."""

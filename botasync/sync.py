@@ -29,6 +29,7 @@ from botasync.errors import NotFound
 from botasync.events import EventIds, iso, utc_now
 from botasync.fingerprint import fingerprint
 from botasync.models import NON_TERMINAL, InvalidItem, Recording, is_complete, parse_recording
+from botasync.seen import SeenIds
 from botasync.store import Mirror, PageWrite, Store, Upsert
 
 log = structlog.get_logger("botasync.sync")
@@ -73,7 +74,7 @@ class _Walk:
     stats: PassStats
     run_id: int
     offset: int
-    seen: set[str] = field(default_factory=set)
+    seen: set[str] | SeenIds = field(default_factory=set)  # SeenIds for full walks
     backfill: bool = False
     total: int | None = None  # estimated recordings, for progress only
 
@@ -128,7 +129,7 @@ class Syncer:
         else:
             walk = await self._begin("head", resume=False)
             stats = await self._run(walk, self._walk(walk, stop_when_unchanged=True, depth=1))
-        if seen is not None:
+        if seen is not None and isinstance(walk.seen, set):
             seen |= walk.seen
         return stats
 
@@ -158,7 +159,7 @@ class Syncer:
         complete = await self._walk(walk, depth=self.cfg.api.concurrency, budgets=budgets)
         if not complete:
             return
-        missing = sorted(set(await self.mirror.live_ids()) - walk.seen)
+        missing = await self.mirror.live_ids_not_in(walk.seen)
         if missing:
             log.info("confirming_unseen", kind=walk.stats.kind, count=len(missing))
         for i in range(0, len(missing), self.cfg.sync.page_size):
@@ -172,12 +173,10 @@ class Syncer:
             stored = await self.mirror.live_ids(status=status)
             if covered is not None and covered.issuperset(stored):
                 continue
-            before = set(walk.seen)
-            walk.offset = 0
+            walk.offset, walk.seen = 0, set()  # what this status's list shows
             if not await self._walk(walk, status=status, depth=1):
                 return
-            listed = walk.seen - before
-            moved = [i for i in stored if i not in listed]
+            moved = [i for i in stored if i not in walk.seen]
             if moved:
                 await self._confirm(walk, moved, ())
         walk.stats.complete = True
@@ -391,8 +390,10 @@ class Syncer:
             log.info("walk_resumed", kind=kind, offset=offset)
         run_id = await self.mirror.start_run(kind, now, offset if kind in WALK_KINDS else None)
         walk = _Walk(PassStats(kind), run_id, offset, backfill=backfill)
+        if kind in WALK_KINDS:
+            walk.seen = SeenIds()
         if offset:
-            walk.seen |= await self._covered_before(offset)
+            walk.seen.update(await self._covered_before(offset))
         return walk
 
     async def _covered_before(self, offset: int) -> set[str]:
