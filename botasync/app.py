@@ -15,6 +15,7 @@ from botasync.config import Config
 from botasync.errors import ConfigError
 from botasync.handlers import Handler, build_handler
 from botasync.logging import add_secret
+from botasync.media import Downloader
 from botasync.outbox import Dispatcher, ReplayResult
 from botasync.store import Store
 from botasync.sync import PassStats, Progress, Syncer
@@ -35,13 +36,14 @@ class App:
     """Store, client, dispatcher and syncer, opened together and closed in reverse."""
 
     def __init__(self, cfg: Config, store: Store, client: BotaClient, dispatcher: Dispatcher,
-                 syncer: Syncer, budget: RequestBudget) -> None:
+                 syncer: Syncer, budget: RequestBudget, downloader: Downloader) -> None:
         self.cfg = cfg
         self.store = store
         self.client = client
         self.dispatcher = dispatcher
         self.syncer = syncer
         self.budget = budget
+        self.downloader = downloader
         self._closed = False
 
     @classmethod
@@ -60,9 +62,15 @@ class App:
             backoff_base=cfg.api.retry_base_s, backoff_cap=cfg.api.retry_max_s,
         )
         dispatcher = Dispatcher(store, handlers, cfg.events)
-        syncer = Syncer(cfg, client, store, on_commit=dispatcher.notify, on_progress=on_progress,
+        downloader = Downloader(store, client, cfg.media, on_commit=dispatcher.notify)
+
+        def committed() -> None:
+            dispatcher.notify()
+            downloader.notify()
+
+        syncer = Syncer(cfg, client, store, on_commit=committed, on_progress=on_progress,
                         reconcile_budget=RequestBudget(share))
-        return cls(cfg, store, client, dispatcher, syncer, budget)
+        return cls(cfg, store, client, dispatcher, syncer, budget, downloader)
 
     async def __aenter__(self) -> App:
         return self
@@ -77,6 +85,7 @@ class App:
         if self._closed:
             return
         self._closed = True
+        await self.downloader.aclose(grace_s=grace_s)
         await self.dispatcher.aclose(grace_s=grace_s)
         await self.client.aclose()
         await self.store.aclose()

@@ -395,3 +395,9 @@ def demo(seconds: float | None, db_path: str, n: int, seed: int, move_every: flo
               f"({printer.status_changes} status changes). Try next:")
     for line in next_steps(Path(db_path)):
         out.print(f"  {line}", highlight=False, markup=False)
+
+
+# the `files` group builds on the helpers above, so it is imported last
+from botasync.cli_files import files  # noqa: E402
+
+main.add_command(files)

@@ -224,9 +224,13 @@ class BotaClient:
         return [self.budget]
 
     async def _attempt(self, req: _Request, budgets: Sequence[RequestBudget]) -> Any:
-        """One HTTP exchange: concurrency, budget slot, send, observe, decode."""
+        """One HTTP exchange: budget slot, concurrency, send, observe, decode.
+
+        The budget comes first: a request waiting for a budget (the reconcile share, the
+        download-url limit) must not sit on a concurrency slot the tick's requests need.
+        """
         session = self._get_session()
-        async with self._sem, acquire_all(budgets):
+        async with acquire_all(budgets), self._sem:
             self.requests += 1
             started = time.monotonic()
             resp = await self._send(session, req)

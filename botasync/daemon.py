@@ -84,6 +84,7 @@ class Daemon:
         async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
             self.app = app
             await app.dispatcher.start()
+            await app.downloader.start()
             self._install_signals()
             self._scheduler = self._schedule(app)
             self._scheduler.start()

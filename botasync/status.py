@@ -16,6 +16,7 @@ from botasync import queries
 from botasync.config import Config
 from botasync.errors import BotasyncError
 from botasync.jsoncodec import loads
+from botasync.media_admin import files_status
 from botasync.outbox import backlog
 from botasync.store import Mirror, Store
 
@@ -50,6 +51,7 @@ async def collect(cfg: Config) -> dict[str, Any]:
         if daemon:
             daemon["running"] = _alive(daemon.get("pid"))
         row = await store.fetchone("SELECT count(*), max(seq) FROM events")
+        files = await files_status(store, cfg.media) if cfg.media.download else None
         return {
             "database": {"path": str(path), "bytes": path.stat().st_size},
             "recordings": await queries.counts_by_status(store),
@@ -62,6 +64,7 @@ async def collect(cfg: Config) -> dict[str, Any]:
                 for name in patterns
             },
             "daemon": daemon,
+            "files": files,
         }
 
 
@@ -86,6 +89,10 @@ def render(console: Console, data: dict[str, Any]) -> None:
         done = "complete" if walk["complete"] else f"stopped at offset {walk['position']}"
         console.print(f"[bold]last walk[/bold] {walk['kind']} {walk['started_at']} ({done})")
     console.print(f"[bold]events[/bold] {data['events']['total']}")
+    if data.get("files"):
+        console.print("[bold]files[/bold] see `botasync files status` for the download queue: "
+                      + ", ".join(f"{k} {v}" for k, v in data["files"].items()
+                                  if isinstance(v, int | float)))
     if data["handlers"]:
         t = Table("handler", "backlog", "dead", box=None)
         for name, h in data["handlers"].items():

@@ -10,6 +10,7 @@ we write.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Mapping, Sequence
@@ -34,6 +35,9 @@ def _create_private(path: Path) -> None:
     """Create the database file with mode 0600 before SQLite opens it."""
     if path.exists():
         return
+    if path.parent.exists() and not path.parent.is_dir():
+        # mkdir would fail with "file exists", which hides what is wrong
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)

@@ -1,0 +1,583 @@
+"""Media files mirrored to disk: the download queue against the simulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+from structlog.testing import capture_logs
+
+import botasync.cli  # noqa: F401 - first, so cli_files finds its helpers (see cli_files.py)
+from botasync import config, media_admin
+from botasync import files as fs
+from botasync.budget import RequestBudget
+from botasync.cli_files import files as files_cli
+from botasync.client import BotaClient
+from botasync.errors import BotasyncError
+from botasync.media import Downloader, DownloadStats, _reason, orphans
+from botasync.media_progress import download_progress, eta_seconds
+from botasync.simulator import Simulator, World, file_bytes
+from botasync.store import Store
+from botasync.sync import Syncer
+from tests.conftest import SimulatorFactory, wait_for
+
+KEY = "sk_test_botasync"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Rig:
+    """A simulator, a store, a client, a syncer and a downloader wired as the app does."""
+
+    sim: Simulator
+    cfg: config.Config
+    store: Store
+    client: BotaClient
+    syncer: Syncer
+    downloader: Downloader
+
+    @property
+    def root(self) -> Path:
+        return self.downloader.root
+
+    async def sync_and_drain(self, timeout: float = 30.0) -> None:
+        await self.syncer.full()
+        await self.downloader.start()
+        assert await self.downloader.drain(timeout)
+
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+def make_cfg(sim: Simulator, tmp_path: Path, **media: Any) -> config.Config:
+    media = {"download": True, "files_dir": str(tmp_path / "files"), "min_free_bytes": 0,
+             "concurrency": 4, "requests_per_minute": 100_000, **media}
+    return config.load(env={}, overrides={
+        "api": {"base_url": sim.url, "api_key": KEY, "requests_per_minute": 100_000},
+        "database": {"path": str(tmp_path / "botasync.db")},
+        "media": media,
+    })
+
+
+@pytest.fixture
+async def rig_factory(
+    tmp_path: Path, simulator_factory: SimulatorFactory
+) -> AsyncIterator[RigFactory]:
+    """Build rigs; everything they opened is closed at teardown, newest first."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(world: World | None = None, *, sim: dict[str, Any] | None = None,
+                       download_budget: RequestBudget | None = None, max_attempts: int = 10,
+                       **media: Any) -> Rig:
+            options = {"download_rate_limit": None, **(sim or {})}
+            served = await simulator_factory(world or World(seed=5, recordings=40), **options)
+            cfg = make_cfg(served, tmp_path, **media)
+            store = await Store.open(cfg.database.path)
+            stack.push_async_callback(store.aclose)
+            client = BotaClient(cfg.api, budget=RequestBudget(None),
+                                download_budget=download_budget or RequestBudget(None),
+                                backoff_base=0.01, backoff_cap=0.05)
+            stack.push_async_callback(client.aclose)
+            dl = Downloader(store, client, cfg.media, retry_base_s=0.05, retry_max_s=0.2,
+                            sweep_every_s=0, max_attempts=max_attempts)
+            stack.push_async_callback(dl.aclose)
+            syncer = Syncer(cfg, client, store, on_commit=dl.notify)
+            return Rig(served, cfg, store, client, syncer, dl)
+
+        yield make
+
+
+def uploaded(world: World, types: tuple[str, ...] = ("audio",)) -> dict[str, tuple[str, dict[str, Any]]]:
+    """media id -> (recording id, item) of every uploaded item of these types."""
+    return {m["id"]: (r["id"], m) for r in world.all() for m in r["media"]
+            if m["status"] == "uploaded" and m["type"] in types}
+
+
+def sha(media_id: str, size: int) -> str:
+    return hashlib.sha256(file_bytes(media_id, size)).hexdigest()
+
+
+def on_disk(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != fs.LOCK_NAME)
+
+
+def db_rows(db: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def file_requests(sim: Simulator, since: int = 0) -> list[int]:
+    """Statuses of the file GETs the simulator answered, in order."""
+    return [r.status for r in sim.requests[since:] if r.path.startswith("/_files/")]
+
+
+def url_calls(sim: Simulator) -> list[float]:
+    return [r.t for r in sim.requests if r.path.endswith("/download-url")]
+
+
+# --- pure parts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mime", "ext"), [
+    ("audio/opus", ".opus"), ("audio/mpeg", ".mp3"), ("image/jpeg", ".jpg"),
+    ("video/mp4", ".mp4"), ("audio/wav", ".wav"), ("audio/ogg; codecs=opus", ".ogg"),
+    ("image/png", ".png"), ("application/x-unheard-of", ".bin"), (None, ".bin"), ("", ".bin"),
+])
+def test_extension_for(mime: str | None, ext: str) -> None:
+    """Known types get their usual extension, others what mimetypes says, else `.bin`."""
+    assert fs.extension_for(mime) == ext
+
+
+def test_paths_refuse_ids_that_leave_the_directory(tmp_path: Path) -> None:
+    """Ids come from the network, so one that could climb out of files_dir is refused."""
+    assert fs.final_path(tmp_path, "rec_1", "med_2", "audio/opus") == tmp_path / "rec_1/med_2.opus"
+    assert fs.part_path(tmp_path, "rec_1", "med_2") == tmp_path / "rec_1/.med_2.part"
+    for rec, med in (("../etc", "med_1"), ("rec_1", "med_1/../../x"), ("rec_1", "passwd")):
+        with pytest.raises(ValueError, match="not a recording/media id"):
+            fs.final_path(tmp_path, rec, med, None)
+    assert (fs.parse_name("med_a1.opus"), fs.parse_name(".med_a1.part")) == (
+        ("med_a1", False), ("med_a1", True))
+    assert fs.parse_name("notes.txt") is None
+
+
+def test_orphan_rules(tmp_path: Path) -> None:
+    """Removed media lose their files; tombstones and unknown recordings keep theirs."""
+    def f(rec: str, med: str, part: bool = False) -> fs.FoundFile:
+        name = f".{med}.part" if part else f"{med}.opus"
+        return fs.FoundFile(rec, med, tmp_path / rec / name, part)
+
+    found = [f("rec_live", "med_gone"), f("rec_live", "med_kept"), f("rec_dead", "med_dead"),
+             f("rec_dead", "med_dpart", part=True), f("rec_unknown", "med_x"),
+             f("rec_live", "med_busy", part=True), f("rec_live", "med_done", part=True),
+             f("rec_live", "med_kept2"), f("rec_live", "med_moved")]
+    recordings = {"rec_live": False, "rec_dead": True}
+    media = {"med_kept": ("rec_live", str(tmp_path / "rec_live/med_kept.opus")),
+             "med_dead": ("rec_dead", None), "med_dpart": ("rec_dead", None),
+             "med_busy": ("rec_live", None),
+             "med_done": ("rec_live", str(tmp_path / "rec_live/med_done.opus")),
+             "med_kept2": ("rec_live", str(tmp_path / "rec_live/med_kept2.mp3")),
+             "med_moved": ("rec_live", "/elsewhere/rec_live/med_moved.opus")}
+    doomed = {(x.media_id, why) for x, why in orphans(found, recordings, media, busy={"med_busy"})}
+    assert doomed == {("med_gone", "media removed remotely"),
+                      ("med_dpart", "recording deleted before its download finished"),
+                      ("med_done", "stale partial download"),
+                      ("med_kept2", "superseded by a file of another type")}
+
+
+def test_transfer_errors_never_show_the_signed_url() -> None:
+    """A pre-signed URL is a credential: an error message keeps its path, not its signature."""
+    url = "http://127.0.0.1:1/_files/med_a?expires=99&sig=cafe"
+    why = _reason(ValueError(f"cannot fetch {url} (query expires=99&sig=cafe)"), url)
+    assert "sig=cafe" not in why and "http://127.0.0.1:1/_files/med_a" in why
+
+
+@pytest.mark.parametrize(("files_left", "bytes_left", "elapsed", "done", "rpm", "want"), [
+    (25, 1000, 10.0, 0, 25, 60.0),  # nothing measured yet: the budget's pace
+    (25, 10**9, 10.0, 10**6, 25, 10_000.0),  # a slow network is slower than the budget
+    (0, 0, 5.0, 100, 25, 0.0),
+    (50, 100, 1.0, 10**6, 100, 30.0),
+])
+def test_eta_is_the_slower_of_budget_and_bytes(
+    files_left: int, bytes_left: int, elapsed: float, done: int, rpm: int, want: float
+) -> None:
+    """The ETA never promises more than one download-url call per file allows."""
+    assert eta_seconds(files_left, bytes_left, elapsed, done, rpm) == pytest.approx(want)
+
+
+def test_progress_bar_shows_files_bytes_and_eta() -> None:
+    """On a terminal the bar counts files and bytes against the queue and shows an ETA."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with download_progress(console, requests_per_minute=30) as bar:
+        assert bar is not None
+        bar.begin({"queued": {"files": 3, "bytes": 3_000_000}})
+        bar(DownloadStats(files=1, bytes=1_000_000))
+        text = bar.progress.get_renderable()
+        console.print(text)
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "files 1/3" in shown and "1.0 MB of 3.0 MB" in shown and "left" in shown
+    with download_progress(Console(file=io.StringIO()), 30) as none:
+        assert none is None  # not a terminal: no bar
+
+
+# --- the queue against the simulator ------------------------------------------------------
+
+
+async def test_200_recordings_mirror_every_uploaded_audio_file(rig_factory: RigFactory) -> None:
+    """After a sync of 200 recordings the queue drains to every audio file, exact, and nothing else."""
+    rig = await rig_factory(World(seed=11, recordings=200))
+    await rig.sync_and_drain()
+    want = uploaded(rig.sim.world)
+    assert len(want) > 150
+    rows = {r[0]: r[1:] for r in db_rows(
+        rig.cfg.database.path, "SELECT id, local_path, local_size_bytes, sha256, downloaded_at "
+        "FROM media WHERE local_path IS NOT NULL")}
+    assert set(rows) == set(want)
+    for med, (rec, item) in want.items():
+        path = fs.final_path(rig.root, rec, med, item["mime_type"])
+        digest = sha(med, item["file_size_bytes"])
+        assert path.stat().st_size == item["file_size_bytes"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        assert rows[med][:3] == (str(path), item["file_size_bytes"], digest)
+    assert sorted(on_disk(rig.root)) == sorted(
+        fs.final_path(rig.root, rec, med, item["mime_type"]) for med, (rec, item) in want.items())
+    assert not list(rig.root.rglob("*.part"))
+    assert len(url_calls(rig.sim)) == len(want)
+
+
+async def test_downloaded_event_carries_recording_and_file(rig_factory: RigFactory) -> None:
+    """Each landed file is announced once, with the stored recording and the file's path and hash."""
+    rig = await rig_factory(World(seed=3, recordings=10))
+    await rig.sync_and_drain()
+    events = [json.loads(p[0]) for p in db_rows(
+        rig.cfg.database.path, "SELECT payload FROM events WHERE type = 'media.downloaded'")]
+    want = uploaded(rig.sim.world)
+    assert sorted(e["media"]["id"] for e in events) == sorted(want)
+    raws = dict(db_rows(rig.cfg.database.path, "SELECT id, raw FROM recordings"))
+    for e in events:
+        rec, item = want[e["media"]["id"]]
+        assert e["data"] == json.loads(raws[rec])
+        assert e["previous"] == {}
+        assert e["media"]["sha256"] == sha(item["id"], item["file_size_bytes"])
+        assert e["media"]["local_path"] == str(
+            fs.final_path(rig.root, rec, item["id"], item["mime_type"]))
+        assert e["media"]["file_size_bytes"] == item["file_size_bytes"]
+
+
+async def test_types_choose_images_and_video(rig_factory: RigFactory) -> None:
+    """Images and video are mirrored only when `types` lists them; pending media never."""
+    world = World(seed=9, recordings=60)
+    rig = await rig_factory(world, types=["audio", "image", "video"])
+    await rig.sync_and_drain()
+    want = uploaded(world, ("audio", "image", "video"))
+    assert {i["type"] for _, i in want.values()} == {"audio", "image", "video"}
+    got = {p.name.split(".")[0] for p in on_disk(rig.root)}
+    assert got == set(want)
+    pending = {m["id"] for r in world.all() for m in r["media"] if m["status"] != "uploaded"}
+    assert pending and not pending & got
+
+
+async def test_cut_connection_resumes_with_range(rig_factory: RigFactory) -> None:
+    """A download cut halfway resumes from where it stopped (206) and lands exact."""
+    rig = await rig_factory(World(seed=2, recordings=3), concurrency=1)
+    rig.sim.faults.queue("truncate", 2)
+    await rig.sync_and_drain()
+    want = uploaded(rig.sim.world)
+    assert 206 in file_requests(rig.sim)
+    for med, (rec, item) in want.items():
+        path = fs.final_path(rig.root, rec, med, item["mime_type"])
+        assert path.read_bytes() == file_bytes(med, item["file_size_bytes"])
+    assert len(url_calls(rig.sim)) == len(want)  # a resume reuses the URL it has
+
+
+async def test_server_without_range_starts_over(rig_factory: RigFactory) -> None:
+    """Where the server ignores Range, a cut download starts over and still lands exact."""
+    rig = await rig_factory(World(seed=2, recordings=3), sim={"range_requests": False})
+    rig.sim.faults.queue("truncate", 1)
+    await rig.sync_and_drain()
+    assert 206 not in file_requests(rig.sim)
+    for med, (rec, item) in uploaded(rig.sim.world).items():
+        path = fs.final_path(rig.root, rec, med, item["mime_type"])
+        assert path.read_bytes() == file_bytes(med, item["file_size_bytes"])
+
+
+async def test_expired_url_is_renewed(rig_factory: RigFactory) -> None:
+    """A URL the file server calls expired is asked for again until a good one works."""
+    rig = await rig_factory(World(seed=4, recordings=1))
+    (med, (rec, item)), = uploaded(rig.sim.world).items()
+    rig.sim.url_ttl_s = -10.0  # every URL made now is already expired
+    await rig.syncer.full()
+    await rig.downloader.start()
+    await wait_for(lambda: 403 in file_requests(rig.sim))
+    rig.sim.url_ttl_s = 3600.0
+    path = fs.final_path(rig.root, rec, med, item["mime_type"])
+    await wait_for(path.exists)
+    assert path.read_bytes() == file_bytes(med, item["file_size_bytes"])
+    assert len(url_calls(rig.sim)) >= 2
+    assert file_requests(rig.sim)[-1] == 200
+
+
+async def test_wrong_size_is_rejected_then_retried(rig_factory: RigFactory) -> None:
+    """A file whose size disagrees with the mirror never lands; once they agree it does."""
+    world = World(seed=4, recordings=1)
+    rig = await rig_factory(world)
+    (med, (rec, item)), = uploaded(world).items()
+    await rig.syncer.full()
+    world.update_media(rec, med, file_size_bytes=item["file_size_bytes"] + 1000)
+    await rig.downloader.start()
+    db = rig.cfg.database.path
+    await wait_for(lambda: db_rows(db, f"SELECT download_error FROM media WHERE id = '{med}'")[0][0])
+    assert "size" in db_rows(db, f"SELECT download_error FROM media WHERE id = '{med}'")[0][0]
+    assert on_disk(rig.root) == []
+    await rig.syncer.full()  # the mirror learns the new size; the retry fetches it
+    await wait_for(lambda: db_rows(
+        db, f"SELECT download_error, local_size_bytes FROM media WHERE id = '{med}'")
+        == [(None, item["file_size_bytes"] + 1000)])
+    path = fs.final_path(rig.root, rec, med, item["mime_type"])
+    assert path.read_bytes() == file_bytes(med, item["file_size_bytes"] + 1000)
+
+
+async def test_download_url_budget_holds_in_every_window(rig_factory: RigFactory) -> None:
+    """No window of the budget's length ever holds more download-url calls than it allows."""
+    limit, window = 3, 0.25
+    rig = await rig_factory(World(seed=6, recordings=14), concurrency=4,
+                            download_budget=RequestBudget(limit, window_s=window))
+    await rig.sync_and_drain()
+    times = sorted(url_calls(rig.sim))
+    assert len(times) == len(uploaded(rig.sim.world)) >= 10
+    worst = max(bisect.bisect_left(times, t + window, lo=i) - i for i, t in enumerate(times))
+    assert worst <= limit
+
+
+async def test_removed_media_loses_its_file_and_tombstones_keep_theirs(
+    rig_factory: RigFactory,
+) -> None:
+    """A media item removed remotely has its file removed; a deleted recording keeps its files."""
+    world = World(seed=8, recordings=12)
+    rig = await rig_factory(world)
+    await rig.sync_and_drain()
+    by_recording = {rec: (med, item) for med, (rec, item) in uploaded(world).items()}
+    (r1, (m1, i1)), (r2, (m2, i2)) = list(by_recording.items())[:2]
+    gone = fs.final_path(rig.root, r1, m1, i1["mime_type"])
+    kept = fs.final_path(rig.root, r2, m2, i2["mime_type"])
+    world.remove_media(r1, m1)
+    world.delete(r2)
+    await rig.syncer.full()
+    await wait_for(lambda: not gone.exists())
+    assert await rig.downloader.sweep() == 0
+    assert kept.exists()
+    report = await media_admin.prune_deleted(rig.store, rig.cfg.media)
+    assert (report.recordings, report.files, report.bytes) == (1, 1, i2["file_size_bytes"])
+    assert not kept.exists() and not kept.parent.exists()
+    assert db_rows(rig.cfg.database.path, f"SELECT local_path FROM media WHERE id = '{m2}'") \
+        == [(None,)]
+
+
+async def test_low_disk_starts_nothing_and_says_so_once(rig_factory: RigFactory) -> None:
+    """With less room than min_free_bytes nothing starts; one log line and the status say why."""
+    rig = await rig_factory(World(seed=3, recordings=8), min_free_bytes=10**18)
+    with capture_logs() as logs:
+        await rig.sync_and_drain()
+        rig.downloader.notify()
+        assert await rig.downloader.drain(10)
+    assert url_calls(rig.sim) == [] and on_disk(rig.root) == []
+    assert [e["event"] for e in logs].count("media.disk_low") == 1
+    status = await media_admin.files_status(rig.store, rig.cfg.media)
+    assert status["disk"]["waiting"] == status["queued"]["files"] == len(uploaded(rig.sim.world))
+    assert "wait for disk space" in status["disk"]["message"]
+
+
+async def test_failures_back_off_give_up_and_can_be_retried(rig_factory: RigFactory) -> None:
+    """A download that keeps failing is retried, then given up, shown, and re-queued on demand."""
+    world = World(seed=4, recordings=1)
+    rig = await rig_factory(world, max_attempts=3)
+    (med, (rec, _)), = uploaded(world).items()
+    await rig.syncer.full()
+    world.remove_media(rec, med)  # the API now answers 404 for its URL; the mirror has not seen it
+    await rig.downloader.start()
+    db = rig.cfg.database.path
+    await wait_for(lambda: db_rows(
+        db, f"SELECT download_attempts, download_next_at FROM media WHERE id = '{med}'") == [(3, None)])
+    status = await media_admin.files_status(rig.store, rig.cfg.media)
+    assert status["failed"]["files"] == 1 and status["queued"]["files"] == 0
+    assert status["failed"]["items"][0]["media_id"] == med
+    assert "not found" in status["failed"]["items"][0]["error"]
+    assert len(url_calls(rig.sim)) == 3
+    assert await media_admin.retry_failed(rig.store, rig.cfg.media) == 1
+    status = await media_admin.files_status(rig.store, rig.cfg.media)
+    assert (status["failed"]["files"], status["queued"]["files"]) == (0, 1)
+
+
+async def test_verify_requeues_altered_and_missing_files(rig_factory: RigFactory) -> None:
+    """verify finds an altered and a missing file, re-queues both, and the queue restores them."""
+    rig = await rig_factory(World(seed=12, recordings=6))
+    await rig.sync_and_drain()
+    paths = on_disk(rig.root)
+    altered, missing = paths[0], paths[1]
+    original = altered.read_bytes()
+    altered.write_bytes(bytes(len(original)))  # same size, other bytes
+    missing.unlink()
+    report = await media_admin.verify(rig.store)
+    assert report.checked == len(paths) and report.ok == len(paths) - 2
+    assert {(p.path, p.reason) for p in report.problems} == {
+        (str(altered), "sha256 does not match"), (str(missing), "missing")}
+    assert await rig.downloader.drain(10)
+    assert altered.read_bytes() == original and missing.exists()
+    assert (await media_admin.verify(rig.store)).problems == []
+
+
+async def test_second_downloader_on_the_same_directory_is_refused(
+    rig_factory: RigFactory,
+) -> None:
+    """Two processes must not write the same partial files: the directory lock says so."""
+    rig = await rig_factory(World(seed=1, recordings=2))
+    await rig.downloader.start()
+    other = Downloader(rig.store, rig.client, rig.cfg.media)
+    with pytest.raises(BotasyncError, match="another botasync process is downloading"):
+        await other.start()
+    await other.aclose()
+
+
+async def test_download_off_does_nothing(rig_factory: RigFactory) -> None:
+    """With `download = false` the downloader starts nothing and creates no directory."""
+    rig = await rig_factory(World(seed=1, recordings=5), download=False)
+    await rig.syncer.full()
+    await rig.downloader.start()
+    rig.downloader.notify()
+    assert await rig.downloader.drain(1)
+    assert url_calls(rig.sim) == [] and not rig.root.exists()
+
+
+async def test_schema_step_2_adds_the_file_columns(tmp_path: Path) -> None:
+    """A database opened by this version has the media file columns, at schema version 2."""
+    async with await Store.open(tmp_path / "m.db") as store:
+        cols = {r[1] for r in await store.fetchall("PRAGMA table_info(media)")}
+        version = (await store.fetchone("PRAGMA user_version"))[0]  # type: ignore[index]
+    assert {"local_path", "local_size_bytes", "sha256", "downloaded_at", "download_attempts",
+            "download_error", "download_next_at"} <= cols
+    assert version >= 2
+
+
+# --- a crash mid-download -------------------------------------------------------------------
+
+def kill_once_growing(pid: int, part: Path, timeout: float = 20.0) -> bool:
+    """SIGKILL `pid` as soon as its partial file holds a first megabyte."""
+    deadline = time.monotonic() + timeout
+    while (fs.size_of(part) or 0) < 1 << 20:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+RUNNER = textwrap.dedent("""
+    import asyncio, sys
+    from botasync import config
+    from botasync.budget import RequestBudget
+    from botasync.client import BotaClient
+    from botasync.media import Downloader
+    from botasync.store import Store
+
+    async def main(url, db, files_dir):
+        cfg = config.load(env={}, overrides={
+            "api": {"base_url": url, "api_key": "sk_test_botasync"},
+            "media": {"download": True, "files_dir": files_dir, "min_free_bytes": 0}})
+        async with await Store.open(db) as store:
+            async with BotaClient(cfg.api, download_budget=RequestBudget(None)) as client:
+                async with Downloader(store, client, cfg.media) as dl:
+                    await dl.start()
+                    print("drained" if await dl.drain(60) else "timeout", flush=True)
+
+    asyncio.run(main(*sys.argv[1:]))
+""")
+
+
+async def test_sigkill_mid_download_leaves_no_file_then_resumes(
+    rig_factory: RigFactory, tmp_path: Path
+) -> None:
+    """SIGKILL mid-download leaves only the hidden part; the next run resumes it and lands exact."""
+    size = 48 * 1024 * 1024
+    world = World(seed=1, recordings=0)
+    rec = world.create(status="completed", media=[{
+        "id": "med_big", "type": "audio", "mime_type": "audio/opus", "file_size_bytes": size,
+        "status": "uploaded", "captured_at": None, "created_at": "2025-01-01T00:00:00Z"}])
+    rig = await rig_factory(world)
+    await rig.syncer.full()
+    final = fs.final_path(rig.root, rec["id"], "med_big", "audio/opus")
+    part = fs.part_path(rig.root, rec["id"], "med_big")
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    args = (str(script), rig.sim.url, rig.cfg.database.path, rig.cfg.media.files_dir)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE)
+    # watched from a thread: the simulator streams from this loop and would starve a poll here
+    assert await asyncio.to_thread(kill_once_growing, proc.pid, part)
+    await proc.wait()
+    killed_at = len(rig.sim.requests)
+    assert not final.exists()
+    assert 0 < (fs.size_of(part) or 0) < size
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, out.strip().splitlines()[-1]) == (0, b"drained")
+    assert not part.exists()
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == sha("med_big", size)
+    assert file_requests(rig.sim, killed_at) == [206]
+    assert db_rows(rig.cfg.database.path, "SELECT local_size_bytes, sha256 FROM media") == [
+        (size, sha("med_big", size))]
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+async def test_cli_status_verify_prune_and_download(
+    rig_factory: RigFactory, tmp_path: Path
+) -> None:
+    """`files download`, `status --json`, `verify` and `prune --deleted` report what they did."""
+    world = World(seed=13, recordings=8)
+    rig = await rig_factory(world)
+    await rig.syncer.full()
+    conf = tmp_path / "botasync.toml"
+    conf.write_text(textwrap.dedent(f"""
+        [api]
+        base_url = "{rig.sim.url}"
+        api_key = "{KEY}"
+        [database]
+        path = "{rig.cfg.database.path}"
+        [media]
+        files_dir = "{rig.cfg.media.files_dir}"
+        min_free_bytes = 0
+        requests_per_minute = 100000
+        [logging]
+        level = "error"
+    """))
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        result = await asyncio.to_thread(runner.invoke, files_cli, [*args, "--config", str(conf)])
+        return result
+
+    want = uploaded(world)
+    result = await cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    before = json.loads(result.output)
+    assert before["download"] is False and before["queued"]["files"] == len(want)
+    result = await cli("download", "--json", "--timeout", "30")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["files"] == len(want)
+    after = json.loads((await cli("status", "--json")).output)
+    assert after["downloaded"] == {"files": len(want), "bytes": before["queued"]["bytes"]}
+    assert after["queued"]["files"] == 0
+    result = await cli("verify")
+    assert result.exit_code == 0 and f"{len(want)} files checked, {len(want)} good" in result.output
+    rec = next(iter(want.values()))[0]
+    world.delete(rec)
+    await rig.syncer.full()
+    kept = sum(1 for r, _ in want.values() if r == rec)
+    result = await cli("prune", "--deleted", "--dry-run", "--json")
+    assert json.loads(result.output)["files"] == kept
+    assert f"removed {kept} files" in (await cli("prune", "--deleted")).output
+    assert (await cli("prune")).exit_code == 2
