@@ -370,7 +370,8 @@ def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: 
     run_async(run_forever(
         world, host=host, port=port,
         api_keys={**DEFAULT_API_KEYS, api_key: {"recordings:read"}},
-        rate_limit=None if no_rate_limit else rate_limit, latency_s=latency_ms / 1000,
+        rate_limit=None if no_rate_limit else rate_limit,
+        download_rate_limit=None if no_rate_limit else 30, latency_s=latency_ms / 1000,
         move_every_s=move_every or None, on_ready=ready))
 
 
