@@ -194,7 +194,7 @@ class Downloader:
         self.store = store
         self.client = client
         self.media = media
-        self.root = Path(media.files_dir).resolve()
+        self.root = Path(media.files_dir)  # made absolute in start(), off the loop
         self.on_commit = on_commit or (lambda: None)
         self.on_progress = on_progress
         self.stats = DownloadStats()
@@ -235,6 +235,8 @@ class Downloader:
             return
         if self._closed:
             raise BotasyncError("the downloader is closed")
+        self.root = await asyncio.to_thread(self.root.resolve)
+        self._lock = fs.DirLock(self.root)
         await asyncio.to_thread(self._lock.acquire)
         await self.sweep()
         self._session = aiohttp.ClientSession(
