@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import pytest
+import structlog
 
 from botasync.simulator import Simulator, World, serve
 
@@ -34,6 +35,36 @@ async def wait_for(
             name = getattr(predicate, "__qualname__", repr(predicate))
             pytest.fail(f"wait_for: {name} still false after {timeout}s (last value {value!r})")
         await asyncio.sleep(interval)
+
+
+# --- the torture suite's switch (tests/torture): pytest reads command-line options only from
+# the root conftest, so the option lives here. Tests marked `torture` run a fast subset by
+# default; `--torture` gives them their full counts (fixture `torture_full`) and runs the
+# ones marked `torture(full_only=True)`.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--torture", action="store_true", default=False,
+                     help="run the torture suite (tests/torture) at its full counts")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("torture")
+    if marker and marker.kwargs.get("full_only") and not item.config.getoption("--torture"):
+        pytest.skip("full torture counts only: run with --torture")
+
+
+@pytest.fixture
+def torture_full(request: pytest.FixtureRequest) -> bool:
+    """True under --torture: a `torture` test runs its full counts."""
+    return bool(request.config.getoption("--torture"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> None:
+    """Each test starts with structlog's defaults: a command run by an earlier test may have
+    configured a level (the demo uses warning) that would hide the logs a test captures."""
+    structlog.reset_defaults()
 
 
 class SimulatorFactory(Protocol):
