@@ -82,7 +82,7 @@ def render(console: Console, data: dict[str, Any]) -> None:
             f"[bold]daemon[/bold] {state} (pid {d.get('pid')}), budget used "
             f"{d.get('requests_last_minute')}/{d.get('requests_per_minute')} requests in the "
             f"last minute, as of {d.get('updated_at')}")
-        for job, when in (d.get("next_runs") or {}).items():
+        for job, when in (d.get("next_runs") or {}).items() if d.get("running") else ():
             console.print(f"  next {job}: {when}")
     walk = data["last_walk"]
     if walk:
