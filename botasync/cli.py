@@ -146,7 +146,10 @@ def run() -> None:
     from botasync.daemon import Daemon
 
     cfg = _state().load()
-    code = run_async(Daemon(cfg).run())
+    daemon = Daemon(cfg)
+    code = run_async(daemon.run())
+    if daemon.error is not None:
+        raise daemon.error
     sys.exit(code)
 
 

@@ -359,6 +359,9 @@ def _page(req: _Request, data: Any) -> Page:
         and isinstance(data.get("has_more"), bool)
     ):
         raise _shape_error(req, "not a page (`data` list and `has_more` bool)")
+    if not data["data"] and data["has_more"]:
+        # believed, it would walk on forever: no item ever tells the walk it is done
+        raise _shape_error(req, "an empty page that says more follow (`has_more` true)")
     return Page(items=data["data"], has_more=data["has_more"])
 
 

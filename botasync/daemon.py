@@ -69,6 +69,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.app: App | None = None
         self.exit_code = 0
+        self.error: BotasyncError | None = None  # what stopped it, for the command line
         self._stop = asyncio.Event()
         self._signals = 0
         self._running: set[asyncio.Task[Any]] = set()
@@ -133,12 +134,18 @@ class Daemon:
                     self.on_pass(stats)
         except AuthError as e:
             log.error("auth_failed", error=str(e))
+            self.error = e
             self.stop(e.exit_code)
         except BotasyncError as e:
             log.error("pass_failed", job=name, error=str(e))
+        except asyncio.CancelledError:
+            # the shutdown cancels a pass in flight (its page in hand still commits); ending
+            # here keeps APScheduler from logging the cancel as a crash, with a traceback
+            log.info("pass_cancelled", job=name)
         finally:
             self._running.discard(task)
-            await self._save_state()
+            if not self._stop.is_set():  # stopping: _shutdown saves the state, once, last
+                await self._save_state()
 
     async def _save_state(self) -> None:
         """What `botasync status` shows of a running daemon: budget used, next passes."""

@@ -7,9 +7,12 @@ still send; those fall back to `json`, so nothing valid is ever rejected.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def loads(data: bytes | str) -> Any:
@@ -19,7 +22,20 @@ def loads(data: bytes | str) -> Any:
     except orjson.JSONDecodeError:
         if isinstance(data, bytes):
             data = data.decode("utf-8")  # UnicodeDecodeError is a ValueError
-        return json.loads(data)
+        # json takes an escaped lone surrogate ("\ud800"), which no UTF-8 text can hold:
+        # hashing or storing it would fail later, so it becomes U+FFFD here
+        return _no_lone_surrogates(json.loads(data))
+
+
+def _no_lone_surrogates(value: Any) -> Any:
+    """The parsed value with every lone surrogate in its strings (and keys) as U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_no_lone_surrogates(k): _no_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_lone_surrogates(v) for v in value]
+    return value
 
 
 def dumps(obj: Any) -> str:

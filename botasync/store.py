@@ -101,6 +101,12 @@ class Store:
                 await self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
                 raise StoreError(f"database {self.path}: {_why(e)}") from None
+            except asyncio.CancelledError:
+                # the BEGIN runs on aiosqlite's thread all the same: undo it (queued after
+                # it), or the connection stays inside a transaction nobody will end
+                with suppress(sqlite3.Error):
+                    await asyncio.shield(self._conn.rollback())
+                raise
             try:
                 yield self._conn
                 await self._conn.commit()
@@ -242,6 +248,10 @@ async def _write_page(conn: aiosqlite.Connection, page: PageWrite, now: str) -> 
     )
 
 
+# decides a page from the stored rows (live ones) and the ids written since it was read
+Build = Callable[[dict[str, dict[str, Any]], set[str]], PageWrite]
+
+
 class Mirror:
     """The queries a pass makes; a thin layer over `Store` that speaks recordings."""
 
@@ -302,27 +312,34 @@ class Mirror:
         return int(row[0]) if row else 0
 
     async def apply(
-        self, ids: Sequence[str], build: Callable[[dict[str, dict[str, Any]]], PageWrite], now: str
+        self, ids: Sequence[str], build: Build, now: str, read_at: str | None = None
     ) -> PageWrite:
         """Read the stored rows of `ids`, let `build` decide the page, write it: one transaction.
 
         Reading the old rows inside the transaction keeps two passes that see the same
-        change (a head pass and a reconcile walk) from both announcing it. The write is
-        shielded: a pass cancelled at shutdown still commits the page in hand.
+        change (a head pass and a reconcile walk) from both announcing it. `build` also
+        gets the ids written (or tombstoned) after `read_at`, when the page's data was
+        read: their stored state may be newer than the page's. The write is shielded: a
+        pass cancelled at shutdown still commits the page in hand.
         """
-        return await asyncio.shield(asyncio.ensure_future(self._apply(ids, build, now)))
+        return await asyncio.shield(asyncio.ensure_future(self._apply(ids, build, now, read_at)))
 
     async def _apply(
-        self, ids: Sequence[str], build: Callable[[dict[str, dict[str, Any]]], PageWrite], now: str
+        self, ids: Sequence[str], build: Build, now: str, read_at: str | None
     ) -> PageWrite:
         async with self.store.transaction() as conn:
             old: dict[str, dict[str, Any]] = {}
+            newer: set[str] = set()
             for chunk in _chunks(list(ids)):
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT id, raw, deleted_at FROM recordings WHERE id IN ({marks})"  # noqa: S608
+                sql = f"SELECT id, raw, deleted_at, synced_at FROM recordings WHERE id IN ({marks})"  # noqa: S608
                 async with conn.execute(sql, chunk) as cur:
-                    old.update({r[0]: loads(r[1]) for r in await cur.fetchall() if r[2] is None})
-            page = build(old)
+                    for rid, raw, deleted_at, synced_at in await cur.fetchall():
+                        if deleted_at is None:
+                            old[rid] = loads(raw)
+                        if read_at is not None and max(synced_at, deleted_at or "") > read_at:
+                            newer.add(rid)
+            page = build(old, newer)
             if page:
                 await _write_page(conn, page, now)
             return page

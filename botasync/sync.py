@@ -195,19 +195,19 @@ class Syncer:
         """Walk pages from `walk.offset`, `depth` fetched ahead; True when it reached the end."""
         limit = self.cfg.sync.page_size
         cap = await self._speculation_cap(walk, status, depth)
-        inflight: deque[tuple[int, asyncio.Task[Page]]] = deque()
+        inflight: deque[tuple[int, asyncio.Task[Page], str]] = deque()
         next_offset = walk.offset
         ahead = 1  # one page first: a rejected key or an empty archive costs one request
         try:
             while True:
                 while len(inflight) < ahead and (not inflight or next_offset < cap):
                     task = asyncio.create_task(self._list(next_offset, status, budgets))
-                    inflight.append((next_offset, task))
+                    inflight.append((next_offset, task, iso(self.clock())))
                     next_offset += limit
-                offset, task = inflight.popleft()
+                offset, task, read_at = inflight.popleft()
                 page = await task
                 ahead = depth
-                all_unchanged = await self._page(walk, page.items, budgets)
+                all_unchanged = await self._page(walk, page.items, budgets, read_at)
                 walk.offset = offset + limit
                 await self._checkpoint(walk)
                 if not page.has_more:
@@ -217,9 +217,9 @@ class Syncer:
                     walk.stats.complete = True
                     return False
         finally:
-            for _, t in inflight:
+            for _, t, _ in inflight:
                 t.cancel()
-            await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
+            await asyncio.gather(*(t for _, t, _ in inflight), return_exceptions=True)
 
     async def _speculation_cap(self, walk: _Walk, status: str | None, depth: int) -> int:
         """Fetch ahead freely on a first sync; later, not far past the known archive's end."""
@@ -239,7 +239,7 @@ class Syncer:
     # -- one page -----------------------------------------------------------------------
 
     async def _page(
-        self, walk: _Walk, items: list[Any], budgets: Sequence[RequestBudget]
+        self, walk: _Walk, items: list[Any], budgets: Sequence[RequestBudget], read_at: str
     ) -> bool:
         """Decide, fetch, diff and write one page; True when every item was unchanged."""
         stats = walk.stats
@@ -260,7 +260,7 @@ class Syncer:
             self._progress(walk)
             return True  # an invalid item cannot be mirrored: it must not keep a walk going
         fetched, gone = await self._details(walk, fetch, budgets)
-        await self._write(walk, store_now + fetched, gone, known)
+        await self._write(walk, store_now + fetched, gone, known, read_at)
         return False
 
     def _validate(
@@ -330,13 +330,14 @@ class Syncer:
         self, walk: _Walk, ids: Sequence[str], budgets: Sequence[RequestBudget]
     ) -> None:
         """Ask by id for stored recordings a list did not show: 404 = deleted."""
+        read_at = iso(self.clock())
         known = await self.mirror.fingerprints(ids)
         fetched, gone = await self._details(walk, [(i, "") for i in ids], budgets)
         changed = [f for f in fetched if known.get(f[1].id, (None,))[0] != f[2]]
         walk.stats.unchanged += len(fetched) - len(changed)
         for _, rec, _ in fetched:
             walk.seen.add(rec.id)
-        await self._write(walk, changed, gone, known)
+        await self._write(walk, changed, gone, known, read_at)
 
     async def _write(
         self,
@@ -344,8 +345,14 @@ class Syncer:
         items: list[tuple[dict[str, Any], Recording, str]],
         gone: list[str],
         known: dict[str, tuple[str | None, bool]],
+        read_at: str,
     ) -> None:
-        """Diff against the stored rows and write the page with its events in one commit."""
+        """Diff against the stored rows and write the page with its events in one commit.
+
+        A recording another pass wrote after this page was read (`read_at`) is left as
+        stored: the page's copy may be older, and writing it would turn the row and its
+        events back (completed -> processing). A change it skips is seen by the next pass.
+        """
         now_dt = self.clock()
         make = EventFactory(lambda: self.ids.new(now_dt), iso(now_dt))
         # every item's row is read inside the write, the ones new to this page too: another
@@ -353,9 +360,11 @@ class Syncer:
         ids = [r.id for _, r, _ in items] + [g for g in gone if g in known]
         counts = {"created": 0, "updated": 0, "deleted": 0}
 
-        def build(old: dict[str, dict[str, Any]]) -> PageWrite:
+        def build(old: dict[str, dict[str, Any]], newer: set[str]) -> PageWrite:
             page = PageWrite(backfill=walk.backfill)
             for raw, rec, fp in items:
+                if rec.id in newer:
+                    continue
                 before = old.get(rec.id)
                 is_new = rec.id not in known and before is None
                 page.upserts.append(Upsert(rec, raw, fp, is_new=is_new))
@@ -368,7 +377,7 @@ class Syncer:
                     counts["deleted"] += 1
             return page
 
-        page = await self.mirror.apply(ids, build, iso(now_dt))
+        page = await self.mirror.apply(ids, build, iso(now_dt), read_at)
         walk.stats.created += counts["created"]
         walk.stats.updated += counts["updated"]
         walk.stats.deleted += counts["deleted"]

@@ -224,3 +224,10 @@ def test_python_m_botasync_works() -> None:
     out = subprocess.run([sys.executable, "-m", "botasync", "--version"], capture_output=True,
                          text=True, check=True, timeout=60)
     assert out.stdout.startswith("botasync, version")
+
+
+def test_run_with_rejected_key_is_one_line(env: dict[str, str]) -> None:
+    """The daemon stops on a rejected key with exit 3 and one `error:` line."""
+    result = run(["run"], {**env, "BOTA_API_KEY": "sk_test_wrong"})
+    assert result.exit_code == 3
+    assert "API key rejected" in one_clear_line(result)

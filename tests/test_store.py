@@ -30,11 +30,14 @@ async def test_new_database_is_private_wal_and_migrated(tmp_path: Path) -> None:
 
 async def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
     """An exception inside a transaction leaves nothing behind."""
+    async def fail_inside(store: Store) -> None:
+        async with store.transaction() as conn:
+            await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
+            raise RuntimeError("boom")
+
     async with await Store.open(tmp_path / "b.db") as store:
         with pytest.raises(RuntimeError):
-            async with store.transaction() as conn:
-                await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
-                raise RuntimeError("boom")
+            await fail_inside(store)
         assert await store.fetchone("SELECT * FROM state") is None
 
 

@@ -257,7 +257,7 @@ async def test_tick_skips_hot_lists_the_head_page_covered(tmp_path: Path) -> Non
             await app.syncer.full()
             world.update(deep, status="completed", transcription_id="txn_deep")
             mark = len(sim.requests)
-            head, hot = await app.syncer.quick()
+            _, hot = await app.syncer.quick()
             assert len(sim.requests) - mark == 3  # head page, processing list, detail of deep
             assert hot.updated == 1
         assert mirror_diff(db, world.all()) == []

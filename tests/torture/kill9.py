@@ -1,0 +1,297 @@
+"""Scenario 1: `botasync run` killed with SIGKILL at random moments while the world moves.
+
+Each run is killed at a moment of one kind (its first start's migrations, a walk's
+page, a commit, a detail fetch, a delivery, or just somewhere in start-up) and started
+again. After the last restart the world is frozen, the daemon stopped with SIGTERM and
+one full pass run; then the database must equal the world, every outbox event must
+have reached the handler, and every stored state must be explained by its events.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from botasync.simulator import Simulator, World, serve
+from tests.mirror import mirror_diff
+from tests.torture.harness import (
+    API_KEYS,
+    KEY,
+    Run,
+    base_sections,
+    botasync,
+    delivered_lines,
+    integrity,
+    rows,
+    sh_handler,
+    spawn,
+    stop,
+    until,
+    write_config,
+)
+
+MOMENTS = ("startup", "walk", "commit", "detail", "delivery")
+LIFECYCLE = {"pending": 0, "uploaded": 1, "processing": 2, "completed": 3, "failed": 3}
+STATUS_TYPES = ("recording.created", "recording.status_changed")
+MOMENT_TIMEOUT_S = 4.0
+ARM_AFTER_MAX_S = 1.2  # a kill waits up to this long before it looks for its moment
+
+
+@dataclass
+class Kill9Result:
+    """What a kill -9 run measured; `problems()` is empty when nothing was lost or wrong."""
+
+    kills: int = 0
+    moments: Counter[str] = field(default_factory=Counter)
+    events: int = 0
+    deliveries: int = 0
+    duplicates: int = 0
+    lost: list[str] = field(default_factory=list)
+    invented: list[str] = field(default_factory=list)
+    rows_wrong: list[str] = field(default_factory=list)
+    unexplained: list[str] = field(default_factory=list)
+    integrity: str = ""
+    final_exit: int | None = None
+    final_syncs: list[int] = field(default_factory=list)
+    dead: int = 0
+    recordings: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    outputs: list[Path] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        out = [f"lost {e}" for e in self.lost] + [f"invented {e}" for e in self.invented]
+        out += [f"row {r}" for r in self.rows_wrong] + [f"unexplained {u}" for u in self.unexplained]
+        if self.integrity != "ok":
+            out.append(f"integrity: {self.integrity}")
+        if self.final_exit != 0:
+            out.append(f"SIGTERM exit code {self.final_exit}")
+        if any(code != 0 for code in self.final_syncs):
+            out.append(f"final sync exit codes {self.final_syncs}")
+        if self.dead:
+            out.append(f"{self.dead} dead deliveries")
+        return out
+
+
+class _Watch:
+    """What the killer watches to pick its moment: the server's log, the files on disk."""
+
+    def __init__(self, sim: Simulator, db: Path, out: Path) -> None:
+        self.sim, self.db, self.out = sim, db, out
+        self.wal = db.with_name(db.name + "-wal")
+        self.arm()
+
+    def arm(self) -> None:
+        """From now on: what counts as new."""
+        self.mark = len(self.sim.requests)
+        self.wal_stamp = _stamp(self.wal)
+        self.out_size = _size(self.out)
+
+    def request(self, detail: bool) -> bool:
+        for r in self.sim.requests[self.mark:]:
+            is_detail = r.path.startswith("/v1/recordings/")
+            if is_detail == detail and r.path.startswith("/v1/recordings"):
+                return True
+        return False
+
+    def db_created(self) -> bool:
+        return self.db.exists()
+
+    def wal_written(self) -> bool:
+        return _stamp(self.wal) != self.wal_stamp
+
+    def delivered(self) -> bool:
+        return _size(self.out) > self.out_size
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """Size and modification time: a commit after a checkpoint rewrites the WAL in place."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def _wait_moment(kind: str, watch: _Watch, rng: random.Random) -> bool:
+    """Return at a moment of `kind` (True), or after the timeout without one (False)."""
+    import asyncio
+
+    if kind == "startup":
+        await asyncio.sleep(rng.uniform(0.05, 1.2))
+        return True
+    if kind != "migrations":  # let it live a while: later walks, reconciles, deliveries
+        await asyncio.sleep(rng.uniform(0.0, ARM_AFTER_MAX_S))
+        watch.arm()
+    probe = {
+        "migrations": watch.db_created,
+        "walk": lambda: watch.request(detail=False),
+        "detail": lambda: watch.request(detail=True),
+        "commit": watch.wal_written,
+        "delivery": watch.delivered,
+    }[kind]
+    hit = await until(probe, MOMENT_TIMEOUT_S, interval=0.001) is not None
+    jitter = {"walk": 0.04, "delivery": 0.03, "commit": 0.005}.get(kind, 0.0)
+    if hit and jitter:
+        await asyncio.sleep(rng.uniform(0, jitter))
+    return hit
+
+
+def daemon_config(tmp: Path, sim: Simulator, db: Path, out: Path) -> Path:
+    """The daemon under torture: short ticks, frequent reconciles, every event delivered."""
+    handler = sh_handler(tmp)
+    sections = base_sections(
+        sim.url, db,
+        api={"concurrency": 2, "max_retries": 5},
+        sync={"interval_s": 0.2, "reconcile_every_s": 1.0, "page_size": 20},
+        events={"deliver_backfill": True, "max_attempts": 1000},
+        handlers=[{"name": "append", "type": "command", "command": [str(handler), str(out)],
+                   "timeout_s": 10}],
+    )
+    return write_config(tmp / "botasync.toml", sections)
+
+
+async def run_kill9(
+    tmp: Path, *, kills: int, seed: int = 1, recordings: int = 150, move_every_s: float = 0.05,
+) -> Kill9Result:
+    """Kill `botasync run` `kills` times at random moments, then check everything."""
+    started = time.monotonic()
+    result = Kill9Result()
+    rng = random.Random(seed)
+    world = World(seed=seed, recordings=recordings)
+    logs = tmp / "logs"
+    logs.mkdir(exist_ok=True)
+    async with serve(world, api_keys=API_KEYS, rate_limit=None, latency_s=0.002) as sim:
+        db, out = tmp / "botasync.db", tmp / "delivered.txt"
+        cfg = daemon_config(tmp, sim, db, out)
+        sim.start_moving(move_every_s, 1)
+        for i in range(kills):
+            kind = "migrations" if i == 0 else rng.choice(MOMENTS)
+            watch = _Watch(sim, db, out)
+            log = logs / f"run-{i:03d}.log"
+            result.outputs.append(log)
+            proc = await spawn("run", "--config", str(cfg), log_to=log)
+            try:
+                hit = await _wait_moment(kind, watch, rng)
+            finally:
+                proc.kill()
+                await proc.wait()
+            result.kills += 1
+            result.moments[kind if hit else f"{kind} (none came: killed at timeout)"] += 1
+        await _last_run(tmp, sim, cfg, db, result)
+        result.requests = len(sim.requests)
+        result.recordings = len(sim.world)
+        _check(db, out, sim, result)
+    result.seconds = round(time.monotonic() - started, 1)
+    return result
+
+
+async def _last_run(tmp: Path, sim: Simulator, cfg: Path, db: Path, result: Kill9Result) -> None:
+    """Restart once more, freeze the world, stop cleanly, then run the full passes."""
+    log = tmp / "logs" / "run-final.log"
+    result.outputs.append(log)
+    proc = await spawn("run", "--config", str(cfg), log_to=log)
+    try:
+        await until(lambda: _ticks(db) > 0, 30)
+        await sim.stop_moving()
+        frozen = _ticks(db)
+        await until(lambda: _ticks(db) >= frozen + 2, 30)
+    finally:
+        result.final_exit = await stop(proc, signal.SIGTERM)
+    # the first sync finishes a walk the SIGTERM interrupted (it resumes at its checkpoint);
+    # the second is one full pass, from the top, over the frozen world
+    for n in range(2):
+        run = await botasync("sync", "--config", str(cfg), "--deliver-timeout", "60", timeout=120)
+        _keep(tmp / "logs" / f"sync-final-{n}.log", run, result)
+        result.final_syncs.append(run.code)
+
+
+def _keep(path: Path, run: Run, result: Kill9Result) -> None:
+    path.write_text(run.out + run.err)
+    result.outputs.append(path)
+
+
+def _ticks(db: Path) -> int:
+    got = rows(db, "SELECT count(*) FROM sync_runs WHERE kind = 'hot' AND ended_at IS NOT NULL")
+    return int(got[0][0]) if got else 0
+
+
+def _check(db: Path, out: Path, sim: Simulator, result: Kill9Result) -> None:
+    """Mirror, integrity, outbox against deliveries, and every stored state explained."""
+    result.rows_wrong = mirror_diff(db, sim.world.all())
+    result.integrity = integrity(db)
+    events = {r[0]: (r[1], r[2], r[3]) for r in rows(
+        db, "SELECT id, type, recording_id, seq FROM events")}
+    got = delivered_lines(out)
+    result.events, result.deliveries = len(events), len(got)
+    got_ids = {g[0] for g in got}
+    result.duplicates = len(got) - len(got_ids)
+    result.lost = sorted(set(events) - got_ids)
+    result.invented = [f"{i} {t} (not in the outbox as that type)" for i, t in got
+                       if events.get(i, ("",))[0] != t]
+    result.dead = len(rows(db, "SELECT 1 FROM deliveries WHERE state = 'dead'"))
+    result.unexplained = _unexplained(db, got_ids) + _impossible(db, got_ids)
+
+
+def _payloads(db: Path, delivered: set[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Per recording, its delivered events in outbox order: (type, envelope)."""
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for event_id, type_, rec_id, payload in rows(
+            db, "SELECT id, type, recording_id, payload FROM events ORDER BY seq"):
+        if event_id in delivered:
+            out.setdefault(rec_id, []).append((type_, json.loads(payload)))
+    return out
+
+
+def _unexplained(db: Path, delivered: set[str]) -> list[str]:
+    """Stored recordings whose state no delivered event carries (a change without its event)."""
+    by_rec = _payloads(db, delivered)
+    problems = []
+    for rec_id, status, raw, deleted_at in rows(
+            db, "SELECT id, status, raw, deleted_at FROM recordings"):
+        evs = by_rec.get(rec_id, [])
+        if deleted_at is not None:
+            if not evs or evs[-1][0] != "recording.deleted":
+                problems.append(f"{rec_id}: tombstoned without a last recording.deleted")
+            continue
+        status_evs = [e for t, e in evs if t in STATUS_TYPES or t.removeprefix("recording.")
+                      in LIFECYCLE]
+        if not status_evs or status_evs[-1]["data"].get("status") != status:
+            problems.append(f"{rec_id}: stored status {status} not in its last status event")
+        if not evs or evs[-1][1]["data"] != json.loads(raw):
+            problems.append(f"{rec_id}: stored row differs from its last event's data")
+    return problems
+
+
+def _impossible(db: Path, delivered: set[str]) -> list[str]:
+    """Events the world cannot have caused: it only moves statuses forward, never re-creates."""
+    problems = []
+    for rec_id, evs in _payloads(db, delivered).items():
+        kinds = Counter(t for t, _ in evs)
+        for once in ("recording.created", "recording.transcribed", "recording.deleted"):
+            if kinds[once] > 1:
+                problems.append(f"{rec_id}: {kinds[once]} x {once}")
+        ranks = [LIFECYCLE.get(e["data"].get("status"), -1) for t, e in evs
+                 if t in STATUS_TYPES]
+        if any(b < a for a, b in itertools.pairwise(ranks)):
+            problems.append(f"{rec_id}: status went backwards in its events")
+    return problems
+
+
+def leaked(paths: list[Path], key: str = KEY) -> list[str]:
+    """The files among `paths` that contain the API key."""
+    return [str(p) for p in paths if p.exists() and key.encode() in p.read_bytes()]
