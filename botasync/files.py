@@ -107,12 +107,18 @@ def scan(root: Path) -> list[FoundFile]:
         for d in top:
             if not (d.is_dir(follow_symlinks=False) and RECORDING_ID_RE.fullmatch(d.name)):
                 continue
-            with os.scandir(d.path) as inner:
-                for f in inner:
-                    parsed = parse_name(f.name) if f.is_file(follow_symlinks=False) else None
-                    if parsed:
-                        found.append(FoundFile(d.name, parsed[0], Path(f.path), parsed[1]))
+            found += _scan_recording(d)
     return found
+
+
+def _scan_recording(d: os.DirEntry[str]) -> list[FoundFile]:
+    """The files of one recording's directory; one removed meanwhile has none."""
+    try:
+        with os.scandir(d.path) as inner:
+            return [FoundFile(d.name, parsed[0], Path(f.path), parsed[1]) for f in inner
+                    if f.is_file(follow_symlinks=False) and (parsed := parse_name(f.name))]
+    except FileNotFoundError:  # a prune or an orphan sweep removed it while we looked
+        return []
 
 
 def size_of(path: Path) -> int | None:
