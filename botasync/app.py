@@ -7,13 +7,13 @@ replay`, `config check`) are here too: each opens what it needs and calls one th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import TracebackType
 
 from botasync.budget import RequestBudget
 from botasync.client import BotaClient
 from botasync.config import Config
 from botasync.errors import ConfigError
 from botasync.handlers import Handler, build_handler
+from botasync.lifecycle import AsyncClosing
 from botasync.logging import add_secret
 from botasync.media import Downloader
 from botasync.outbox import Dispatcher, ReplayResult
@@ -32,7 +32,7 @@ def require_key(cfg: Config) -> str:
     return key
 
 
-class App:
+class App(AsyncClosing):
     """Store, client, dispatcher and syncer, opened together and closed in reverse."""
 
     def __init__(self, cfg: Config, store: Store, client: BotaClient, dispatcher: Dispatcher,
@@ -72,13 +72,6 @@ class App:
                         reconcile_budget=RequestBudget(share))
         return cls(cfg, store, client, dispatcher, syncer, budget, downloader)
 
-    async def __aenter__(self) -> App:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Close in reverse order of opening; safe to call twice."""

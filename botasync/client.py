@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -34,6 +33,7 @@ from botasync.errors import (
     RateLimited,
     ServerError,
 )
+from botasync.lifecycle import AsyncClosing
 
 log = structlog.get_logger("botasync.client")
 
@@ -91,7 +91,7 @@ class _Response:
 Parser = Callable[[_Request, Any], T]
 
 
-class BotaClient:
+class BotaClient(AsyncClosing):
     """The API calls botasync makes; `async with` it, or call `aclose()` when done."""
 
     def __init__(
@@ -121,16 +121,6 @@ class BotaClient:
         url = self._api.base_url
         return f"BotaClient(base_url={url!r}, api_key='***', requests={self.requests})"
 
-    async def __aenter__(self) -> BotaClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP session; calling it again does nothing."""

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -44,6 +43,7 @@ from botasync.diff import EventFactory
 from botasync.errors import ApiError, AuthError, BotasyncError
 from botasync.events import MEDIA_DOWNLOADED, EventIds, iso, utc_now
 from botasync.jsoncodec import dumps, loads
+from botasync.lifecycle import AsyncClosing
 from botasync.models import normalize_ts
 from botasync.store import Store
 
@@ -169,7 +169,7 @@ def _range_start(header: str | None) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-class Downloader:
+class Downloader(AsyncClosing):
     """Mirrors media files: `start()`, `notify()` after a sync commit, `drain()`, `aclose()`.
 
     With `[media] download = false` it does nothing (every method returns at once), so
@@ -219,13 +219,6 @@ class Downloader:
         self._last_sweep = -math.inf
         self._closed = False
 
-    async def __aenter__(self) -> Downloader:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     # --- lifecycle -------------------------------------------------------------------
 

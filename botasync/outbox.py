@@ -17,7 +17,6 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 import structlog
@@ -27,6 +26,7 @@ from botasync.config import EventsConfig
 from botasync.errors import BotasyncError, ConfigError, HandlerError
 from botasync.events import iso, matches, utc_now
 from botasync.handlers import Handler, describe, one_line
+from botasync.lifecycle import AsyncClosing
 from botasync.store import Store
 
 log = structlog.get_logger("botasync.outbox")
@@ -139,7 +139,7 @@ class _Row:
     next_attempt_at: str | None
 
 
-class Dispatcher:
+class Dispatcher(AsyncClosing):
     """Delivers the outbox to the handlers; `start()`, `notify()`, `drain()`, `aclose()`.
 
     It owns the handlers it is given: `aclose()` closes them too.
@@ -170,13 +170,6 @@ class Dispatcher:
         self._registered = False
         self._closed = False
 
-    async def __aenter__(self) -> Dispatcher:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     # --- lifecycle -------------------------------------------------------------------
 

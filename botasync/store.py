@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Container, Iterator, Mappin
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiosqlite
@@ -26,6 +25,7 @@ from botasync import migrations
 from botasync.errors import MigrationError, StoreError
 from botasync.events import Event
 from botasync.jsoncodec import dumps, loads
+from botasync.lifecycle import AsyncClosing
 from botasync.models import Recording
 
 BUSY_TIMEOUT_MS = 10_000
@@ -43,7 +43,7 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-class Store:
+class Store(AsyncClosing):
     """The database: open with `await Store.open(path)` or `async with Store.open(path)`."""
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
@@ -77,13 +77,6 @@ class Store:
             raise StoreError(f"cannot open database {p}: {_why(e)}") from None
         return cls(conn, p)
 
-    async def __aenter__(self) -> Store:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection; safe to call twice."""
