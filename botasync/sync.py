@@ -165,6 +165,8 @@ class Syncer:
         for i in range(0, len(missing), self.cfg.sync.page_size):
             await self._confirm(walk, missing[i : i + self.cfg.sync.page_size], budgets)
         await self._mark_backfill_done(walk)
+        # a complete walk listed every in-flight recording too: as good as a full hot pass
+        await self.mirror.set_state(HOT_FULL_AT, iso(self.clock()))
 
     async def _hot_body(self, walk: _Walk, covered: set[str] | None) -> None:
         if covered is None:
