@@ -145,8 +145,8 @@ def db_bytes(db: Path | None) -> int | None:
 def measure(c: Contender, sim: SimProcess, plan: Plan, work: Path, n: int) -> dict[str, Any]:
     """Run one contender against the simulator and return its figures."""
     if c.run == "first":
-        for p in [*work.glob(f"{c.name}*.db*"), *work.glob(f"{c.name}__*")]:
-            p.unlink()
+        for p in {*work.glob(f"{c.name}*.db*"), *work.glob(f"{c.name}__*")}:
+            p.unlink(missing_ok=True)
         if c.name == "dlt":
             shutil.rmtree(work / "dlt-pipelines", ignore_errors=True)
     before = sim.request_count()

@@ -52,9 +52,10 @@ def _mirror_targets(results: dict[str, Any]) -> list[Row]:
         if walk and quick:
             r = _ratio(walk["requests"], quick["requests"])
             note = "" if dlt_re else "dlt's first run (its re-run makes the same walk). "
-            if first_tick and first_tick is not quick:
+            if first_tick and first_tick is not quick and first_tick["requests"] != quick[
+                    "requests"]:
                 note += (f"The second of two ticks; the first after the mirror made "
-                         f"{first_tick['requests']} requests. ")
+                         f"{first_tick['requests']}. ")
             if r is not None and r < 50:
                 note += (f"The tick cost {quick['requests']} requests and dlt's walk "
                          f"{walk['requests']}: 50x needs a walk of {50 * quick['requests']:,} "

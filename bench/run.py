@@ -38,6 +38,17 @@ from report import targets
 from results_md import render
 from steady import steady
 
+TORTURE_START, TORTURE_END = "<!-- torture:start -->", "<!-- torture:end -->"
+
+
+def write_results_md(path: Path, text: str) -> None:
+    """Write RESULTS.md, keeping the section `bench/torture.py` writes between its markers."""
+    old = path.read_text() if path.exists() else ""
+    start, end = old.find(TORTURE_START), old.find(TORTURE_END)
+    if start != -1 and end > start:
+        text = text.rstrip("\n") + "\n\n" + old[start : end + len(TORTURE_END)] + "\n"
+    path.write_text(text)
+
 
 def say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -111,6 +122,16 @@ def profile_misses(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def render_only(path: Path) -> int:
+    """Targets and RESULTS.md again from the figures of an earlier run (none re-measured)."""
+    results = json.loads(path.read_text())
+    results["targets"] = targets(results)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    write_results_md(path.parent / "RESULTS.md", render(results))
+    say(f"rendered {path.parent / 'RESULTS.md'} from {path}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     mode = p.add_mutually_exclusive_group()
@@ -121,7 +142,12 @@ def main() -> int:
     p.add_argument("--work", type=Path, help="scratch directory (default bench/work/MODE)")
     p.add_argument("--out", type=Path, help="where RESULTS.md etc. go (default bench/, "
                    "or the work directory for --smoke)")
+    p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                   help="measure nothing: recompute the targets and RESULTS.md (beside it) "
+                   "from a results.json")
     args = p.parse_args()
+    if args.render:
+        return render_only(args.render)
     plan = make_plan(args.mode or "full", args.work, args.out)
     plan.work.mkdir(parents=True, exist_ok=True)
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +164,7 @@ def main() -> int:
     results["machine"]["load_end"] = load_average()
     results["plot"] = plot(results, plan.out / "results.png", plan.work)
     (plan.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (plan.out / "RESULTS.md").write_text(render(results))
+    write_results_md(plan.out / "RESULTS.md", render(results))
     say(f"done in {results['bench_seconds']:.0f} s: {plan.out / 'RESULTS.md'}")
     # a naive poller stopped at its time limit is a result (partial, said so), not a failure
     failed = [r for r in results["mirror"] if not r["ok"]
