@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--interval", type=float, default=2.0)
     ap.add_argument("--scale", type=int, default=6)
+    ap.add_argument("--write", action="store_true", help="also put the table in RESULTS.md")
     args = ap.parse_args()
     configure("warning", "console")
     results = []
@@ -117,6 +118,32 @@ def main() -> None:
             results.append(asyncio.run(run_once(args.recordings, args.seconds, args.interval,
                                                 args.scale, download, Path(tmp))))
     print(json.dumps(results, indent=2))
+    if args.write:
+        write_section(Path(__file__).resolve().parent / "RESULTS.md", args, results)
+
+
+def write_section(path: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """Put this run's table into RESULTS.md between its markers (bench/run.py keeps them)."""
+    start, end = "<!-- media:start -->", "<!-- media:end -->"
+    rows = "\n".join(
+        f"| {'on' if r['download'] else 'off'} | {r['files_downloaded']} | {r['changes_seen']} "
+        f"| {r['lag_median_s']:.3f} s | {r['lag_p95_s']:.3f} s | {r['lag_max_s']:.3f} s |"
+        for r in results)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = (
+        f"{start}\n## Media download backlog vs status-change events\n\n"
+        f"Written by `python bench/media_backlog.py --write` on {when}: {args.recordings} "
+        f"recordings, {args.seconds:g} s per run, a tick every {args.interval:g} s, budgets x"
+        f"{args.scale} (ratios kept); one status change a second, timed from the change to "
+        f"its committed `recording.status_changed`. Same run, downloads off then on.\n\n"
+        "| downloads | files fetched | changes seen | lag median | p95 | max |\n"
+        "|---|---|---|---|---|---|\n" + rows + f"\n{end}"
+    )
+    old = path.read_text() if path.exists() else ""
+    a, b = old.find(start), old.find(end)
+    text = old[:a] + block + old[b + len(end):] if a != -1 and b > a else (
+        old.rstrip("\n") + "\n\n" + block + "\n")
+    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -38,15 +38,17 @@ from report import targets
 from results_md import render
 from steady import steady
 
-TORTURE_START, TORTURE_END = "<!-- torture:start -->", "<!-- torture:end -->"
+KEPT_SECTIONS = ("torture", "media")  # written by bench/torture.py, bench/media_backlog.py
 
 
 def write_results_md(path: Path, text: str) -> None:
-    """Write RESULTS.md, keeping the section `bench/torture.py` writes between its markers."""
+    """Write RESULTS.md, keeping the sections other scripts write between their markers."""
     old = path.read_text() if path.exists() else ""
-    start, end = old.find(TORTURE_START), old.find(TORTURE_END)
-    if start != -1 and end > start:
-        text = text.rstrip("\n") + "\n\n" + old[start : end + len(TORTURE_END)] + "\n"
+    for name in KEPT_SECTIONS:
+        start_mark, end_mark = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        start, end = old.find(start_mark), old.find(end_mark)
+        if start != -1 and end > start:
+            text = text.rstrip("\n") + "\n\n" + old[start : end + len(end_mark)] + "\n"
     path.write_text(text)
 
 
