@@ -263,17 +263,6 @@ class Mirror:
             out.update({r[0]: (r[1], r[2] is not None) for r in rows})
         return out
 
-    async def raws(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """id -> the stored recording as received, for diffing."""
-        out: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            rows = await self.store.fetchall(
-                f"SELECT id, raw FROM recordings WHERE id IN ({marks})", chunk  # noqa: S608
-            )
-            out.update({r[0]: loads(r[1]) for r in rows})
-        return out
-
     async def live_ids(self, *, status: str | None = None) -> list[str]:
         """Ids of stored recordings not tombstoned, optionally of one status."""
         if status is None:
