@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Self
 
@@ -19,3 +20,12 @@ class AsyncClosing:
 
     async def aclose(self) -> None:
         raise NotImplementedError
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:  # noqa: ASYNC109
+    """Wait for `event`; False when `timeout` seconds pass first (the `drain()` contract)."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True

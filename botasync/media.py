@@ -43,7 +43,7 @@ from botasync.diff import EventFactory
 from botasync.errors import ApiError, AuthError, BotasyncError
 from botasync.events import MEDIA_DOWNLOADED, EventIds, iso, utc_now
 from botasync.jsoncodec import dumps, loads
-from botasync.lifecycle import AsyncClosing
+from botasync.lifecycle import AsyncClosing, wait_set
 from botasync.models import normalize_ts
 from botasync.store import Store
 
@@ -256,11 +256,7 @@ class Downloader(AsyncClosing):
         if self._runner is None or self._stop.is_set():
             return not self._inflight
         self.notify()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._idle, timeout)
 
     async def aclose(self, grace_s: float = 5.0) -> None:
         """Stop: downloads in flight get `grace_s` to land, the rest resume next time."""

@@ -26,7 +26,7 @@ from botasync.config import EventsConfig
 from botasync.errors import BotasyncError, ConfigError, HandlerError
 from botasync.events import iso, matches, utc_now
 from botasync.handlers import Handler, describe, one_line
-from botasync.lifecycle import AsyncClosing
+from botasync.lifecycle import AsyncClosing, wait_set
 from botasync.store import Store
 
 log = structlog.get_logger("botasync.outbox")
@@ -201,11 +201,7 @@ class Dispatcher(AsyncClosing):
         if not self._tasks or self._stop.is_set():
             return not self._busy
         self.notify()  # an event committed without a notify is still seen
-        try:
-            await asyncio.wait_for(self._settled.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._settled, timeout)
 
     async def aclose(self, grace_s: float = 5.0) -> None:
         """Stop: deliveries in flight get `grace_s` to finish, then are cancelled; idempotent."""
