@@ -30,6 +30,7 @@ from tests.torture.harness import API_KEYS, KEY, integrity
 FAULT_MIX = {"server_error": 0.10, "rate_limited": 0.05, "drop": 0.02, "malformed": 0.01,
              "html_502": 0.01, "slow": 0.01}
 SPRINKLE_EVERY = 5  # requests between two queued faults (beside the random mix)
+MAX_MOVING_ROUNDS = 500  # a bound, far above need, so a stuck mover fails the run
 
 
 @dataclass
@@ -76,6 +77,11 @@ class _Mover:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
+    @property
+    def done(self) -> bool:
+        """Whether every change has been made."""
+        return self._task is not None and self._task.done()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -105,6 +111,8 @@ async def _sprinkle(sim: Simulator) -> None:
             await asyncio.sleep(0.005)
         sim.faults.queue(kind, 1)
         mark = len(sim.requests)
+    while sim.faults.pending:  # done means served, not just queued
+        await asyncio.sleep(0.005)
 
 
 def _config(sim: Simulator, db: Path, budget: int, timeout_s: float, page_size: int) -> Any:
@@ -150,7 +158,14 @@ async def run_fault_mix(
             sprinkler = asyncio.create_task(_sprinkle(sim))
             mover.start()
             try:
-                for _ in range(moving_rounds):
+                # Walk while the world moves, and on until every change is made and
+                # every fault kind queued: a fast machine must not finish the
+                # moving phase before it met them all.
+                rounds = 0
+                while rounds < moving_rounds or not (mover.done and sprinkler.done()):
+                    if rounds >= MAX_MOVING_ROUNDS:
+                        raise AssertionError(f"the world still moving after {rounds} rounds")
+                    rounds += 1
                     await _pass(app, result, "full")
                     await _pass(app, result, "quick")
                 await mover.stop()
