@@ -43,6 +43,20 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+async def _connect(path: Path) -> aiosqlite.Connection:
+    """`aiosqlite.connect`, except that a failed open waits for its worker thread.
+
+    On a failed connect aiosqlite queues its thread's stop without waiting for it; when the
+    loop closes first (the CLI exiting on the error) the thread prints a traceback.
+    """
+    pending = aiosqlite.connect(path, isolation_level=None)
+    try:
+        return await pending
+    except BaseException:
+        await asyncio.to_thread(pending._thread.join, 5.0)
+        raise
+
+
 class Store(AsyncClosing):
     """The database: open with `await Store.open(path)` or `async with Store.open(path)`."""
 
@@ -58,7 +72,7 @@ class Store(AsyncClosing):
         p = Path(path)
         try:
             await asyncio.to_thread(_create_private, p)
-            conn = await aiosqlite.connect(p, isolation_level=None)
+            conn = await _connect(p)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open database {p}: {_why(e)}") from None
         try:

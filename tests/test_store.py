@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
 from botasync import migrations
-from botasync.errors import MigrationError
+from botasync.errors import MigrationError, StoreError
 from botasync.store import Mirror, Store
 
 
@@ -49,6 +50,17 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
             await conn.execute(f"PRAGMA user_version = {migrations.LATEST + 1}")
     with pytest.raises(MigrationError, match="newer than this botasync"):
         await Store.open(db)
+
+
+async def test_failed_open_leaves_no_worker_thread(tmp_path: Path) -> None:
+    """A database that cannot open fails with one error and leaves no thread to outlive the loop.
+
+    aiosqlite's worker thread, left running, printed a traceback once the CLI's loop closed.
+    """
+    (tmp_path / "a-directory").mkdir()
+    with pytest.raises(StoreError, match="cannot open database"):
+        await Store.open(tmp_path / "a-directory")
+    assert [t for t in threading.enumerate() if "_connection_worker" in t.name] == []
 
 
 def test_statements_split_ignores_comments() -> None:
