@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from botasync import retention
 from botasync.budget import RequestBudget
 from botasync.client import BotaClient
 from botasync.config import Config
@@ -73,6 +74,14 @@ class App(AsyncClosing):
         return cls(cfg, store, client, dispatcher, syncer, budget, downloader)
 
 
+    async def prune_events(self) -> retention.PruneResult | None:
+        """Forget settled events past `[events] retention_days` (None when that is 0)."""
+        days = self.cfg.events.retention_days
+        if not days:
+            return None
+        return await retention.prune_events(
+            self.store, retention.cutoff(days), self.dispatcher.handler_names)
+
     async def aclose(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Close in reverse order of opening; safe to call twice."""
         if self._closed:
@@ -93,6 +102,8 @@ async def sync_once(
         await app.dispatcher.start()
         stats = [await app.syncer.full()] if full else await app.syncer.quick()
         delivered = await app.dispatcher.drain(deliver_timeout) if cfg.handlers else True
+        if full:
+            await app.prune_events()
         return stats, delivered
 
 

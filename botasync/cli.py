@@ -312,6 +312,31 @@ def events_replay(handler_name: str, since_seq: int | None, type_: str | None) -
         sys.exit(1)
 
 
+@events.command("prune")
+@_config_option
+@click.option("--days", type=click.IntRange(0), metavar="N",
+              help="Forget settled events older than N days (default: [events] retention_days).")
+@click.option("--dry-run", is_flag=True, help="Count what would go; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def events_prune(days: int | None, dry_run: bool, as_json: bool) -> None:
+    """Forget settled events older than the retention (never pending or dead ones)."""
+    from botasync import retention
+
+    cfg = _state().load()
+    days = cfg.events.retention_days if days is None else days
+    if days == 0:
+        raise click.UsageError("retention is 0 days (keep every event): say --days N")
+    handlers = [h.name for h in cfg.handlers]
+    result = run_async(_with_store(cfg, lambda s: retention.prune_events(
+        s, retention.cutoff(days), handlers, dry_run=dry_run)))
+    if as_json:
+        _print_json({**dataclasses.asdict(result), "dry_run": dry_run})
+        return
+    verb = "would forget" if dry_run else "forgot"
+    click.echo(f"{verb} {result.events} settled event(s) created before {result.before}")
+
+
 # --- config ------------------------------------------------------------------------------
 
 

@@ -79,6 +79,7 @@ class EventsConfig(_Section):
     max_attempts: int = Field(10, ge=1)
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(3600.0, gt=0)
+    retention_days: int = Field(90, ge=0)  # settled events older than this go; 0 keeps all
 
 
 class _Handler(_Section):

@@ -112,6 +112,7 @@ class Daemon:
             stats = await app.syncer.full(kind="reconcile")
             cutoff = iso(utc_now() - timedelta(days=RUN_LOG_DAYS))
             await Mirror(app.store).prune_runs(cutoff)
+            await app.prune_events()
             return stats
 
         sched.add_job(self._job, "interval", args=["reconcile", reconcile], id="reconcile",

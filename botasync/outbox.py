@@ -171,6 +171,11 @@ class Dispatcher(AsyncClosing):
         self._closed = False
 
 
+    @property
+    def handler_names(self) -> list[str]:
+        """The handlers this dispatcher delivers to."""
+        return list(self._lanes)
+
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:

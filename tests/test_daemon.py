@@ -221,3 +221,33 @@ def test_notifier_reads_environment() -> None:
     quiet = Notifier({})
     quiet.send("READY=1")  # outside systemd: nothing, no error
     assert quiet.watchdog_s == 0.0
+
+
+async def test_reconcile_forgets_old_settled_events(
+    simulator_factory: SimulatorFactory, tmp_path: Path
+) -> None:
+    """After a reconcile walk, events past the retention and settled for every handler go."""
+    sim = await simulator_factory(World(seed=23, recordings=30))
+    db = tmp_path / "botasync.db"
+    daemon = Daemon(daemon_cfg(sim, db, reconcile_every_s=0.3), handle_signals=False,
+                    extra_handlers=[Collect()])
+    task = await start(daemon)
+    try:
+        await wait_for(lambda: _count(db) == 30, timeout=10)
+        await wait_for(lambda: _events_left(db, "") == 30, timeout=10)
+        await asyncio.to_thread(_age_events, db)
+        await wait_for(lambda: _events_left(db, "WHERE created_at < '2026'") == 0, timeout=10)
+        assert _count(db) == 30  # the mirror is never pruned
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+
+def _age_events(db: Path) -> None:
+    with sqlite3.connect(db, timeout=10) as conn:
+        conn.execute("UPDATE events SET created_at = '2025-01-01T00:00:00.000Z'")
+
+
+def _events_left(db: Path, where: str) -> int:
+    with sqlite3.connect(db, timeout=10) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM events {where}").fetchone()[0])
