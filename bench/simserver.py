@@ -52,7 +52,8 @@ def main() -> None:
     with contextlib.suppress(KeyboardInterrupt):  # SIGINT is how the bench stops it
         asyncio.run(run_forever(
             world, host="127.0.0.1", port=0, api_keys={API_KEY: {"recordings:read"}},
-            rate_limit=args.rate_limit or None, latency_s=args.latency_ms / 1000, on_ready=ready))
+            rate_limit=args.rate_limit or None, latency_s=args.latency_ms / 1000, on_ready=ready,
+            max_logged=None))  # the bench reads the whole request log
 
 
 if __name__ == "__main__":

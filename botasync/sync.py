@@ -25,7 +25,7 @@ from botasync.budget import RequestBudget
 from botasync.client import BotaClient, Page
 from botasync.config import Config
 from botasync.diff import EventFactory, deleted, diff
-from botasync.errors import NotFound
+from botasync.errors import ApiError, NotFound
 from botasync.events import EventIds, iso, utc_now
 from botasync.fingerprint import fingerprint
 from botasync.models import NON_TERMINAL, InvalidItem, Recording, is_complete, parse_recording
@@ -38,6 +38,7 @@ BACKFILL_DONE = "backfill_done"
 HOT_FULL_AT = "hot_full_at"
 HOT_FULL_EVERY = 10  # ticks' worth of time between hot passes that list every status
 WALK_KINDS = ("full", "reconcile")
+REPEAT_LIMIT = 5  # identical full pages in a row that stop a walk (see RepeatGuard)
 
 
 @dataclass
@@ -65,6 +66,36 @@ class PassStats:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class RepeatGuard:
+    """Spots a walk whose pages keep coming back the same: a server ignoring `offset`.
+
+    Without it such a server makes a walk spin forever, slowed only by the budget. A
+    busy archive can repeat a page now and then (exactly a page of new recordings
+    between two reads), but not REPEAT_LIMIT times in a row.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[Any, ...] = ()
+        self._count = 0
+        self.since = 0  # the offset of the first of the identical pages
+
+    def repeated(self, offset: int, page: Page) -> bool:
+        """Count the page; True at REPEAT_LIMIT identical full pages in a row."""
+        ids = tuple(i.get("id") if isinstance(i, dict) else i for i in page.items)
+        if not ids or not page.has_more or ids != self._last:
+            self._last, self._count, self.since = ids, 1, offset
+            return False
+        self._count += 1
+        return self._count >= REPEAT_LIMIT
+
+    def error(self, offset: int) -> ApiError:
+        return ApiError(
+            f"GET /recordings returned the same {len(self._last)} items for {self._count} "
+            f"pages in a row (offsets {self.since} to {offset}); the API seems to ignore "
+            "`offset`, so this walk stops here"
+        )
 
 
 @dataclass
@@ -200,6 +231,7 @@ class Syncer:
         inflight: deque[tuple[int, asyncio.Task[Page], str]] = deque()
         next_offset = walk.offset
         ahead = 1  # one page first: a rejected key or an empty archive costs one request
+        repeats = RepeatGuard()
         try:
             while True:
                 while len(inflight) < ahead and (not inflight or next_offset < cap):
@@ -209,6 +241,10 @@ class Syncer:
                 offset, task, read_at = inflight.popleft()
                 page = await task
                 ahead = depth
+                if repeats.repeated(offset, page):
+                    walk.offset = repeats.since  # what came after it was no real page
+                    await self._checkpoint(walk)
+                    raise repeats.error(offset)
                 all_unchanged = await self._page(walk, page.items, budgets, read_at)
                 walk.offset = offset + limit
                 await self._checkpoint(walk)

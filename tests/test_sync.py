@@ -262,3 +262,40 @@ async def test_tick_skips_hot_lists_the_head_page_covered(tmp_path: Path) -> Non
             assert len(sim.requests) - mark == 3  # head page, processing list, detail of deep
             assert hot.updated == 1
         assert mirror_diff(db, world.all()) == []
+
+
+async def test_server_ignoring_offset_stops_the_walk(tmp_path: Path) -> None:
+    """Pages that keep coming back the same end the walk with one clear error, not a spin."""
+    from botasync.errors import ApiError
+    from botasync.sync import REPEAT_LIMIT
+
+    async with serve(World(seed=8, recordings=500), rate_limit=None) as sim:
+        sim.ignore_offset = True
+        db = tmp_path / "botasync.db"
+        with pytest.raises(ApiError, match="ignore `offset`"):
+            await full_sync(make_cfg(sim, db))
+        assert kinds(sim)["list"] <= REPEAT_LIMIT + 4  # plus the pages read ahead
+        assert table_rows(db, "SELECT count(*) FROM recordings")[0][0] == 100  # page one kept
+        sim.ignore_offset = False
+        stats = await full_sync(make_cfg(sim, db))
+        assert stats.complete and mirror_diff(db, sim.world.all()) == []
+
+
+def test_repeat_guard_tolerates_what_a_busy_archive_does() -> None:
+    """A page repeated a few times, or a short last page, is not a broken server."""
+    from botasync.client import Page
+    from botasync.sync import REPEAT_LIMIT, RepeatGuard
+
+    page = Page([{"id": "rec_a"}, {"id": "rec_b"}], has_more=True)
+    guard = RepeatGuard()
+    assert not any(guard.repeated(n * 2, page) for n in range(REPEAT_LIMIT - 1))
+    assert not guard.repeated(99, Page([{"id": "rec_c"}], has_more=True))  # a reset
+    assert not any(guard.repeated(n * 2, page) for n in range(REPEAT_LIMIT - 1))
+    empty = Page([], has_more=True)
+    assert not guard.repeated(0, empty) and not guard.repeated(0, empty)
+    end = Page([{"id": "rec_a"}], has_more=False)  # the end, read again and again
+    assert not any(guard.repeated(0, end) for _ in range(REPEAT_LIMIT + 1))
+    broken = RepeatGuard()
+    assert [broken.repeated(10 + n * 2, page) for n in range(REPEAT_LIMIT)] == \
+        [False] * (REPEAT_LIMIT - 1) + [True]
+    assert broken.since == 10 and f"for {REPEAT_LIMIT} pages" in str(broken.error(18))

@@ -140,13 +140,18 @@ async def faults(request: web.Request) -> web.Response:
 
 
 async def requests_log(request: web.Request) -> web.Response:
-    """GET /_sim/requests?since=N: log entries from index N on, and the next index to ask."""
+    """GET /_sim/requests?since=N: log entries from index N on, and the next index to ask.
+
+    A long-running simulator lets its oldest entries go; `since` then starts at the
+    oldest it still has.
+    """
     sim = _sim(request)
     try:
         since = max(0, int(_number(request, "since", 0)))
     except ValueError as exc:
         return _bad(str(exc))
-    entries = [r.as_dict() for r in sim.requests[since:]]
+    since = max(since, sim.logged_before)  # older entries were let go
+    entries = [r.as_dict() for r in sim.requests[since - sim.logged_before:]]
     return _json({"requests": entries, "next": since + len(entries)})
 
 

@@ -69,6 +69,11 @@ class Simulator:
         self.url_ttl_s = url_ttl_s
         self.secret = secret if secret is not None else secrets.token_bytes(32)
         self.requests: list[RequestRecord] = []
+        # a long-running simulator (`botasync simulate`, the demo) keeps the newest
+        # `max_logged` requests; `logged_before` counts the ones it let go
+        self.max_logged: int | None = None
+        self.logged_before = 0
+        self.ignore_offset = False  # misbehave: every list page is the first (torture)
         self.status_counts: Counter[int] = Counter()
         self.host = "127.0.0.1"
         self.port = 0
@@ -110,6 +115,10 @@ class Simulator:
         """Append one request to the log."""
         self.requests.append(RequestRecord(t, method, path, query, status))
         self.status_counts[status] += 1
+        if self.max_logged is not None and len(self.requests) > self.max_logged:
+            drop = len(self.requests) - self.max_logged // 2
+            del self.requests[:drop]
+            self.logged_before += drop
 
     def max_requests_in_window(self, window_s: float = 60.0, path_prefix: str = "/v1/") -> int:
         """The most requests under `path_prefix` that arrived within any `window_s` span."""
@@ -124,7 +133,7 @@ class Simulator:
         return {
             "recordings": len(self.world),
             "by_status": self.world.counts(),
-            "requests": len(self.requests),
+            "requests": self.logged_before + len(self.requests),
             "by_status_code": {str(code): n for code, n in sorted(self.status_counts.items())},
             "faults": self.faults.snapshot(),
             "rate_limit": self.rate_limit,
@@ -220,6 +229,9 @@ async def serve(
         await sim.aclose()
 
 
+LONG_RUN_LOG = 100_000  # requests a long-running simulator remembers (~10 MB)
+
+
 def _announce(sim: Simulator) -> None:
     print(f"Bota simulator serving {len(sim.world)} recordings at {sim.url}", flush=True)
 
@@ -230,11 +242,16 @@ async def run_forever(
     download_rate_limit: int | None = 30, latency_s: float = 0.0, faults: Faults | None = None,
     range_requests: bool = True, url_ttl_s: float = 3600.0, move_every_s: float | None = None,
     changes_per_move: int = 1, on_ready: Callable[[Simulator], None] | None = None,
+    max_logged: int | None = LONG_RUN_LOG,
 ) -> None:
-    """Serve until cancelled (Ctrl-C); `on_ready` (default: print the URL) runs once bound."""
+    """Serve until cancelled (Ctrl-C); `on_ready` (default: print the URL) runs once bound.
+
+    The request log keeps the newest `max_logged` entries (None: all of them).
+    """
     async with serve(world, host=host, port=port, api_keys=api_keys, rate_limit=rate_limit,
                      download_rate_limit=download_rate_limit, latency_s=latency_s,
                      faults=faults, range_requests=range_requests, url_ttl_s=url_ttl_s) as sim:
+        sim.max_logged = max_logged
         if move_every_s:
             sim.start_moving(move_every_s, changes_per_move)
         (on_ready or _announce)(sim)

@@ -329,6 +329,11 @@ def _faults(kind: str, timeout_s: float | None = None) -> Setup:
     return setup
 
 
+async def _ignore_offset(ctx: Ctx) -> None:
+    ctx.sim.ignore_offset = True
+    ctx.sections.setdefault("sync", {})["page_size"] = 5  # 40 recordings: 8 pages, all the same
+
+
 async def _unreachable(ctx: Ctx) -> None:
     ctx.sections["api"]["base_url"] = f"http://127.0.0.1:{ctx.servers.closed_port}/v1"
 
@@ -611,6 +616,10 @@ CASES: tuple[Case, ...] = (
     Case("empty_page_has_more", "an empty page that says more follow (has_more), forever",
          1, r"^error: GET /recordings .*an empty page that says more follow", KEEP_ALL,
          API_RETRY, NO_DEAD, _odd_api("emptymore"), _requests_to("emptymore", 3)),
+    Case("offset_ignored", "a server (or proxy) ignoring `offset`: every page is the first",
+         1, r"^error: GET /recordings returned the same 5 items for 5 pages in a row", KEEP_ALL,
+         "nothing: the next pass resumes where the repeat began", NO_DEAD, _ignore_offset,
+         untouched),
     Case("non_utf8_body", "a 200 whose body is not UTF-8", 1,
          r"^error: GET /recordings .*response body is not UTF-8", KEEP_ALL, API_RETRY, NO_DEAD,
          _faults("non_utf8"), untouched),
