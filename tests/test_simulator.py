@@ -645,3 +645,30 @@ async def test_run_forever_reports_its_url_and_stops_on_cancel(
         await task
     with pytest.raises(aiohttp.ClientConnectionError):
         await get_json(http, f"{ready[0].url}/recordings")
+
+
+async def test_long_running_log_keeps_the_newest(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    """With `max_logged`, old log entries go; counts and `/_sim/requests` indexes stay true."""
+    simulator.max_logged = 10
+    for offset in range(25):
+        status, _, _ = await get_json(http, f"{simulator.url}/recordings", limit=1, offset=offset)
+        assert status == 200
+    assert 5 <= len(simulator.requests) <= 10
+    assert simulator.requests[-1].query.endswith("offset=24")
+    _, stats, _ = await get_json(http, f"{simulator.origin}/_sim/stats")
+    assert stats["requests"] == 25
+    _, log, _ = await get_json(http, f"{simulator.origin}/_sim/requests", since=0)
+    assert log["next"] == 25  # admin calls are not logged
+    assert len(log["requests"]) == len(simulator.requests)
+
+
+async def test_ignore_offset_serves_the_first_page_always(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    """The misbehaving mode: every offset gets the first page."""
+    simulator.ignore_offset = True
+    _, first, _ = await get_json(http, f"{simulator.url}/recordings", limit=5)
+    _, later, _ = await get_json(http, f"{simulator.url}/recordings", limit=5, offset=20)
+    assert first["data"] == later["data"] and later["has_more"]
