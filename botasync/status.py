@@ -50,14 +50,16 @@ async def collect(cfg: Config) -> dict[str, Any]:
         daemon = loads(daemon_raw) if daemon_raw else None
         if daemon:
             daemon["running"] = _alive(daemon.get("pid"))
-        row = await store.fetchone("SELECT count(*), max(seq) FROM events")
+        row = await store.fetchone("SELECT count(*), max(seq), min(created_at) FROM events")
         files = await files_status(store, cfg.media) if cfg.media.download else None
         return {
             "database": {"path": str(path), "bytes": path.stat().st_size},
             "recordings": await queries.counts_by_status(store),
             "last_walk": await queries.last_run_of(store, ("full", "reconcile")),
             "passes": await queries.last_runs(store, 10),
-            "events": {"total": int(row[0]) if row else 0, "last_seq": row[1] if row else None},
+            "events": {"total": int(row[0]) if row else 0, "last_seq": row[1] if row else None,
+                       "oldest_at": row[2] if row else None,
+                       "retention_days": cfg.events.retention_days},
             "handlers": {
                 name: {"backlog": pending.get(name, 0),
                        "dead": dead_by_handler.get(name, 0)}
@@ -88,7 +90,11 @@ def render(console: Console, data: dict[str, Any]) -> None:
     if walk:
         done = "complete" if walk["complete"] else f"stopped at offset {walk['position']}"
         console.print(f"[bold]last walk[/bold] {walk['kind']} {walk['started_at']} ({done})")
-    console.print(f"[bold]events[/bold] {data['events']['total']}")
+    ev = data["events"]
+    kept = (f"settled ones kept {ev['retention_days']} days" if ev["retention_days"]
+            else "all kept")
+    oldest = f", oldest {ev['oldest_at']}" if ev["oldest_at"] else ""
+    console.print(f"[bold]events[/bold] {ev['total']}{oldest} ({kept})")
     if data.get("files"):
         console.print("[bold]files[/bold] see `botasync files status` for the download queue: "
                       + ", ".join(f"{k} {v}" for k, v in data["files"].items()

@@ -139,7 +139,10 @@ def test_queries_after_sync(env: dict[str, str], sim: ThreadedSim) -> None:
     status = json.loads(run(["status", "--json"], env).stdout)
     assert sum(status["recordings"].values()) == 250
     assert status["last_walk"]["complete"] == 1
-    assert "recordings" in run(["status"], env).stdout
+    assert status["events"]["total"] == 250 and status["events"]["retention_days"] == 90
+    every = json.loads(run(["events", "list", "--json", "--limit", "1000"], env).stdout)
+    assert status["events"]["oldest_at"] == min(e["created_at"] for e in every)
+    assert "(settled ones kept 90 days)" in run(["status"], env).stdout
     missing = run(["recordings", "show", "rec_nope"], env)
     assert missing.exit_code == 1 and "no recording rec_nope" in one_clear_line(missing)
 
