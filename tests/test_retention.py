@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from botasync import retention
 from botasync.simulator import World
@@ -123,3 +125,41 @@ def test_zero_retention_keeps_everything(sim: ThreadedSim, tmp_path: Path) -> No
     assert len(seqs(db)) == 40
     refused = run(["events", "prune"], env)
     assert refused.exit_code == 2 and "--days" in refused.stderr
+
+
+@st.composite
+def outboxes(draw: st.DrawFn) -> tuple[list[tuple[bool, bool]], dict[str, int], list[str]]:
+    """Events (old?, dead for some handler?), handler cursors, and the configured handlers."""
+    events = draw(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=25))
+    names = draw(st.lists(st.sampled_from(["a", "b", "c"]), unique=True, max_size=3))
+    cursors = {n: draw(st.integers(0, len(events))) for n in names}
+    configured = draw(st.lists(st.sampled_from(["a", "b", "c"]), unique=True, max_size=3))
+    return events, cursors, configured
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=outboxes())
+async def test_prune_takes_exactly_the_settled_old_events(
+    tmp_path_factory: pytest.TempPathFactory,
+    case: tuple[list[tuple[bool, bool]], dict[str, int], list[str]],
+) -> None:
+    """Whatever the cursors and dead letters: gone iff old, past every configured cursor, not dead."""
+    events, cursors, configured = case
+    db = tmp_path_factory.mktemp("prop") / "r.db"
+    async with await Store.open(db) as store:
+        await add_events(store, *created(*(f"rec_{i}" for i in range(len(events)))))
+        async with store.transaction() as conn:
+            for seq, (old, dead) in enumerate(events, start=1):
+                if not old:
+                    await conn.execute("UPDATE events SET created_at = ? WHERE seq = ?",
+                                       ("2026-11-24T00:00:00.000Z", seq))
+                if dead:
+                    await conn.execute("INSERT INTO deliveries (handler, event_seq, state) "
+                                       "VALUES ('a', ?, 'dead')", (seq,))
+            for name, cursor in cursors.items():
+                await conn.execute("INSERT INTO handler_cursors VALUES (?, ?)", (name, cursor))
+        await retention.prune_events(store, retention.cutoff(90, NOW), configured)
+    bound = min((cursors[n] for n in configured if n in cursors), default=len(events))
+    kept = [seq for seq, (old, dead) in enumerate(events, start=1)
+            if not old or dead or seq > bound]
+    assert seqs(db) == kept
