@@ -25,6 +25,7 @@ from botasync.errors import AuthError, BotasyncError
 from botasync.events import iso, utc_now
 from botasync.handlers import Handler
 from botasync.jsoncodec import dumps
+from botasync.locks import ExclusiveLock
 from botasync.store import Mirror
 from botasync.sync import PassStats
 
@@ -83,24 +84,35 @@ class Daemon:
     async def run(self) -> int:
         """Open, schedule, serve until stopped, close; return the exit code."""
         async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
-            self.app = app
-            await app.dispatcher.start()
-            await app.downloader.start()
-            self._install_signals()
-            self._scheduler = self._schedule(app)
-            self._scheduler.start()
-            self.notifier.send("READY=1\nSTATUS=syncing")
-            watchdog = asyncio.create_task(self._watchdog())
-            log.info("daemon_started", db=str(app.store.path), interval_s=self.cfg.sync.interval_s,
-                     handlers=[h.name for h in self.cfg.handlers])
-            try:
-                await self._stop.wait()
-            finally:
-                self.notifier.send("STOPPING=1")
-                watchdog.cancel()
-                await self._shutdown()
+            with self._lock(app):
+                await self._serve(app)
         log.info("daemon_stopped", exit_code=self.exit_code)
         return self.exit_code
+
+    def _lock(self, app: App) -> ExclusiveLock:
+        """One daemon per database: a second would poll twice and deliver everything twice."""
+        db = app.store.path
+        return ExclusiveLock(db.with_name(db.name + ".lock"),
+                             f"another botasync daemon is already using {db}")
+
+    async def _serve(self, app: App) -> None:
+        """Schedule the passes and serve until stopped, then shut down."""
+        self.app = app
+        await app.dispatcher.start()
+        await app.downloader.start()
+        self._install_signals()
+        self._scheduler = self._schedule(app)
+        self._scheduler.start()
+        self.notifier.send("READY=1\nSTATUS=syncing")
+        watchdog = asyncio.create_task(self._watchdog())
+        log.info("daemon_started", db=str(app.store.path), interval_s=self.cfg.sync.interval_s,
+                 handlers=[h.name for h in self.cfg.handlers])
+        try:
+            await self._stop.wait()
+        finally:
+            self.notifier.send("STOPPING=1")
+            watchdog.cancel()
+            await self._shutdown()
 
     def _schedule(self, app: App) -> AsyncIOScheduler:
         sched = AsyncIOScheduler(event_loop=asyncio.get_running_loop())

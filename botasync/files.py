@@ -17,14 +17,8 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-try:  # POSIX only; elsewhere two processes sharing a files_dir are not detected
-    import fcntl
-except ImportError:  # pragma: no cover - not on Linux
-    fcntl = None  # type: ignore[assignment]
-
-from botasync.errors import BotasyncError
+from botasync.locks import ExclusiveLock
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
 LOCK_NAME = ".botasync.lock"
@@ -208,43 +202,8 @@ def disk_free(root: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-class DirLock:
-    """An exclusive lock on a files directory, so two processes never write the same part.
-
-    The kernel drops it when the process dies, SIGKILL included.
-    """
+class DirLock(ExclusiveLock):
+    """An exclusive lock on a files directory, so two processes never write the same part."""
 
     def __init__(self, root: Path) -> None:
-        self.path = root / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock now or raise `BotasyncError` naming the directory."""
-        if self._fd is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise BotasyncError(
-                    f"another botasync process is downloading into {self.path.parent}"
-                ) from None
-        self._fd = fd
-
-    def release(self) -> None:
-        """Let go of the lock; safe to call twice."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the flock
-
-    def __enter__(self) -> DirLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
+        super().__init__(root / LOCK_NAME, f"another botasync process is downloading into {root}")

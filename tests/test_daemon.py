@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from botasync import config
 from botasync.daemon import Daemon, Notifier
+from botasync.errors import BotasyncError
 from botasync.jsoncodec import loads
 from botasync.simulator import Simulator, World
 from tests.conftest import SimulatorFactory, wait_for
@@ -251,3 +254,26 @@ def _age_events(db: Path) -> None:
 def _events_left(db: Path, where: str) -> int:
     with sqlite3.connect(db, timeout=10) as conn:
         return int(conn.execute(f"SELECT count(*) FROM events {where}").fetchone()[0])
+
+
+async def test_second_daemon_on_one_database_is_refused(
+    simulator_factory: SimulatorFactory, tmp_path: Path
+) -> None:
+    """Two daemons would poll twice and deliver twice: the second stops with one clear error."""
+    sim = await simulator_factory(World(seed=24, recordings=10))
+    db = tmp_path / "botasync.db"
+    first = Daemon(daemon_cfg(sim, db), handle_signals=False)
+    task = await start(first)
+    try:
+        await wait_for(lambda: _count(db) == 10, timeout=10)
+        second = Daemon(daemon_cfg(sim, db), handle_signals=False)
+        with pytest.raises(BotasyncError, match=r"another botasync daemon is already using .*pid"):
+            await second.run()
+        assert not task.done()  # the first goes on
+    finally:
+        first.stop()
+        assert await asyncio.wait_for(task, 10) == 0
+    again = Daemon(daemon_cfg(sim, db), handle_signals=False)  # the lock went with the first
+    task = await start(again)
+    again.stop()
+    assert await asyncio.wait_for(task, 10) == 0
