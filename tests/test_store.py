@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import threading
 from pathlib import Path
@@ -61,6 +62,28 @@ async def test_failed_open_leaves_no_worker_thread(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot open database"):
         await Store.open(tmp_path / "a-directory")
     assert [t for t in threading.enumerate() if "_connection_worker" in t.name] == []
+
+
+async def test_a_version_1_database_upgrades_in_place(tmp_path: Path) -> None:
+    """A database written at schema 1 opens at the latest version with every row kept."""
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(migrations.STEPS[0])
+        conn.execute("INSERT INTO recordings (id, status, raw, first_seen_at, synced_at) "
+                     "VALUES ('rec_1', 'completed', '{}', '2025-01-01', '2025-01-01')")
+        conn.execute("INSERT INTO media (id, recording_id, position, raw) "
+                     "VALUES ('med_1', 'rec_1', 0, '{}')")
+        conn.execute("INSERT INTO events (id, type, created_at, payload) "
+                     "VALUES ('evt_1', 'recording.created', '2025-01-01', '{}')")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    async with await Store.open(db) as store:
+        assert (await store.fetchone("PRAGMA user_version"))[0] == migrations.LATEST
+        media = await store.fetchone("SELECT id, local_path, download_attempts FROM media")
+        assert media is not None and tuple(media) == ("med_1", None, 0)
+        assert (await store.fetchone("SELECT count(*) FROM recordings"))[0] == 1
+        assert (await store.fetchone("SELECT id FROM events"))[0] == "evt_1"
+        assert (await store.fetchone("PRAGMA integrity_check"))[0] == "ok"
 
 
 def test_statements_split_ignores_comments() -> None:
