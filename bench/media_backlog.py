@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sections import replace_section
+
 from botasync import config
 from botasync.budget import RequestBudget
 from botasync.client import BotaClient
@@ -124,26 +126,20 @@ def main() -> None:
 
 def write_section(path: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     """Put this run's table into RESULTS.md between its markers (bench/run.py keeps them)."""
-    start, end = "<!-- media:start -->", "<!-- media:end -->"
     rows = "\n".join(
         f"| {'on' if r['download'] else 'off'} | {r['files_downloaded']} | {r['changes_seen']} "
         f"| {r['lag_median_s']:.3f} s | {r['lag_p95_s']:.3f} s | {r['lag_max_s']:.3f} s |"
         for r in results)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = (
-        f"{start}\n## Media download backlog vs status-change events\n\n"
+    replace_section(path, "media", (
+        f"## Media download backlog vs status-change events\n\n"
         f"Written by `python bench/media_backlog.py --write` on {when}: {args.recordings} "
         f"recordings, {args.seconds:g} s per run, a tick every {args.interval:g} s, budgets x"
         f"{args.scale} (ratios kept); one status change a second, timed from the change to "
         f"its committed `recording.status_changed`. Same run, downloads off then on.\n\n"
         "| downloads | files fetched | changes seen | lag median | p95 | max |\n"
-        "|---|---|---|---|---|---|\n" + rows + f"\n{end}"
-    )
-    old = path.read_text() if path.exists() else ""
-    a, b = old.find(start), old.find(end)
-    text = old[:a] + block + old[b + len(end):] if a != -1 and b > a else (
-        old.rstrip("\n") + "\n\n" + block + "\n")
-    path.write_text(text)
+        "|---|---|---|---|---|---|\n" + rows
+    ))
 
 
 if __name__ == "__main__":

@@ -36,16 +36,17 @@ from plot import plot
 from procs import SimProcess
 from report import targets
 from results_md import render
+from sections import markers
 from steady import steady
 
-KEPT_SECTIONS = ("torture", "media")  # written by bench/torture.py, bench/media_backlog.py
+KEPT_SECTIONS = ("torture", "media", "retention")  # written by the scripts named alike
 
 
 def write_results_md(path: Path, text: str) -> None:
     """Write RESULTS.md, keeping the sections other scripts write between their markers."""
     old = path.read_text() if path.exists() else ""
     for name in KEPT_SECTIONS:
-        start_mark, end_mark = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        start_mark, end_mark = markers(name)
         start, end = old.find(start_mark), old.find(end_mark)
         if start != -1 and end > start:
             text = text.rstrip("\n") + "\n\n" + old[start : end + len(end_mark)] + "\n"

@@ -31,6 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sections import markers, replace_section  # noqa: E402
+
 from botasync.logging import configure  # noqa: E402
 from tests.torture.badinput import CASES, Outcome, run_table  # noqa: E402
 from tests.torture.faultmix import FAULT_MIX, FaultMixResult, run_fault_mix  # noqa: E402
@@ -38,7 +40,7 @@ from tests.torture.harness import KEY  # noqa: E402
 from tests.torture.kill9 import Kill9Result, leaked, run_kill9  # noqa: E402
 from tests.torture.surface import SurfaceResult, run_surface  # noqa: E402
 
-START, END = "<!-- torture:start -->", "<!-- torture:end -->"
+START, END = markers("torture")
 MIN_CASES = 25
 
 
@@ -254,16 +256,8 @@ def _surface_md(s: SurfaceResult, leaks: list[str]) -> list[str]:
 
 
 def write_section(results: Path, section: str) -> None:
-    """Replace the section between the markers, or append it; touch nothing else."""
-    text = results.read_text() if results.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    tmp = results.with_name(results.name + ".torture-tmp")
-    tmp.write_text(text)
-    tmp.replace(results)
+    """Replace the torture section of RESULTS.md, or append it; touch nothing else."""
+    replace_section(results, "torture", section.replace(START, "").replace(END, ""))
 
 
 def main() -> int:

@@ -116,6 +116,13 @@ STEPS: tuple[str, ...] = (
     ALTER TABLE media ADD COLUMN download_next_at TEXT;  -- not before; NULL with an error: gave up
     CREATE INDEX media_downloaded_at ON media(downloaded_at);
     """,
+    # 3: outbox retention: events by time (also for people asking "since when"), and
+    # deliveries by event, without which every event deleted scans the deliveries (the
+    # foreign key's check as much as the delete itself)
+    """
+    CREATE INDEX events_created_at ON events(created_at);
+    CREATE INDEX deliveries_event_seq ON deliveries(event_seq);
+    """,
 )
 
 LATEST = len(STEPS)

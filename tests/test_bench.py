@@ -37,3 +37,28 @@ def test_bench_smoke_measures_every_contender(tmp_path: Path) -> None:
     assert all(d["order_intact"] and d["delivered"] == d["backlog"] for d in res["dispatch"])
     assert res["steady"]["cycles"] > 0 and res["steady"]["events_delivered"] > 0
     assert "## 1. Initial mirror" in (out / "RESULTS.md").read_text()
+
+
+def test_retention_bench_runs(tmp_path: Path) -> None:
+    """`bench/retention.py` prunes the same half with and without the step-3 indexes."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "retention.py"), "--events", "400"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(done.stdout)
+    assert res["pruned"] == 200 and res["bytes_vacuumed"] < res["bytes_after"]
+
+
+def test_sections_replace_only_their_own(tmp_path: Path) -> None:
+    """A script rewriting its RESULTS.md section leaves the rest of the file as it was."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from sections import replace_section
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# head\n")
+    replace_section(path, "a", "first A")
+    replace_section(path, "b", "B")
+    replace_section(path, "a", "second A")
+    assert path.read_text() == ("# head\n\n<!-- a:start -->\nsecond A\n<!-- a:end -->\n\n"
+                                "<!-- b:start -->\nB\n<!-- b:end -->\n")

@@ -85,6 +85,16 @@ async def test_large_outbox_goes_in_batches(
     assert result.events == 30 and seqs(db) == []
 
 
+async def test_prune_reads_by_index(tmp_path: Path) -> None:
+    """The prune query walks the created_at index and finds dead letters by event, no scans."""
+    async with await Store.open(tmp_path / "r.db") as store:
+        plan = " / ".join(r[3] for r in await store.fetchall(
+            "EXPLAIN QUERY PLAN " + retention._PRUNABLE, ("2026", "[]", 10)))
+    assert "USING COVERING INDEX events_created_at (created_at<?)" in plan, plan
+    assert "USING INDEX deliveries_event_seq (event_seq=?)" in plan, plan
+    assert "SCAN e" not in plan and "SCAN d" not in plan, plan
+
+
 @pytest.fixture(scope="module")
 def sim() -> Iterator[ThreadedSim]:
     with ThreadedSim(World(seed=5, recordings=40)) as s:
