@@ -12,15 +12,16 @@ import functools
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from botasync import __version__, config, queries
+from botasync import __version__, config, health, queries
 from botasync.errors import BotasyncError
+from botasync.events import utc_now
 from botasync.jsoncodec import dumps
 from botasync.logging import configure, redact
 
@@ -156,19 +157,39 @@ def run() -> None:
 @main.command()
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--check", is_flag=True,
+              help="For monitoring: exit 1 if passes stopped or failed, or letters are dead.")
+@click.option("--max-age", "max_age_s", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="With --check: how old the newest pass may be (default 3 intervals).")
 @handle_errors
-def status(as_json: bool) -> None:
+def status(as_json: bool, check: bool, max_age_s: float | None) -> None:
     """Last passes, recordings by status, outbox backlog, dead deliveries, budget."""
     from botasync.status import collect
 
     cfg = _state().load()
     data = run_async(collect(cfg))
+    if check:
+        _check(data, max_age_s or health.default_max_age(cfg.sync.interval_s), as_json)
     if as_json:
         _print_json(data)
         return
     from botasync.status import render
 
     render(out, data)
+
+
+def _check(data: dict[str, Any], max_age_s: float, as_json: bool) -> NoReturn:
+    """`status --check`: print the verdict and exit 0 (healthy) or 1."""
+    now = utc_now()
+    found = health.problems(data, max_age_s=max_age_s, now=now)
+    if as_json:
+        _print_json({"ok": not found, "problems": found})
+    elif found:
+        for line in found:
+            click.echo(f"problem: {line}")
+    else:
+        click.echo(health.summary(data, now))
+    sys.exit(1 if found else 0)
 
 
 # --- recordings ------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""Is the mirror healthy? Pure rules over what `botasync status` collects.
+
+For monitoring (`botasync status --check`, exit 1 on a problem): passes have stopped
+(the daemon is down, or the cron job is), the newest pass failed (a rejected key,
+an API down beyond the retries), or a handler has dead letters waiting.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+INTERVALS_LATE = 3  # passes this many intervals overdue make a problem
+
+
+def default_max_age(interval_s: float) -> float:
+    """How old the newest pass may be: a few daemon ticks, and never under a minute."""
+    return max(INTERVALS_LATE * interval_s, 60.0)
+
+
+def problems(data: dict[str, Any], *, max_age_s: float, now: datetime) -> list[str]:
+    """What is wrong, one line each; empty when all is well."""
+    passes = data["passes"]
+    if not passes:
+        return ["no pass has run yet: start `botasync run` (or `botasync sync`)"]
+    out = []
+    newest = passes[0]
+    age = (now - datetime.fromisoformat(newest["started_at"])).total_seconds()
+    if age > max_age_s:
+        out.append(f"the newest pass started {age:.0f} s ago (allowed: {max_age_s:.0f} s); "
+                   "is the daemon running?")
+    if newest["error"] and newest["error"] != "interrupted":
+        out.append(f"the newest pass ({newest['kind']}) failed: {newest['error']}")
+    for name, handler in data["handlers"].items():
+        if handler["dead"]:
+            out.append(f"handler {name} has {handler['dead']} dead deliveries "
+                       f"(`botasync events replay --handler {name}` once it is fixed)")
+    return out
+
+
+def summary(data: dict[str, Any], now: datetime) -> str:
+    """The one line for a healthy mirror."""
+    newest = data["passes"][0]
+    age = (now - datetime.fromisoformat(newest["started_at"])).total_seconds()
+    total = sum(data["recordings"].values())
+    return f"ok: newest pass {age:.0f} s ago, {total} recordings, no dead deliveries"
