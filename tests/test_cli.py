@@ -66,10 +66,15 @@ def sim() -> Iterator[ThreadedSim]:
         yield s
 
 
+def cli_env(sim: ThreadedSim, db: Path, config: Path | None = None) -> dict[str, str]:
+    """The environment a CLI run needs: the simulator, a key, a database, a config or none."""
+    return {"BOTA_API_URL": sim.url, "BOTA_API_KEY": KEY, "BOTASYNC_DB": str(db),
+            "BOTASYNC_CONFIG": str(config) if config else ""}
+
+
 @pytest.fixture
 def env(sim: ThreadedSim, tmp_path: Path) -> dict[str, str]:
-    return {"BOTA_API_URL": sim.url, "BOTA_API_KEY": KEY,
-            "BOTASYNC_DB": str(tmp_path / "botasync.db"), "BOTASYNC_CONFIG": ""}
+    return cli_env(sim, tmp_path / "botasync.db")
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> Result:

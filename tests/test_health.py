@@ -13,7 +13,7 @@ import pytest
 
 from botasync import health
 from botasync.simulator import World
-from tests.test_cli import KEY, ThreadedSim, run
+from tests.test_cli import ThreadedSim, cli_env, run
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -58,8 +58,7 @@ def sim() -> Iterator[ThreadedSim]:
 def test_status_check_command(sim: ThreadedSim, tmp_path: Path) -> None:
     """Exit 0 with one `ok:` line after a sync; exit 1 naming the problem once passes stop."""
     db = tmp_path / "botasync.db"
-    env = {"BOTA_API_URL": sim.url, "BOTA_API_KEY": KEY, "BOTASYNC_DB": str(db),
-           "BOTASYNC_CONFIG": ""}
+    env = cli_env(sim, db)
     assert run(["sync"], env).exit_code == 0
     fresh = run(["status", "--check"], env)
     assert fresh.exit_code == 0 and fresh.stdout.startswith("ok: newest pass")
@@ -77,8 +76,7 @@ def test_status_check_command(sim: ThreadedSim, tmp_path: Path) -> None:
 
 def test_status_check_reports_a_rejected_key(sim: ThreadedSim, tmp_path: Path) -> None:
     """A pass that failed on a rejected key is the problem named, with the API's words."""
-    env = {"BOTA_API_URL": sim.url, "BOTA_API_KEY": KEY, "BOTASYNC_DB": str(tmp_path / "b.db"),
-           "BOTASYNC_CONFIG": ""}
+    env = cli_env(sim, tmp_path / "b.db")
     assert run(["sync"], env).exit_code == 0
     assert run(["sync"], {**env, "BOTA_API_KEY": "sk_test_revoked"}).exit_code == 3
     check = run(["status", "--check"], env)

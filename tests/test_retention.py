@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from botasync import retention
 from botasync.simulator import World
 from botasync.store import Store
-from tests.test_cli import KEY, ThreadedSim, run
+from tests.test_cli import ThreadedSim, cli_env, run
 from tests.test_outbox import add_events, created
 
 OLD = "2025-01-01T00:00:00.000Z"  # add_events' created_at
@@ -104,8 +104,7 @@ def sim() -> Iterator[ThreadedSim]:
 def test_events_prune_command_and_sync(sim: ThreadedSim, tmp_path: Path) -> None:
     """`events prune` counts and forgets aged events; the mirror stays; `sync` prunes too."""
     db = tmp_path / "botasync.db"
-    env = {"BOTA_API_URL": sim.url, "BOTA_API_KEY": KEY, "BOTASYNC_DB": str(db),
-           "BOTASYNC_CONFIG": ""}
+    env = cli_env(sim, db)
     assert run(["sync"], env).exit_code == 0
     assert len(seqs(db)) == 40
     with sqlite3.connect(db) as conn:
@@ -129,8 +128,7 @@ def test_zero_retention_keeps_everything(sim: ThreadedSim, tmp_path: Path) -> No
     db = tmp_path / "botasync.db"
     cfg = tmp_path / "botasync.toml"
     cfg.write_text("[events]\nretention_days = 0\n")
-    env = {"BOTA_API_URL": sim.url, "BOTA_API_KEY": KEY, "BOTASYNC_DB": str(db),
-           "BOTASYNC_CONFIG": str(cfg)}
+    env = cli_env(sim, db, cfg)
     assert run(["sync"], env).exit_code == 0
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE events SET created_at = ?", (OLD,))
