@@ -336,7 +336,8 @@ def events_replay(handler_name: str, since_seq: int | None, type_: str | None) -
 @events.command("prune")
 @_config_option
 @click.option("--days", type=click.IntRange(0), metavar="N",
-              help="Forget settled events older than N days (default: [events] retention_days).")
+              help="Forget settled events older than N days (default: [events] retention_days; "
+                   "0: every settled event).")
 @click.option("--dry-run", is_flag=True, help="Count what would go; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
@@ -345,9 +346,10 @@ def events_prune(days: int | None, dry_run: bool, as_json: bool) -> None:
     from botasync import retention
 
     cfg = _state().load()
-    days = cfg.events.retention_days if days is None else days
-    if days == 0:
-        raise click.UsageError("retention is 0 days (keep every event): say --days N")
+    if days is None:
+        if not cfg.events.retention_days:
+            raise click.UsageError("[events] retention_days is 0 (keep every event): say --days N")
+        days = cfg.events.retention_days
     handlers = [h.name for h in cfg.handlers]
     result = run_async(_with_store(cfg, lambda s: retention.prune_events(
         s, retention.cutoff(days), handlers, dry_run=dry_run)))

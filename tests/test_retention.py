@@ -136,6 +136,8 @@ def test_zero_retention_keeps_everything(sim: ThreadedSim, tmp_path: Path) -> No
     assert len(seqs(db)) == 40
     refused = run(["events", "prune"], env)
     assert refused.exit_code == 2 and "--days" in refused.stderr
+    everything = run(["events", "prune", "--days", "0", "--json"], env)
+    assert everything.exit_code == 0 and json.loads(everything.stdout)["events"] == 40
 
 
 @st.composite
