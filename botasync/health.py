@@ -29,13 +29,21 @@ def problems(data: dict[str, Any], *, max_age_s: float, now: datetime) -> list[s
     if age > max_age_s:
         out.append(f"the newest pass started {age:.0f} s ago (allowed: {max_age_s:.0f} s); "
                    "is the daemon running?")
-    if newest["error"] and newest["error"] != "interrupted":
-        out.append(f"the newest pass ({newest['kind']}) failed: {newest['error']}")
+    # the newest pass, and the newest walk: ticks going well must not hide failing
+    # reconcile walks (deletions and old edits would never be seen)
+    walk = data.get("last_walk")
+    for name, run in (("pass", newest), ("walk", walk)):
+        if run and _failed(run) and (name == "pass" or run["id"] != newest["id"]):
+            out.append(f"the newest {name} ({run['kind']}) failed: {run['error']}")
     for name, handler in data["handlers"].items():
         if handler["dead"]:
             out.append(f"handler {name} has {handler['dead']} dead deliveries "
                        f"(`botasync events replay --handler {name}` once it is fixed)")
     return out
+
+
+def _failed(run: dict[str, Any]) -> bool:
+    return bool(run["error"]) and run["error"] != "interrupted"  # a restart, not a failure
 
 
 def summary(data: dict[str, Any], now: datetime) -> str:

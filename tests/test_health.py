@@ -18,13 +18,15 @@ from tests.test_cli import ThreadedSim, cli_env, run
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-def data(*passes: dict[str, Any], dead: int = 0) -> dict[str, Any]:
-    return {"passes": list(passes), "recordings": {"completed": 3},
+def data(*passes: dict[str, Any], dead: int = 0, walk: dict[str, Any] | None = None
+         ) -> dict[str, Any]:
+    return {"passes": list(passes), "recordings": {"completed": 3}, "last_walk": walk,
             "handlers": {"notify": {"backlog": 0, "dead": dead}}}
 
 
-def pass_(started_at: str = "2026-11-25T11:59:30.000Z", error: str | None = None) -> dict[str, Any]:
-    return {"kind": "head", "started_at": started_at, "error": error}
+def pass_(started_at: str = "2026-11-25T11:59:30.000Z", error: str | None = None,
+          kind: str = "head", id_: int = 9) -> dict[str, Any]:
+    return {"id": id_, "kind": kind, "started_at": started_at, "error": error}
 
 
 def test_a_fresh_successful_pass_and_no_dead_letters_is_healthy() -> None:
@@ -39,6 +41,12 @@ def test_each_rule_names_its_problem() -> None:
     failed = health.problems(data(pass_(error="API key rejected (401)")), max_age_s=180, now=NOW)
     assert failed == ["the newest pass (head) failed: API key rejected (401)"]
     assert health.problems(data(pass_(error="interrupted")), max_age_s=180, now=NOW) == []
+    walk = pass_(error="GET /recordings offset=900: server error 503", kind="reconcile", id_=3)
+    assert health.problems(data(pass_(), walk=walk), max_age_s=180, now=NOW) == [
+        "the newest walk (reconcile) failed: GET /recordings offset=900: server error 503"]
+    newest_is_walk = pass_(error="boom", kind="full", id_=9)
+    assert health.problems(data(newest_is_walk, walk=newest_is_walk), max_age_s=180,
+                           now=NOW) == ["the newest pass (full) failed: boom"]  # said once
     dead = health.problems(data(pass_(), dead=2), max_age_s=180, now=NOW)
     assert dead == ["handler notify has 2 dead deliveries "
                     "(`botasync events replay --handler notify` once it is fixed)"]
