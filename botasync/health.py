@@ -1,8 +1,8 @@
 """Is the mirror healthy? Pure rules over what `botasync status` collects.
 
 For monitoring (`botasync status --check`, exit 1 on a problem): passes have stopped
-(the daemon is down, or the cron job is), the newest pass failed (a rejected key,
-an API down beyond the retries), or a handler has dead letters waiting.
+(the daemon is down, or the cron job is), the newest pass or walk failed (a rejected
+key, an API down beyond the retries), or a handler has dead letters waiting.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def problems(data: dict[str, Any], *, max_age_s: float, now: datetime) -> list[s
         return ["no pass has run yet: start `botasync run` (or `botasync sync`)"]
     out = []
     newest = passes[0]
-    age = (now - datetime.fromisoformat(newest["started_at"])).total_seconds()
+    age = _age(newest, now)
     if age > max_age_s:
         out.append(f"the newest pass started {age:.0f} s ago (allowed: {max_age_s:.0f} s); "
                    "is the daemon running?")
@@ -42,13 +42,16 @@ def problems(data: dict[str, Any], *, max_age_s: float, now: datetime) -> list[s
     return out
 
 
+def _age(run: dict[str, Any], now: datetime) -> float:
+    return (now - datetime.fromisoformat(run["started_at"])).total_seconds()
+
+
 def _failed(run: dict[str, Any]) -> bool:
     return bool(run["error"]) and run["error"] != "interrupted"  # a restart, not a failure
 
 
 def summary(data: dict[str, Any], now: datetime) -> str:
     """The one line for a healthy mirror."""
-    newest = data["passes"][0]
-    age = (now - datetime.fromisoformat(newest["started_at"])).total_seconds()
     total = sum(data["recordings"].values())
-    return f"ok: newest pass {age:.0f} s ago, {total} recordings, no dead deliveries"
+    return (f"ok: newest pass {_age(data['passes'][0], now):.0f} s ago, {total} recordings, "
+            "no dead deliveries")
