@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from botasync.errors import (
     AuthError,
     BadRequest,
     NotFound,
+    PaginationError,
     RateLimited,
     ServerError,
 )
@@ -40,7 +42,8 @@ log = structlog.get_logger("botasync.client")
 USER_AGENT = f"botasync/{__version__}"
 DEFAULT_BACKOFF_BASE_S = 0.5
 DEFAULT_BACKOFF_CAP_S = 30.0
-# A 429 without Retry-After or X-RateLimit-Reset: wait at least this long.
+# A 429 without Retry-After or X-RateLimit-Reset: wait this long, doubled with every such
+# 429 in a row (the deployed API may send neither), up to the backoff cap.
 DEFAULT_RETRY_AFTER_S = 1.0
 # Server text quoted in a message is cut here, so an error stays one readable line.
 MAX_QUOTED_CHARS = 200
@@ -52,10 +55,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Page:
-    """One page of `GET /recordings`: the items as received (unvalidated) and `has_more`."""
+    """One page of `GET /recordings`: the items as received (unvalidated), `has_more`, and
+    the deployed dialect's `next_cursor` (None where the API pages by offset, or at the end)."""
 
     items: list[Any]
     has_more: bool
+    next_cursor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class BotaClient(AsyncClosing):
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self.requests = 0  # HTTP requests sent, retries included
+        self._blind_429s = 0  # 429s in a row that said nothing of when to come back
 
     def __repr__(self) -> str:
         url = self._api.base_url
@@ -135,18 +141,30 @@ class BotaClient(AsyncClosing):
         self,
         *,
         offset: int = 0,
+        cursor: str | None = None,
         limit: int = 100,
         status: str | None = None,
         device_id: str | None = None,
         end_user_id: str | None = None,
         budgets: Sequence[RequestBudget] = (),
     ) -> Page:
-        """One page of recordings, newest first; empty filters are left out."""
-        params = {"limit": str(limit), "offset": str(offset)}
+        """One page of recordings, newest first; empty filters are left out.
+
+        With a `cursor` (the deployed dialect's `next_cursor`) no offset is sent; the
+        offset is sent only past the first page, so the first request is the same in
+        both dialects.
+        """
+        params = {"limit": str(limit)}
+        if cursor is not None:
+            params["cursor"] = cursor
+        elif offset:
+            params["offset"] = str(offset)
         filters = {"status": status, "device_id": device_id, "end_user_id": end_user_id}
         params.update({k: v for k, v in filters.items() if v})
-        shown = " ".join(f"{k}={v}" for k, v in params.items() if k != "limit")
-        req = _Request("GET", "/recordings", f"GET /recordings {shown}", params)
+        # a cursor is opaque and may be long: the label names it, never quotes it
+        shown = " ".join(
+            f"{k}=…" if k == "cursor" else f"{k}={v}" for k, v in params.items() if k != "limit")
+        req = _Request("GET", "/recordings", f"GET /recordings {shown}".rstrip(), params)
         return await self._call(req, budgets, _page)
 
     async def get_recording(
@@ -183,7 +201,9 @@ class BotaClient(AsyncClosing):
         every = [self.budget, *budgets]
         for attempt in range(self._api.max_retries + 1):
             try:
-                return parse(req, await self._attempt(req, every))
+                result = parse(req, await self._attempt(req, every))
+                self._blind_429s = 0
+                return result
             except ApiError as err:
                 self._scrub(err)
                 if not err.retryable or attempt >= self._api.max_retries:
@@ -202,9 +222,15 @@ class BotaClient(AsyncClosing):
             attempt, base=self._backoff_base, cap=self._backoff_cap, rand=self._rand
         )
         if isinstance(err, RateLimited):
+            wait = err.retry_after
+            if wait is None:
+                # no hint at all: the budget alone keeps us under the limit, so a 429 means
+                # other clients share it; back off exponentially while they keep it full
+                wait = min(DEFAULT_RETRY_AFTER_S * 2 ** self._blind_429s, self._backoff_cap)
+                self._blind_429s += 1
             for budget in self._server_budgets(req):
-                budget.pause_for(err.retry_after)
-            delay = max(delay, err.retry_after)
+                budget.pause_for(wait)
+            delay = max(delay, wait)
         return delay
 
     def _server_budgets(self, req: _Request) -> list[RequestBudget]:
@@ -297,6 +323,8 @@ def _transport_error(req: _Request, exc: BaseException, timeout_s: float) -> Api
         what = f"no complete answer within {timeout_s:g} s"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
         what = "connection dropped by the server"
+    elif isinstance(exc, aiohttp.ClientConnectorError) and _is_dns(exc):
+        what = f"the host name {exc.host} could not be resolved (DNS); is base_url right?"
     elif isinstance(exc, aiohttp.ClientConnectorError):
         what = f"cannot connect to {exc.host}:{exc.port}"
     elif isinstance(exc, aiohttp.ClientPayloadError):
@@ -304,6 +332,12 @@ def _transport_error(req: _Request, exc: BaseException, timeout_s: float) -> Api
     else:
         what = f"{type(exc).__name__}: {_one_line(str(exc))}".rstrip(": ")
     return ApiTransportError(f"{req.label}: {what}")
+
+
+def _is_dns(exc: aiohttp.ClientConnectorError) -> bool:
+    """A name that does not resolve, told apart from a host that refuses."""
+    dns_error = getattr(aiohttp, "ClientConnectorDNSError", ())
+    return isinstance(exc, dns_error) or isinstance(exc.os_error, socket.gaierror)
 
 
 def _status_error(req: _Request, resp: _Response, now_epoch: float) -> ApiError:
@@ -321,13 +355,14 @@ def _status_error(req: _Request, resp: _Response, now_epoch: float) -> ApiError:
             f"{req.label}: API key lacks the recordings:read scope (403 forbidden)", **kw
         )
     if st in (404, 410):
-        return NotFound(f"{req.label}: not found ({st})", **kw)
+        # the list itself cannot be missing: the base URL is wrong (`/v1` forgotten, most
+        # often), not a recording gone
+        hint = "; does base_url end in /v1?" if req.path.rstrip("/") == "/recordings" else ""
+        return NotFound(f"{req.label}: not found ({st}){hint}", **kw)
     if st == 429:
         wait = parse_retry_after(resp.headers, now_epoch)
-        wait = DEFAULT_RETRY_AFTER_S if wait is None else wait
-        return RateLimited(
-            f"{req.label}: rate limited (429), retry in {wait:g} s", retry_after=wait, **kw
-        )
+        when = "no retry time given" if wait is None else f"retry in {wait:g} s"
+        return RateLimited(f"{req.label}: rate limited (429), {when}", retry_after=wait, **kw)
     if st >= 500:
         why = f" {code}" if code else _not_json_hint(resp)
         return ServerError(f"{req.label}: server error {st}{why}{said}", **kw)
@@ -349,10 +384,15 @@ def _page(req: _Request, data: Any) -> Page:
         and isinstance(data.get("has_more"), bool)
     ):
         raise _shape_error(req, "not a page (`data` list and `has_more` bool)")
+    cursor = data.get("next_cursor")
+    if cursor is not None and (not isinstance(cursor, str) or not cursor):
+        raise _shape_error(req, "a page whose `next_cursor` is not a non-empty string")
     if not data["data"] and data["has_more"]:
         # believed, it would walk on forever: no item ever tells the walk it is done
-        raise _shape_error(req, "an empty page that says more follow (`has_more` true)")
-    return Page(items=data["data"], has_more=data["has_more"])
+        raise PaginationError(
+            f"{req.label}: an empty page that says more follow (`has_more` true); "
+            "the walk stops here", status=200)
+    return Page(items=data["data"], has_more=data["has_more"], next_cursor=cursor)
 
 
 def _recording(req: _Request, data: Any) -> Any:
@@ -381,14 +421,22 @@ def _download_url(req: _Request, data: Any) -> DownloadUrl:
 
 
 def _envelope(body: bytes) -> tuple[str | None, str | None, Mapping[str, Any]]:
-    """(code, message, details) from `{"error": {...}}`, all empty when it is not one."""
+    """(code, message, details) from an error body, all empty when it is none of its forms.
+
+    The documented form is `{"error": {"code", "message", "details"}}`; the deployed API
+    also answers `{"error": "text"}` and `{"message": "text"}`.
+    """
     try:
         data = jsoncodec.loads(body)
     except ValueError:
         return None, None, {}
-    err = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(err, dict):
+    if not isinstance(data, dict):
         return None, None, {}
+    err = data.get("error")
+    if not isinstance(err, dict):
+        text = err if isinstance(err, str) and err else data.get("message")
+        said = _one_line(text) if isinstance(text, str) and text.strip() else None
+        return None, said, {}
     code = err.get("code") if isinstance(err.get("code"), str) else None
     message = err.get("message")
     details = err.get("details")

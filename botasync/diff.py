@@ -18,6 +18,10 @@ from botasync.events import Event
 UPDATE_FIELDS = (
     "device_id", "end_user_id", "name", "duration_ms", "started_at", "ended_at",
     "transcription_id", "metadata", "created_at", "media",
+    # the deployed dialect's own fields (`updated_at` changes with any of them, and a
+    # signed `audio_url` with every answer: neither is a change worth an event)
+    "duration_seconds", "recorded_at", "file_size_bytes", "content_sha256", "source",
+    "project_id",
 )
 
 
@@ -73,9 +77,10 @@ def _created(new: dict[str, Any], make: EventFactory, *, backfill: bool) -> list
     out = [make.make(ev.RECORDING_CREATED, new)]
     if backfill:
         return out
-    status_event = ev.STATUS_EVENTS.get(str(new.get("status")))
-    if status_event:
-        out.append(make.make(status_event, new, {"status": None}))
+    status = new.get("status")
+    named = ev.status_event(status) if status != "pending" else None  # pending: the start
+    if named:
+        out.append(make.make(named, new, {"status": None}))
     if new.get("transcription_id") is not None:
         out.append(make.make(ev.RECORDING_TRANSCRIBED, new, {"transcription_id": None}))
     return out
@@ -86,7 +91,7 @@ def _status_events(old: dict[str, Any], new: dict[str, Any], make: EventFactory)
         return []
     previous = {"status": old.get("status")}
     out = [make.make(ev.RECORDING_STATUS_CHANGED, new, previous)]
-    named = ev.STATUS_EVENTS.get(str(new.get("status")))
+    named = ev.status_event(new.get("status"))
     if named:
         out.append(make.make(named, new, dict(previous)))
     return out

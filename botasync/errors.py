@@ -9,6 +9,7 @@ BotasyncError
     NotFound           404, confirms a deletion
     RateLimited        429, .retry_after
     ServerError        5xx
+    PaginationError    pages that do not chain (repeated cursor, `has_more` with nothing next)
     ApiTransportError  connect, timeout, malformed body
   StoreError
     MigrationError
@@ -66,19 +67,24 @@ class NotFound(ApiError):
 
 
 class RateLimited(ApiError):
-    """429: over the rate limit; wait `retry_after` seconds."""
+    """429: over the rate limit; wait `retry_after` seconds (None: the server gave no hint)."""
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float, **kw: object) -> None:
+    def __init__(self, message: str, *, retry_after: float | None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # None: the server did not say (back off exponentially)
 
 
 class ServerError(ApiError):
     """5xx: Bota's side failed; back off and retry."""
 
     retryable = True
+
+
+class PaginationError(ApiError):
+    """The pages do not chain (a repeated cursor, more promised with no way to it): the
+    walk stops here; the next pass starts it again."""
 
 
 class ApiTransportError(ApiError):

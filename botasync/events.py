@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 RECORDING_CREATED = "recording.created"
+RECORDING_PENDING = "recording.pending"
+RECORDING_STREAMING = "recording.streaming"
+RECORDING_INTEGRITY_FAILURE = "recording.integrity_failure"
 RECORDING_STATUS_CHANGED = "recording.status_changed"
 RECORDING_UPLOADED = "recording.uploaded"
 RECORDING_PROCESSING = "recording.processing"
@@ -27,17 +31,37 @@ MEDIA_UPLOADED = "media.uploaded"
 MEDIA_DOWNLOADED = "media.downloaded"
 
 EVENT_TYPES = (
-    RECORDING_CREATED, RECORDING_STATUS_CHANGED, RECORDING_UPLOADED, RECORDING_PROCESSING,
-    RECORDING_COMPLETED, RECORDING_FAILED, RECORDING_UPDATED, RECORDING_TRANSCRIBED,
+    RECORDING_CREATED, RECORDING_STATUS_CHANGED, RECORDING_PENDING, RECORDING_STREAMING,
+    RECORDING_UPLOADED, RECORDING_PROCESSING, RECORDING_COMPLETED, RECORDING_FAILED,
+    RECORDING_INTEGRITY_FAILURE, RECORDING_UPDATED, RECORDING_TRANSCRIBED,
     RECORDING_DELETED, MEDIA_CREATED, MEDIA_UPLOADED, MEDIA_DOWNLOADED,
 )
-# the status a recording took -> the event named for it (`pending` has none: it is the start)
+# the status a recording took -> the event named for it; a status botasync does not know
+# gets `recording.<status>` too when the status is a plain word (see `status_event`)
 STATUS_EVENTS = {
+    "pending": RECORDING_PENDING,
+    "streaming": RECORDING_STREAMING,
     "uploaded": RECORDING_UPLOADED,
     "processing": RECORDING_PROCESSING,
     "completed": RECORDING_COMPLETED,
     "failed": RECORDING_FAILED,
+    "integrity_failure": RECORDING_INTEGRITY_FAILURE,
 }
+_STATUS_WORD = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# event types of their own that a status word must not impersonate
+_NOT_STATUS_EVENTS = frozenset({"created", "status_changed", "updated", "transcribed", "deleted"})
+
+
+def status_event(status: Any) -> str | None:
+    """`recording.<status>` for the status a recording took, or None for an odd value."""
+    if not isinstance(status, str):
+        return None
+    named = STATUS_EVENTS.get(status)
+    if named is not None:
+        return named
+    if _STATUS_WORD.fullmatch(status) and status not in _NOT_STATUS_EVENTS:
+        return f"recording.{status}"
+    return None
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 

@@ -123,6 +123,27 @@ STEPS: tuple[str, ...] = (
     CREATE INDEX events_created_at ON events(created_at);
     CREATE INDEX deliveries_event_seq ON deliveries(event_seq);
     """,
+    # 4: the deployed dialect (bota-api.md, last section): its own recording fields as
+    # columns, filled from the rows already stored; a walk's checkpoint by cursor
+    """
+    ALTER TABLE recordings ADD COLUMN recorded_at TEXT;
+    ALTER TABLE recordings ADD COLUMN updated_at TEXT;
+    ALTER TABLE recordings ADD COLUMN source TEXT;
+    ALTER TABLE recordings ADD COLUMN project_id TEXT;
+    ALTER TABLE recordings ADD COLUMN file_size_bytes INTEGER;
+    ALTER TABLE recordings ADD COLUMN content_sha256 TEXT;
+    UPDATE recordings SET
+        updated_at = json_extract(raw, '$.updated_at'),
+        source = json_extract(raw, '$.source'),
+        project_id = json_extract(raw, '$.project_id'),
+        content_sha256 = json_extract(raw, '$.content_sha256'),
+        file_size_bytes = CAST(json_extract(raw, '$.file_size_bytes') AS INTEGER),
+        duration_ms = coalesce(duration_ms,
+            CAST(json_extract(raw, '$.duration_seconds') AS REAL) * 1000)
+        WHERE json_type(raw, '$.media') IS NULL;
+    CREATE INDEX recordings_updated_at ON recordings(updated_at);
+    ALTER TABLE sync_runs ADD COLUMN cursor TEXT;
+    """,
 )
 
 LATEST = len(STEPS)

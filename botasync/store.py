@@ -57,6 +57,39 @@ async def _connect(path: Path) -> aiosqlite.Connection:
         raise
 
 
+async def _connect_uri(uri: str) -> aiosqlite.Connection:
+    """`_connect` for a `file:` URI (read-only opening)."""
+    pending = aiosqlite.connect(uri, isolation_level=None, uri=True)
+    try:
+        return await pending
+    except BaseException:
+        await asyncio.to_thread(pending._thread.join, 5.0)
+        raise
+
+
+# SQLITE_READONLY_CANTINIT, SQLITE_READONLY_DIRECTORY: no -shm can be made or used
+_RO_NEEDS_SHM = (1288, 1544)
+
+
+async def _open_ro(uri: str) -> aiosqlite.Connection:
+    """Connect read-only and check the schema version (the first read of the file)."""
+    conn = await _connect_uri(uri)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA query_only = ON")
+        version = await migrations.current_version(conn)
+        migrations.pending_steps(version)  # a newer schema: one line
+        if version < migrations.LATEST:
+            raise MigrationError(
+                f"database schema version {version} is older than this botasync's "
+                f"({migrations.LATEST}): run `botasync sync` (or restart the daemon) once "
+                "to upgrade it")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
 class Store(AsyncClosing):
     """The database: open with `await Store.open(path)` or `async with Store.open(path)`."""
 
@@ -65,6 +98,7 @@ class Store(AsyncClosing):
         self.path = path
         self._lock = asyncio.Lock()
         self._closed = False
+        self.readonly = False  # opened by `open_readonly`
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -91,6 +125,36 @@ class Store(AsyncClosing):
             raise StoreError(f"cannot open database {p}: {_why(e)}") from None
         return cls(conn, p)
 
+    @classmethod
+    async def open_readonly(cls, path: str | Path) -> Store:
+        """Open an existing database to read only: SQLite `mode=ro`, no migration, no WAL
+        switch, nothing written; a user with read access alone can query it.
+
+        An older schema than this botasync's is refused with one line (the daemon, or any
+        command that writes, upgrades it); a newer one too.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise StoreError(f"no database at {p}: run `botasync sync` or `botasync run` first")
+        uri = f"{p.resolve().as_uri()}?mode=ro"
+        try:
+            try:
+                conn = await _open_ro(uri)
+            except sqlite3.Error as e:
+                # WAL needs a -shm file beside the database: in a directory we cannot write,
+                # with no -wal left by a writer, everything is in the file and nobody can
+                # be writing it; read it as it is
+                if getattr(e, "sqlite_errorcode", None) not in _RO_NEEDS_SHM or Path(
+                        f"{p}-wal").exists():
+                    raise
+                conn = await _open_ro(uri + "&immutable=1")
+        except MigrationError:
+            raise
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open database {p}: {_why(e)}") from None
+        store = cls(conn, p)
+        store.readonly = True
+        return store
 
     async def aclose(self) -> None:
         """Close the connection; safe to call twice."""
@@ -184,16 +248,20 @@ class PageWrite:
 
 _UPSERT_RECORDING = """
 INSERT INTO recordings (id, device_id, end_user_id, name, status, duration_ms, started_at,
-    ended_at, transcription_id, metadata, created_at, raw, fingerprint, first_seen_at,
+    ended_at, transcription_id, metadata, created_at, recorded_at, updated_at, source,
+    project_id, file_size_bytes, content_sha256, raw, fingerprint, first_seen_at,
     synced_at, deleted_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
 ON CONFLICT(id) DO UPDATE SET
     device_id = excluded.device_id, end_user_id = excluded.end_user_id, name = excluded.name,
     status = excluded.status, duration_ms = excluded.duration_ms,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
     transcription_id = excluded.transcription_id, metadata = excluded.metadata,
-    created_at = excluded.created_at, raw = excluded.raw, fingerprint = excluded.fingerprint,
-    synced_at = excluded.synced_at, deleted_at = NULL
+    created_at = excluded.created_at, recorded_at = excluded.recorded_at,
+    updated_at = excluded.updated_at, source = excluded.source,
+    project_id = excluded.project_id, file_size_bytes = excluded.file_size_bytes,
+    content_sha256 = excluded.content_sha256, raw = excluded.raw,
+    fingerprint = excluded.fingerprint, synced_at = excluded.synced_at, deleted_at = NULL
 """
 
 _UPSERT_MEDIA = """
@@ -213,16 +281,17 @@ def _recording_row(u: Upsert, now: str) -> tuple[Any, ...]:
     meta = dumps(r.metadata) if r.metadata is not None else None
     return (
         r.id, r.device_id, r.end_user_id, r.name, r.status, r.duration_ms, r.started_at,
-        r.ended_at, r.transcription_id, meta, r.created_at, dumps(u.raw), u.fingerprint, now, now,
+        r.ended_at, r.transcription_id, meta, r.created_at, r.recorded_at, r.updated_at,
+        r.source, r.project_id, r.file_size_bytes, r.content_sha256, dumps(u.raw),
+        u.fingerprint, now, now,
     )
 
 
 def _media_rows(u: Upsert) -> list[tuple[Any, ...]]:
-    raw_media = u.raw.get("media") or []
     return [
         (m.id, u.recording.id, i, m.type, m.mime_type, m.file_size_bytes, m.status,
-         m.captured_at, m.created_at, dumps(raw_media[i]))
-        for i, m in enumerate(u.recording.media or [])
+         m.captured_at, m.created_at, dumps(raw))
+        for i, (m, raw) in enumerate(u.recording.files(u.raw) or [])
     ]
 
 
@@ -235,8 +304,9 @@ async def _write_page(conn: aiosqlite.Connection, page: PageWrite, now: str) -> 
     """Upserts, media, tombstones and their events, inside the caller's transaction."""
     await conn.executemany(_UPSERT_RECORDING, [_recording_row(u, now) for u in page.upserts])
     for u in page.upserts:
-        if not u.is_new and u.recording.media is not None:
-            keep = [m.id for m in u.recording.media]
+        files = u.recording.files(u.raw)
+        if not u.is_new and files is not None:
+            keep = [m.id for m, _ in files]
             marks = ",".join("?" * len(keep))
             await conn.execute(
                 f"DELETE FROM media WHERE recording_id = ? AND id NOT IN ({marks})",  # noqa: S608
@@ -303,6 +373,22 @@ class Mirror:
         )
         return [r[0] for r in rows]
 
+    async def live_ids_in_unknown_status(self, known: Sequence[str]) -> list[str]:
+        """Live ids whose status is none of `known`: watched by id, never listed by it."""
+        marks = ",".join("?" * len(known))
+        rows = await self.store.fetchall(
+            f"SELECT id FROM recordings WHERE deleted_at IS NULL AND status NOT IN ({marks})",  # noqa: S608
+            tuple(known),
+        )
+        return [r[0] for r in rows]
+
+    async def newest_live_id(self) -> str | None:
+        """The live recording the list shows first (newest `created_at`, then id)."""
+        row = await self.store.fetchone(
+            "SELECT id FROM recordings WHERE deleted_at IS NULL "
+            "ORDER BY created_at DESC, id DESC LIMIT 1")
+        return str(row[0]) if row else None
+
     async def count(self) -> int:
         row = await self.store.fetchone("SELECT count(*) FROM recordings")
         return int(row[0]) if row else 0
@@ -354,11 +440,13 @@ class Mirror:
                 (key, value),
             )
 
-    async def start_run(self, kind: str, now: str, position: int | None = None) -> int:
+    async def start_run(
+        self, kind: str, now: str, position: int | None = None, cursor: str | None = None,
+    ) -> int:
         async with self.store.transaction() as conn:
             cur = await conn.execute(
-                "INSERT INTO sync_runs (kind, started_at, position) VALUES (?, ?, ?)",
-                (kind, now, position),
+                "INSERT INTO sync_runs (kind, started_at, position, cursor) VALUES (?, ?, ?, ?)",
+                (kind, now, position, cursor),
             )
             return int(cur.lastrowid or 0)
 
@@ -371,17 +459,23 @@ class Mirror:
                 (*counts.values(), run_id),
             )
 
-    async def interrupted_walk(self, kinds: Sequence[str]) -> tuple[int, int] | None:
-        """The last walk of these kinds if it did not complete: (run id, next offset)."""
+    async def interrupted_walk(
+        self, kinds: Sequence[str],
+    ) -> tuple[int, int, str | None] | None:
+        """The last walk of these kinds if it did not complete: (run id, position, cursor).
+
+        By offset the position is the next offset; by cursor, the items walked so far
+        and the cursor to go on from.
+        """
         marks = ",".join("?" * len(kinds))
         row = await self.store.fetchone(
-            f"SELECT id, position, complete FROM sync_runs WHERE kind IN ({marks}) "  # noqa: S608
+            f"SELECT id, position, complete, cursor FROM sync_runs WHERE kind IN ({marks}) "  # noqa: S608
             "ORDER BY id DESC LIMIT 1",
             tuple(kinds),
         )
         if row is None or row[2] or not row[1]:  # position 0: nothing to resume
             return None
-        return int(row[0]), int(row[1])
+        return int(row[0]), int(row[1]), row[3]
 
     async def prune_runs(self, before: str) -> int:
         """Forget quiet ticks (head/hot passes that changed nothing) older than `before`.
@@ -402,7 +496,8 @@ class Mirror:
         """A walk taken over by a resumed one: no longer resumable itself."""
         async with self.store.transaction() as conn:
             await conn.execute(
-                "UPDATE sync_runs SET position = NULL, error = coalesce(error, 'interrupted') "
+                "UPDATE sync_runs SET position = NULL, cursor = NULL, "
+                "error = coalesce(error, 'interrupted') "
                 "WHERE id = ?",
                 (run_id,),
             )

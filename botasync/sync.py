@@ -2,33 +2,46 @@
 
 - full / reconcile: walk every page; a stored recording not seen in a complete walk is
   asked for by id, and a 404 makes it a tombstone. Resumable from its checkpoint.
-- head: walk from offset 0, stop at the first page that is all known and unchanged.
+- head: walk from the top, stop at the first page that is all known and unchanged.
 - hot: list each non-terminal status; a stored one missing from its list has moved on.
 
+Pages come as the API gives them: an answer with a `next_cursor` (the deployed dialect)
+is followed cursor by cursor; without one, pages are read by offset, several ahead.
+
 Per item: unchanged fingerprint -> nothing; changed -> detail; never stored -> the list
-item itself when it carries every documented field (`[sync] detail` changes this).
+item itself, unless a detail has shown that details carry fields list items lack
+(`[sync] detail` changes this).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
 
+from botasync import dialect
 from botasync.budget import RequestBudget
 from botasync.client import BotaClient, Page
 from botasync.config import Config
 from botasync.diff import EventFactory, deleted, diff
-from botasync.errors import ApiError, NotFound
+from botasync.errors import BadRequest, NotFound, PaginationError
 from botasync.events import EventIds, iso, utc_now
-from botasync.fingerprint import fingerprint
-from botasync.models import NON_TERMINAL, InvalidItem, Recording, is_complete, parse_recording
+from botasync.fingerprint import VOLATILE_KEYS, fingerprint
+from botasync.models import (
+    DOCUMENTED_NON_TERMINAL,
+    KNOWN_STATUSES,
+    NON_TERMINAL,
+    InvalidItem,
+    Recording,
+    parse_recording,
+)
+from botasync.pages import Pager, PageRead
 from botasync.seen import SeenIds
 from botasync.store import Mirror, PageWrite, Store, Upsert
 
@@ -38,7 +51,7 @@ BACKFILL_DONE = "backfill_done"
 HOT_FULL_AT = "hot_full_at"
 HOT_FULL_EVERY = 10  # ticks' worth of time between hot passes that list every status
 WALK_KINDS = ("full", "reconcile")
-REPEAT_LIMIT = 5  # identical full pages in a row that stop a walk (see RepeatGuard)
+HOT_WATCH_CAP = 10  # in-flight recordings asked for by id in one tick, when no list shows them
 
 
 @dataclass
@@ -68,43 +81,25 @@ class PassStats:
         return asdict(self)
 
 
-class RepeatGuard:
-    """Spots a walk whose pages keep coming back the same: a server ignoring `offset`.
-
-    Without it such a server makes a walk spin forever, slowed only by the budget. A
-    busy archive can repeat a page now and then (exactly a page of new recordings
-    between two reads), but not REPEAT_LIMIT times in a row.
-    """
-
-    def __init__(self) -> None:
-        self._last: tuple[Any, ...] = ()
-        self._count = 0
-        self.since = 0  # the offset of the first of the identical pages
-
-    def repeated(self, offset: int, page: Page) -> bool:
-        """Count the page; True at REPEAT_LIMIT identical full pages in a row."""
-        ids = tuple(i.get("id") if isinstance(i, dict) else i for i in page.items)
-        if not ids or not page.has_more or ids != self._last:
-            self._last, self._count, self.since = ids, 1, offset
-            return False
-        self._count += 1
-        return self._count >= REPEAT_LIMIT
-
-    def error(self, offset: int) -> ApiError:
-        return ApiError(
-            f"GET /recordings returned the same {len(self._last)} items for {self._count} "
-            f"pages in a row (offsets {self.since} to {offset}); the API seems to ignore "
-            "`offset`, so this walk stops here"
-        )
+class _FilterIgnored(Exception):
+    """A `status`-filtered page held other statuses: the API ignores the filter."""
 
 
 @dataclass
 class _Walk:
-    """The state of one walk: what it has seen, where it is."""
+    """The state of one walk: what it has seen, where it is.
+
+    By offset, `offset` is the next page's offset; by cursor, `cursor` is the next page's
+    cursor. `position` counts the items walked (the offset, by offset): it is the
+    checkpoint's `position` and what progress shows.
+    """
 
     stats: PassStats
     run_id: int
-    offset: int
+    offset: int = 0
+    cursor: str | None = None
+    position: int = 0
+    resumed: bool = False
     seen: set[str] | SeenIds = field(default_factory=set)  # SeenIds for full walks
     backfill: bool = False
     total: int | None = None  # estimated recordings, for progress only
@@ -136,6 +131,9 @@ class Syncer:
         self.clock = clock
         self.ids = EventIds()
         self._invalid_seen: set[str] = set()
+        self._unknown_statuses: set[str] = set()
+        self._watch_turn = 0
+        self.learned = dialect.Learned()
         self.device_id = cfg.sync.device_id or None
         self.end_user_id = cfg.sync.end_user_id or None
 
@@ -202,17 +200,60 @@ class Syncer:
     async def _hot_body(self, walk: _Walk, covered: set[str] | None) -> None:
         if covered is None:
             await self.mirror.set_state(HOT_FULL_AT, iso(self.clock()))
+        watch: list[str] = []  # in flight, but no list shows them: asked for by id
         for status in NON_TERMINAL:
             stored = await self.mirror.live_ids(status=status)
+            if status not in DOCUMENTED_NON_TERMINAL and not stored:
+                continue  # never sent as a filter before the API has shown it
             if covered is not None and covered.issuperset(stored):
                 continue
-            walk.offset, walk.seen = 0, set()  # what this status's list shows
-            if not await self._walk(walk, status=status, depth=1):
+            if not self._filter_usable(status):
+                watch += [i for i in stored if covered is None or i not in covered]
+                continue
+            walk.offset, walk.cursor, walk.seen = 0, None, set()  # what this list shows
+            listed = await self._hot_list(walk, status)
+            if listed is None:
+                watch += [i for i in stored if i not in walk.seen]
+                continue
+            if not listed:
                 return
             moved = [i for i in stored if i not in walk.seen]
             if moved:
                 await self._confirm(walk, moved, ())
+        watch += [i for i in await self.mirror.live_ids_in_unknown_status(KNOWN_STATUSES)
+                  if covered is None or i not in covered]
+        if watch:
+            await self._confirm(walk, self._watch_turns(sorted(set(watch))), ())
         walk.stats.complete = True
+
+    async def _hot_list(self, walk: _Walk, status: str) -> bool | None:
+        """Walk one status's list: True at its end, False if stopped, None if unusable.
+
+        A filter the API refuses (400) or ignores is remembered; the in-flight
+        recordings of that status are then asked for by id instead.
+        """
+        try:
+            return await self._walk(walk, status=status, depth=1)
+        except BadRequest as e:
+            log.warning("status_filter_refused", status=status, error=str(e))
+            await self._learn(self.learned.refused(status))
+        except _FilterIgnored:
+            log.warning("status_filter_ignored", status=status,
+                        note="a status-filtered page held other statuses; in-flight "
+                             "recordings are asked for by id until the filter works")
+            await self._learn(self.learned.filter_ignored(iso(self.clock())))
+        return None
+
+    def _filter_usable(self, status: str) -> bool:
+        return self.learned.filter_usable(status, self.clock(), self.cfg.sync.reconcile_every_s)
+
+    def _watch_turns(self, ids: list[str]) -> list[str]:
+        """At most HOT_WATCH_CAP of `ids` per tick, taking turns so each is asked in time."""
+        if len(ids) <= HOT_WATCH_CAP:
+            return ids
+        start = self._watch_turn % len(ids)
+        self._watch_turn += HOT_WATCH_CAP
+        return (ids[start:] + ids[:start])[:HOT_WATCH_CAP]
 
     # -- the walk -----------------------------------------------------------------------
 
@@ -225,41 +266,91 @@ class Syncer:
         stop_when_unchanged: bool = False,
         budgets: Sequence[RequestBudget] = (),
     ) -> bool:
-        """Walk pages from `walk.offset`, `depth` fetched ahead; True when it reached the end."""
-        limit = self.cfg.sync.page_size
-        cap = await self._speculation_cap(walk, status, depth)
-        inflight: deque[tuple[int, asyncio.Task[Page], str]] = deque()
-        next_offset = walk.offset
-        ahead = 1  # one page first: a rejected key or an empty archive costs one request
-        repeats = RepeatGuard()
+        """Walk pages from the walk's offset or cursor; True when it reached the end."""
+        pager = self._pager(walk, status, depth, budgets, cap=await self._cap(status, depth))
         try:
-            while True:
-                while len(inflight) < ahead and (not inflight or next_offset < cap):
-                    task = asyncio.create_task(self._list(next_offset, status, budgets))
-                    inflight.append((next_offset, task, iso(self.clock())))
-                    next_offset += limit
-                offset, task, read_at = inflight.popleft()
-                page = await task
-                ahead = depth
-                if repeats.repeated(offset, page):
-                    walk.offset = repeats.since  # what came after it was no real page
-                    await self._checkpoint(walk)
-                    raise repeats.error(offset)
-                all_unchanged = await self._page(walk, page.items, budgets, read_at)
-                walk.offset = offset + limit
+            async with aclosing(pager.pages(walk.offset, walk.cursor)) as reads:
+                async for read in reads:
+                    if walk.resumed and await self._resumed(walk, read):
+                        return await self._walk(walk, status=status, depth=depth,
+                                                stop_when_unchanged=stop_when_unchanged,
+                                                budgets=budgets)
+                    all_unchanged = await self._read(walk, read, budgets, status)
+                    if not read.page.has_more:
+                        walk.stats.complete = status is None
+                        return True
+                    if stop_when_unchanged and all_unchanged:
+                        walk.stats.complete = True
+                        return False
+        except BadRequest as e:
+            if not (walk.resumed and walk.cursor is not None):
+                raise
+            await self._restart(walk, f"the API refused the saved cursor ({e})")
+            return await self._walk(walk, status=status, depth=depth,
+                                    stop_when_unchanged=stop_when_unchanged, budgets=budgets)
+        except PaginationError:
+            if pager.repeat_since is not None:
+                walk.offset = walk.position = pager.repeat_since
                 await self._checkpoint(walk)
-                if not page.has_more:
-                    walk.stats.complete = status is None
-                    return True
-                if stop_when_unchanged and all_unchanged:
-                    walk.stats.complete = True
-                    return False
-        finally:
-            for _, t, _ in inflight:
-                t.cancel()
-            await asyncio.gather(*(t for _, t, _ in inflight), return_exceptions=True)
+            raise
+        return True  # a pager that ends does so on a last page: not reached
 
-    async def _speculation_cap(self, walk: _Walk, status: str | None, depth: int) -> int:
+    async def _read(
+        self, walk: _Walk, read: PageRead, budgets: Sequence[RequestBudget], status: str | None,
+    ) -> bool:
+        """Write one page and move the checkpoint past it; True when all was unchanged."""
+        walk.resumed = False
+        if read.paging is not None and read.paging != self.learned.paging:
+            log.info("paging_learned", paging=read.paging, was=self.learned.paging)
+            await self._learn(self.learned.paged(read.paging))
+        all_unchanged = await self._page(walk, read.page.items, budgets, read.read_at)
+        if read.paging == "cursor":
+            walk.position += len(read.page.items)
+            walk.cursor = read.next_cursor
+        else:
+            walk.offset = walk.position = read.next_offset
+        await self._checkpoint(walk)
+        if status is not None and _other_status(read.page.items, status):
+            raise _FilterIgnored(status)
+        return all_unchanged
+
+    def _pager(
+        self, walk: _Walk, status: str | None, depth: int, budgets: Sequence[RequestBudget],
+        *, cap: int,
+    ) -> Pager:
+        async def fetch(offset: int, cursor: str | None) -> Page:
+            return await self._list(offset, status, budgets, cursor=cursor)
+
+        return Pager(fetch, limit=self.cfg.sync.page_size, depth=depth, cap=cap,
+                     now=lambda: iso(self.clock()))
+
+    async def _resumed(self, walk: _Walk, read: PageRead) -> bool:
+        """The first page of a resumed walk: True when the walk must start again instead.
+
+        A saved cursor answered with the list's first page was not understood (cursors
+        may expire; an API that changed its paging ignores them): the walk starts again
+        from the top, once, never in a loop. Otherwise what the interrupted walk covered
+        counts as seen: the stored recordings newer than this page. Only an estimate,
+        which is safe: a recording is tombstoned only after its detail answers 404.
+        """
+        items = [i for i in read.page.items if isinstance(i, dict)]
+        first = items[0].get("id") if items else None
+        if walk.cursor is not None and first is not None and (
+                first == await self.mirror.newest_live_id()):
+            await self._restart(walk, "the API answered the saved cursor with the first page")
+            return True
+        created = [c for c in (i.get("created_at") for i in items) if isinstance(c, str)]
+        if created:
+            walk.seen.update(await self.mirror.live_ids_created_after(max(created)))
+        return False
+
+    async def _restart(self, walk: _Walk, why: str) -> None:
+        log.warning("walk_restarted", kind=walk.stats.kind, reason=why)
+        walk.offset, walk.cursor, walk.position, walk.resumed = 0, None, 0, False
+        walk.seen = SeenIds() if walk.stats.kind in WALK_KINDS else set()
+        await self._checkpoint(walk)
+
+    async def _cap(self, status: str | None, depth: int) -> int:
         """Fetch ahead freely on a first sync; later, not far past the known archive's end."""
         if depth <= 1 or status is not None:
             return 1 << 62
@@ -267,12 +358,20 @@ class Syncer:
         return (1 << 62) if known == 0 else known
 
     async def _list(
-        self, offset: int, status: str | None, budgets: Sequence[RequestBudget]
+        self, offset: int, status: str | None, budgets: Sequence[RequestBudget],
+        *, cursor: str | None = None, limit: int | None = None,
     ) -> Page:
         return await self.client.list_recordings(
-            offset=offset, limit=self.cfg.sync.page_size, status=status, budgets=budgets,
-            device_id=self.device_id, end_user_id=self.end_user_id,
+            offset=offset, cursor=cursor, limit=limit or self.cfg.sync.page_size,
+            status=status, budgets=budgets, device_id=self.device_id,
+            end_user_id=self.end_user_id,
         )
+
+    async def _learn(self, learned: dialect.Learned) -> None:
+        """Keep what was learned of the API, in memory and in the database."""
+        if learned != self.learned:
+            self.learned = learned
+            await self.mirror.set_state(dialect.STATE_KEY, learned.to_state())
 
     # -- one page -----------------------------------------------------------------------
 
@@ -286,20 +385,37 @@ class Syncer:
         known = await self.mirror.fingerprints([r.id for _, r, _ in valid])
         store_now: list[tuple[dict[str, Any], Recording, str]] = []
         fetch: list[tuple[str, str]] = []  # (id, list fingerprint)
+        listed: dict[str, dict[str, Any]] = {}  # list items whose detail is fetched
         for item, rec, fp in valid:
             stored = known.get(rec.id)
             if stored is not None and stored[0] == fp and not stored[1]:
                 stats.unchanged += 1
             elif self._wants_detail(item, stored is not None):
                 fetch.append((rec.id, fp))
+                listed[rec.id] = item
             else:
                 store_now.append((item, rec, fp))
         if not store_now and not fetch:
             self._progress(walk)
             return True  # an invalid item cannot be mirrored: it must not keep a walk going
         fetched, gone = await self._details(walk, fetch, budgets)
+        await self._compare(listed, fetched)
         await self._write(walk, store_now + fetched, gone, known, read_at)
         return False
+
+    async def _compare(
+        self, listed: dict[str, dict[str, Any]],
+        fetched: list[tuple[dict[str, Any], Recording, str]],
+    ) -> None:
+        """Learn from details fetched anyway whether they carry more than list items."""
+        learned = self.learned
+        for raw, rec, _ in fetched:
+            item = listed.get(rec.id)
+            if item is not None:
+                learned = learned.compared(item, raw, VOLATILE_KEYS)
+        if learned.detail_keys != self.learned.detail_keys:
+            log.info("details_compared", detail_only_fields=sorted(learned.detail_keys))
+        await self._learn(learned)
 
     def _validate(
         self, walk: _Walk, items: list[Any]
@@ -315,6 +431,8 @@ class Syncer:
                 self._log_invalid(walk, e, item)
                 continue
             walk.seen.add(rec.id)
+            if not rec.known_status:
+                self._log_unknown_status(rec)
             out[rec.id] = (item, rec, fingerprint(item))  # a duplicate id in a page: last wins
         walk.stats.seen += len(out)
         return list(out.values())
@@ -326,13 +444,22 @@ class Syncer:
         self._invalid_seen.add(key)
         level("invalid_item", kind=walk.stats.kind, id=err.item_id, reason=err.reason)
 
+    def _log_unknown_status(self, rec: Recording) -> None:
+        """Once per value: a status botasync does not know is stored as sent, and watched."""
+        if rec.status not in self._unknown_statuses:
+            self._unknown_statuses.add(rec.status)
+            log.warning("unknown_status", status=rec.status, id=rec.id,
+                        note="stored as sent and watched like an in-flight status")
+
     def _wants_detail(self, item: dict[str, Any], stored: bool) -> bool:
+        """Changed items get their detail (the authoritative read); never-seen items only
+        when details have been seen to carry more than list items."""
         policy = self.cfg.sync.detail
         if policy == "never":
             return False
         if stored or policy == "always":
             return True
-        return not is_complete(item)
+        return self.learned.wants_detail(item)
 
     async def _details(
         self, walk: _Walk, wanted: list[tuple[str, str]], budgets: Sequence[RequestBudget]
@@ -428,33 +555,22 @@ class Syncer:
 
     async def _begin(self, kind: str, *, resume: bool) -> _Walk:
         now = iso(self.clock())
+        self.learned = dialect.Learned.from_state(await self.mirror.get_state(dialect.STATE_KEY))
         backfill = not await self._backfill_done()
         interrupted = await self.mirror.interrupted_walk(WALK_KINDS) if resume else None
-        offset = 0
+        position, cursor = 0, None
         if interrupted and kind in WALK_KINDS:
-            old_id, offset = interrupted
+            old_id, position, cursor = interrupted
             await self.mirror.supersede_run(old_id)
-            log.info("walk_resumed", kind=kind, offset=offset)
-        run_id = await self.mirror.start_run(kind, now, offset if kind in WALK_KINDS else None)
-        walk = _Walk(PassStats(kind), run_id, offset, backfill=backfill)
+            log.info("walk_resumed", kind=kind, position=position, by_cursor=cursor is not None)
+        walk = _Walk(PassStats(kind), 0, backfill=backfill)
         if kind in WALK_KINDS:
             walk.seen = SeenIds()
-        if offset:
-            walk.seen.update(await self._covered_before(offset))
+            walk.position, walk.cursor, walk.resumed = position, cursor, position > 0
+            walk.offset = position if cursor is None else 0
+        walk.run_id = await self.mirror.start_run(
+            kind, now, walk.position if kind in WALK_KINDS else None, walk.cursor)
         return walk
-
-    async def _covered_before(self, offset: int) -> set[str]:
-        """What an interrupted walk had covered: the stored recordings newer than its stop.
-
-        Only an estimate (offsets shift), which is safe: a recording is tombstoned only
-        after its detail answers 404.
-        """
-        page = await self._list(offset, None, ())
-        created = [i.get("created_at") for i in page.items if isinstance(i, dict)]
-        newest = max((c for c in created if isinstance(c, str)), default=None)
-        if newest is None:
-            return set()
-        return set(await self.mirror.live_ids_created_after(newest))
 
     async def _run(self, walk: _Walk, body: Any) -> PassStats:
         started, requests_before = time.monotonic(), self.client.requests
@@ -480,7 +596,7 @@ class Syncer:
             "ended_at": iso(self.clock()),
         }
         if s.complete or s.kind not in WALK_KINDS:
-            fields["position"] = None
+            fields["position"] = fields["cursor"] = None
         try:
             await asyncio.shield(self.mirror.update_run(walk.run_id, fields))
         except Exception as e:  # the pass's own error matters more than its log row
@@ -490,7 +606,7 @@ class Syncer:
 
     async def _checkpoint(self, walk: _Walk) -> None:
         if walk.stats.kind in WALK_KINDS:
-            fields = {**walk.stats.counts(), "position": walk.offset}
+            fields = {**walk.stats.counts(), "position": walk.position, "cursor": walk.cursor}
             await self.mirror.update_run(walk.run_id, fields)
 
     async def _hot_full_due(self) -> bool:
@@ -509,31 +625,51 @@ class Syncer:
 
     def _progress(self, walk: _Walk) -> None:
         if self.on_progress:
-            self.on_progress(walk.stats, walk.offset, walk.total)
+            self.on_progress(walk.stats, walk.position, walk.total)
 
     async def _estimate_total(self) -> int | None:
-        """How many recordings a walk will see: the mirror's count, or a cheap probe.
+        """How many recordings a walk will see: the mirror's count, a cheap probe, or None.
 
-        On a first sync the probe doubles an offset until a page comes back empty, then
-        bisects to the nearest page: about 2 log2(N / page) one-item requests (~20 for
-        100,000), against the ~1,000 of the walk itself. Only with a progress bar.
+        On a first sync by offset the probe doubles an offset until a page comes back
+        empty, then bisects to the nearest page: about 2 log2(N / page) one-item requests
+        (~20 for 100,000), against the ~1,000 of the walk itself. An API that pages by
+        cursor has no offset to probe: the total stays unknown (None) rather than guessed.
+        Only with a progress bar.
         """
         known = await self.mirror.count()
         if known:
             return known
+        if self.learned.paging == "cursor":
+            return None
         size = self.cfg.sync.page_size
+        first = await self._list(0, None, (), limit=1)
+        if first.next_cursor is not None:
+            return None
+        if not first.items:
+            return 0
+        top = first.items[0]
 
-        async def exists(offset: int) -> bool:
-            page = await self.client.list_recordings(
-                offset=offset, limit=1, device_id=self.device_id, end_user_id=self.end_user_id)
+        async def exists(offset: int) -> bool | None:
+            """Whether an item is there; None when the API answers the first item again."""
+            page = await self._list(offset, None, (), limit=1)
+            if page.items and page.items[0] == top:
+                return None  # offset ignored: no total can be found this way
             return bool(page.items)
 
-        if not await exists(0):
-            return 0
         lo, hi = 0, size
-        while await exists(hi):
+        while (found := await exists(hi)) is True:
             lo, hi = hi, hi * 2
+        if found is None:
+            return None
         while hi - lo > size:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if await exists(mid) else (lo, mid)
+            found = await exists(mid)
+            if found is None:
+                return None
+            lo, hi = (mid, hi) if found else (lo, mid)
         return hi
+
+
+def _other_status(items: list[Any], status: str) -> bool:
+    """Whether a page listed by `status` holds a recording of another status."""
+    return any(isinstance(i, dict) and "status" in i and i["status"] != status for i in items)

@@ -65,12 +65,23 @@ def test_completed_with_transcript() -> None:
 
 
 def test_status_to_each_named_event() -> None:
-    """Each status has its own event; pending has none but still a status change."""
+    """Each status has its own event, the seven known and any other plain word."""
     for status, named in ev.STATUS_EVENTS.items():
-        out = diff(rec(status="pending"), rec(status=status), factory())
-        assert types(out) == [ev.RECORDING_STATUS_CHANGED, named]
-    out = diff(rec(status="uploaded"), rec(status="pending"), factory())
-    assert types(out) == [ev.RECORDING_STATUS_CHANGED]
+        out = diff(rec(status="completed"), rec(status=status), factory())
+        want = [] if status == "completed" else [ev.RECORDING_STATUS_CHANGED, named]
+        assert types(out) == want
+    out = diff(rec(status="uploaded"), rec(status="archived"), factory())
+    assert types(out) == [ev.RECORDING_STATUS_CHANGED, "recording.archived"]
+    for odd in ("Archived!", "deleted", "", 7):  # no event may impersonate another type
+        out = diff(rec(status="uploaded"), rec(status=odd), factory())
+        assert types(out) == [ev.RECORDING_STATUS_CHANGED]
+
+
+def test_a_new_pending_recording_is_just_created() -> None:
+    """Pending is where a recording starts: first sight of one is `recording.created` alone."""
+    assert types(diff(None, rec(status="pending"), factory())) == [ev.RECORDING_CREATED]
+    assert types(diff(None, rec(status="streaming", transcription_id=None), factory())) == [
+        ev.RECORDING_CREATED, ev.RECORDING_STREAMING]
 
 
 def test_rename_and_metadata_are_one_update() -> None:

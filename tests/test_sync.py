@@ -143,18 +143,28 @@ async def test_faults_are_retried_and_the_pass_completes(tmp_path: Path) -> None
         assert {200, 429, 502} <= statuses and statuses & {500, 503}
 
 
-async def test_invalid_items_are_skipped_and_counted(tmp_path: Path) -> None:
-    """An item with no id or a wrong type is logged and counted; the rest of its page is saved."""
+async def test_only_items_without_a_usable_id_are_skipped(tmp_path: Path) -> None:
+    """No id, or an id unfit for a file name, is skipped and counted; a value botasync does
+    not know (a status, a string where a number belongs) is stored, never dropped."""
     async with serve(World(seed=4, recordings=150), rate_limit=None) as sim:
         sim.world.put_raw({"status": "completed", "name": "no id"}, position=3)
-        sim.world.put_raw({"id": "rec_badtype", "status": "completed", "duration_ms": "long"}, 5)
+        sim.world.put_raw({"id": "rec_../../etc", "status": "completed"}, position=4)
+        sim.world.put_raw({"id": "rec_badtype", "status": "completed", "duration_ms": "long",
+                           "name": None, "metadata": "not an object"}, 5)
         sim.world.put_raw({"id": "rec_badstatus", "status": "exploded"}, position=7)
+        sim.world.put_raw({"id": "rec_strnum", "status": "completed", "duration_ms": "1500"}, 9)
         db = tmp_path / "botasync.db"
         stats = await full_sync(make_cfg(sim, db))
-        assert stats.invalid == 3
+        assert stats.invalid == 2
+        rows = dict(table_rows(db, "SELECT id, status || '/' || coalesce(duration_ms, 'null') "
+                                   "|| '/' || coalesce(metadata, 'null') FROM recordings "
+                                   "WHERE id IN ('rec_badtype', 'rec_badstatus', 'rec_strnum')"))
+        assert rows == {"rec_badtype": "completed/null/null", "rec_badstatus": "exploded/null/null",
+                        "rec_strnum": "completed/1500/null"}
         valid = [i for i in sim.world.all() if i.get("id", "").startswith("rec_")
-                 and i["id"] not in ("rec_badtype", "rec_badstatus")]
-        assert mirror_diff(db, valid) == []
+                 and i["id"] not in ("rec_badtype", "rec_badstatus", "rec_strnum", "rec_../../etc")]
+        problems = [p for p in mirror_diff(db, valid) if "in the mirror but not" not in p]
+        assert problems == []
 
 
 async def test_deletion_becomes_tombstone(tmp_path: Path) -> None:
@@ -227,7 +237,7 @@ async def test_invalid_item_at_the_top_does_not_make_every_tick_a_walk(tmp_path:
         db = tmp_path / "botasync.db"
         cfg = make_cfg(sim, db)
         await full_sync(cfg)
-        sim.world.put_raw({"id": "rec_broken", "status": "exploded"}, position=0)
+        sim.world.put_raw({"id": "rec_broken!", "status": "completed"}, position=0)
         async with await App.open(cfg) as app:
             first = await app.syncer.head()
             second = await app.syncer.head()
@@ -267,7 +277,7 @@ async def test_tick_skips_hot_lists_the_head_page_covered(tmp_path: Path) -> Non
 async def test_server_ignoring_offset_stops_the_walk(tmp_path: Path) -> None:
     """Pages that keep coming back the same end the walk with one clear error, not a spin."""
     from botasync.errors import ApiError
-    from botasync.sync import REPEAT_LIMIT
+    from botasync.pages import REPEAT_LIMIT
 
     async with serve(World(seed=8, recordings=500), rate_limit=None) as sim:
         sim.ignore_offset = True
@@ -284,7 +294,7 @@ async def test_server_ignoring_offset_stops_the_walk(tmp_path: Path) -> None:
 def test_repeat_guard_tolerates_what_a_busy_archive_does() -> None:
     """A page repeated a few times, or a short last page, is not a broken server."""
     from botasync.client import Page
-    from botasync.sync import REPEAT_LIMIT, RepeatGuard
+    from botasync.pages import REPEAT_LIMIT, RepeatGuard
 
     page = Page([{"id": "rec_a"}, {"id": "rec_b"}], has_more=True)
     guard = RepeatGuard()
