@@ -101,6 +101,7 @@ class WebhookHandlerConfig(_Handler):
     type: Literal["webhook"]
     url: str
     secret_env: str = ""
+    signature: Literal["bota", "standard", "botasync"] = "bota"  # the scheme: signing.py
 
     @field_validator("url")
     @classmethod

@@ -31,7 +31,7 @@ from botasync.config import (
     WebhookHandlerConfig,
 )
 from botasync.errors import ConfigError, HandlerError
-from botasync.signing import SIGNATURE_HEADER, sign
+from botasync.signing import SignatureMode, signing_key, webhook_headers
 
 log = structlog.get_logger("botasync.handlers")
 
@@ -233,7 +233,11 @@ class CommandHandler:
 
 
 class WebhookHandler:
-    """POST the event JSON to a URL; 2xx is delivered, anything else (3xx too) fails."""
+    """POST the event JSON to a URL; 2xx is delivered, anything else (3xx too) fails.
+
+    With a `secret` (the key itself: a `whsec_` secret already decoded) each attempt
+    is signed anew, at its own time, in the scheme `signature` names (signing.py).
+    """
 
     def __init__(
         self,
@@ -243,6 +247,7 @@ class WebhookHandler:
         timeout_s: float,
         secret: bytes | None = None,
         *,
+        signature: SignatureMode = "bota",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -250,6 +255,7 @@ class WebhookHandler:
         self.url = url
         self.timeout_s = timeout_s
         self._secret = secret
+        self.signature = signature
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -261,8 +267,9 @@ class WebhookHandler:
             "Botasync-Event-Id": event_id,
             "Botasync-Event-Type": event_type,
         }
-        if self._secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self._secret, payload, int(self._clock()))
+        headers.update(webhook_headers(
+            self.signature, self._secret, payload, event_id, int(self._clock())
+        ))
         return headers
 
     def _client(self) -> aiohttp.ClientSession:
@@ -406,7 +413,10 @@ def _webhook_secret(cfg: WebhookHandlerConfig) -> bytes | None:
         raise ConfigError(
             f'handler "{cfg.name}": secret_env {cfg.secret_env} is not set or is empty'
         )
-    return value.encode("utf-8")
+    try:
+        return signing_key(cfg.signature, value)
+    except ValueError as e:  # the message names the rule, never the value
+        raise ConfigError(f'handler "{cfg.name}": secret_env {cfg.secret_env}: {e}') from None
 
 
 def build_handler(cfg: HandlerConfig) -> Handler:
@@ -415,7 +425,8 @@ def build_handler(cfg: HandlerConfig) -> Handler:
     if isinstance(cfg, CommandHandlerConfig):
         return CommandHandler(cfg.name, patterns, cfg.command, cfg.timeout_s)
     if isinstance(cfg, WebhookHandlerConfig):
-        return WebhookHandler(cfg.name, patterns, cfg.url, cfg.timeout_s, _webhook_secret(cfg))
+        return WebhookHandler(cfg.name, patterns, cfg.url, cfg.timeout_s, _webhook_secret(cfg),
+                              signature=cfg.signature)
     if isinstance(cfg, PythonHandlerConfig):
         fn = load_target(cfg.name, cfg.target)
         return PythonHandler(cfg.name, patterns, fn, cfg.timeout_s)

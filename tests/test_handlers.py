@@ -257,10 +257,12 @@ async def test_webhook_posts_the_payload_with_headers_and_a_valid_signature(
     assert headers["Botasync-Event-Id"] == event_id
     assert headers["Botasync-Event-Type"] == "recording.completed"
     assert headers["User-Agent"] == f"botasync/{__version__}"
-    parts = dict(p.split("=", 1) for p in headers["Botasync-Signature"].split(","))
-    assert abs(int(parts["t"]) - time.time()) < 60
-    expected = hmac.new(b"s3cret", parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
-    assert parts["v1"] == expected
+    # signed as Bota signs (the default `signature = "bota"`; tests/test_webhook_signatures.py)
+    assert headers["X-Bota-Event-Id"] == event_id
+    t = headers["X-Bota-Timestamp"]
+    assert abs(int(t) - time.time()) < 60
+    expected = hmac.new(b"s3cret", t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["X-Bota-Signature"] == f"v1={expected}"
 
 
 async def test_webhook_without_secret_sends_no_signature(receiver: Receiver) -> None:
@@ -269,7 +271,8 @@ async def test_webhook_without_secret_sends_no_signature(receiver: Receiver) -> 
     payload, event_id = envelope()
     await handler.deliver(payload, event_id, "recording.completed")
     await handler.aclose()
-    assert "Botasync-Signature" not in receiver.requests[0][1]
+    sent = receiver.requests[0][1]
+    assert not {"X-Bota-Signature", "X-Bota-Timestamp", "Botasync-Signature"} & set(sent)
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,8 @@ async def run_surface(tmp: Path) -> SurfaceResult:
                 handlers=[
                     {"name": "cmd", "type": "command", "events": ["recording.updated"],
                      "command": [sys.executable, str(CMD_HANDLER), str(out), "append"]},
-                    {"name": "hook", "type": "webhook", "url": hook_url, "secret_env": SECRET_ENV},
+                    {"name": "hook", "type": "webhook", "url": hook_url, "secret_env": SECRET_ENV,
+                     "signature": "botasync"},  # the scheme independent_verify checks
                     {"name": "log", "type": "log"},
                 ]))
             env = clean_env(**{SECRET_ENV: WEBHOOK_SECRET})
