@@ -310,6 +310,7 @@ class Syncer:
         else:
             walk.offset = walk.position = read.next_offset
         await self._checkpoint(walk)
+        self._progress(walk)
         if status is not None and _other_status(read.page.items, status):
             raise _FilterIgnored(status)
         return all_unchanged

@@ -1,0 +1,213 @@
+"""The same exact mirror at the same cost against both dialects of the Bota API.
+
+The documented dialect pages by offset and lists `media[]`; the deployed one pages by
+cursor, ignores `offset`, signs `audio_url` anew on every answer and has seven statuses.
+botasync is told neither: it learns which from the answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from botasync.app import App
+from botasync.client import Page
+from botasync.errors import PaginationError
+from botasync.pages import Pager
+from botasync.simulator import Simulator, World, serve
+from tests.mirror import mirror_diff
+from tests.test_sync import full_sync, kinds, make_cfg, table_rows
+
+DIALECTS = ("documented", "deployed")
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def sim(dialect: str) -> AsyncIterator[Simulator]:
+    async with serve(World(seed=21, recordings=1500, dialect=dialect), rate_limit=None) as s:
+        yield s
+
+
+def detail_ids(sim: Simulator, since: int) -> set[str]:
+    return {r.path.rsplit("/", 1)[1] for r in sim.requests[since:]
+            if r.path.startswith("/v1/recordings/")}
+
+
+async def test_first_sync_and_rerun_cost_the_minimum(sim: Simulator, tmp_path: Path) -> None:
+    """N/100 list requests and no detail for a first sync; no detail for a re-run."""
+    db = tmp_path / "botasync.db"
+    cfg = make_cfg(sim, db)
+    stats = await full_sync(cfg)
+    assert mirror_diff(db, sim.world.all()) == []
+    assert kinds(sim)["detail"] == 0 and 15 <= kinds(sim)["list"] <= 15 + 3
+    assert (stats.created, stats.invalid, stats.complete) == (1500, 0, True)
+    learned = json.loads(table_rows(db, "SELECT value FROM state WHERE key = 'dialect'")[0][0])
+    assert learned["paging"] == ("cursor" if sim.world.dialect == "deployed" else "offset")
+    mark = len(sim.requests)
+    again = await full_sync(cfg)
+    assert kinds(sim, mark) == {"list": 15, "detail": 0}
+    assert (again.updated, again.unchanged, again.events) == (0, 1500, 0)
+
+
+async def test_changes_cost_one_detail_each(sim: Simulator, tmp_path: Path) -> None:
+    """Status changes (to the deployed dialect's own statuses too), renames and deletions."""
+    db = tmp_path / "botasync.db"
+    cfg = make_cfg(sim, db)
+    await full_sync(cfg)
+    world = sim.world
+    ids = world.ids()
+    deployed = world.dialect == "deployed"
+    odd, bad = ("streaming", "integrity_failure") if deployed else ("processing", "failed")
+    world.update(ids[10], status=odd)
+    world.update(ids[600], status=bad)
+    world.update(ids[70], name="renamed one")
+    world.update(ids[900], name="renamed two")
+    world.update(ids[1300], metadata={"edited": True})
+    gone = [ids[300], ids[1450]]
+    for rid in gone:
+        world.delete(rid)
+    mark = len(sim.requests)
+    stats = await full_sync(cfg)
+    assert kinds(sim, mark)["detail"] <= 7 + 2
+    assert detail_ids(sim, mark) >= {ids[10], ids[600], ids[70], ids[900], ids[1300], *gone}
+    assert (stats.updated, stats.deleted) == (5, 2)
+    assert mirror_diff(db, world.all()) == []
+    statuses = dict(table_rows(db, f"SELECT id, status FROM recordings "
+                                   f"WHERE id IN ('{ids[10]}', '{ids[600]}')"))
+    assert statuses == {ids[10]: odd, ids[600]: bad}
+    tombstones = table_rows(db, "SELECT id FROM recordings WHERE deleted_at IS NOT NULL")
+    assert sorted(r[0] for r in tombstones) == sorted(gone)
+    types = [r[0] for r in table_rows(db, "SELECT type FROM events WHERE backfill = 0")]
+    assert types.count("recording.deleted") == 2
+    assert f"recording.{bad}" in types and f"recording.{odd}" in types
+
+
+async def test_tick_finds_new_and_moved_in_both(sim: Simulator, tmp_path: Path) -> None:
+    """The head and hot passes work by cursor as by offset."""
+    db = tmp_path / "botasync.db"
+    cfg = make_cfg(sim, db)
+    world = sim.world
+    moving = world.update(world.ids()[700], status="processing")
+    await full_sync(cfg)
+    world.update(moving["id"], status="completed")
+    world.create(name="brand new")
+    mark = len(sim.requests)
+    async with await App.open(cfg) as app:
+        head, hot = await app.syncer.quick()
+        assert head.created == 1 and hot.updated == 1
+        assert len(sim.requests) - mark <= 8
+        mark = len(sim.requests)
+        quiet = await app.syncer.quick()
+        assert sum(s.requests for s in quiet) <= 4 and not any(s.created for s in quiet)
+    assert mirror_diff(db, world.all()) == []
+
+
+async def test_progress_never_probes_offsets_of_a_cursor_api(
+    sim: Simulator, tmp_path: Path,
+) -> None:
+    """By offset the size is probed cheaply; by cursor it stays unknown and nothing spins."""
+    seen: list[tuple[int, int | None]] = []
+    cfg = make_cfg(sim, tmp_path / "botasync.db")
+    async with await App.open(cfg, on_progress=lambda s, pos, total: seen.append((pos, total))
+                              ) as app:
+        stats = await app.syncer.full()
+    probes = [r for r in sim.requests if "limit=1" in r.query.split("&")]
+    assert stats.complete and stats.pages == 15
+    if sim.world.dialect == "deployed":
+        assert len(probes) <= 1 and all(total is None for _, total in seen)
+        assert max(pos for pos, _ in seen) == 1500
+    else:
+        assert len(probes) <= 20 and all(t is not None and 1400 <= t <= 1600 for _, t in seen)
+
+
+async def test_an_ignored_status_filter_is_noticed_and_worked_around(tmp_path: Path) -> None:
+    """A filtered page holding other statuses: the in-flight ones are asked for by id."""
+    async with serve(World(seed=22, recordings=800, dialect="deployed"), rate_limit=None) as sim:
+        world = sim.world
+        deep = world.ids()[500]
+        world.update(deep, status="processing")
+        db = tmp_path / "botasync.db"
+        cfg = make_cfg(sim, db)
+        await full_sync(cfg)
+        sim.ignore_status_filter = True
+        world.update(deep, status="completed")
+        async with await App.open(cfg) as app:
+            await app.syncer.mirror.set_state("hot_full_at", "2000-01-01T00:00:00Z")
+            await app.syncer.quick()
+            learned = json.loads(await app.syncer.mirror.get_state("dialect") or "{}")
+            assert learned["filter_ignored_at"] is not None
+            for _ in range(20):  # the watch takes turns, a few per tick
+                if table_rows(db, f"SELECT status FROM recordings WHERE id = '{deep}'") == [
+                        ("completed",)]:
+                    break
+                await app.syncer.quick()
+            mark = len(sim.requests)
+            await app.syncer.quick()
+            assert not any("status=" in r.query for r in sim.requests[mark:])
+        assert table_rows(db, f"SELECT status FROM recordings WHERE id = '{deep}'") == [
+            ("completed",)]
+
+
+async def test_an_unknown_status_is_stored_and_watched(tmp_path: Path) -> None:
+    """A status botasync does not know is stored as sent, never sent as a filter."""
+    async with serve(World(seed=23, recordings=300, dialect="deployed"), rate_limit=None) as sim:
+        world = sim.world
+        odd = world.ids()[150]
+        world.update(odd, status="archived")
+        db = tmp_path / "botasync.db"
+        cfg = make_cfg(sim, db)
+        await full_sync(cfg)
+        assert table_rows(db, f"SELECT status FROM recordings WHERE id = '{odd}'") == [
+            ("archived",)]
+        world.update(odd, status="completed")
+        async with await App.open(cfg) as app:
+            _, hot = await app.syncer.quick()
+        assert hot.updated == 1
+        assert not any("status=archived" in r.query for r in sim.requests)
+        assert table_rows(db, f"SELECT status FROM recordings WHERE id = '{odd}'") == [
+            ("completed",)]
+
+
+# -- the pager's chain checks, on pages made here ------------------------------------------
+
+
+def _pager(pages: dict[str | None, Page], depth: int = 1) -> Pager:
+    async def fetch(offset: int, cursor: str | None) -> Page:
+        return pages[cursor]
+
+    return Pager(fetch, limit=2, depth=depth, cap=1 << 62, now=lambda: "t")
+
+
+async def _drain(pager: Pager) -> list[Any]:
+    return [[i["id"] for i in read.page.items] async for read in pager.pages()]
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize(("pages", "message"), [
+    ({None: Page([{"id": "a"}], True, "c1"), "c1": Page([{"id": "b"}], True, "c1")},
+     "already followed"),
+    ({None: Page([{"id": "a"}], True, "c1"), "c1": Page([{"id": "b"}], True, None)},
+     "no `next_cursor`"),
+])
+async def test_a_broken_cursor_chain_stops_after_the_last_good_page(
+    pages: dict[str | None, Page], message: str, depth: int,
+) -> None:
+    """Every page that came is handed out, then one clear error: never a loop."""
+    got: list[Any] = []
+    with pytest.raises(PaginationError, match=message):
+        async for read in _pager(pages, depth).pages():
+            got.append([i["id"] for i in read.page.items])
+    assert got == [["a"], ["b"]]
+
+
+async def test_a_cursor_chain_ends_where_has_more_is_false() -> None:
+    pages = {None: Page([{"id": "a"}], True, "c1"), "c1": Page([{"id": "b"}], False, None)}
+    assert await _drain(_pager(pages, depth=4)) == [["a"], ["b"]]
