@@ -672,3 +672,47 @@ async def test_ignore_offset_serves_the_first_page_always(
     _, first, _ = await get_json(http, f"{simulator.url}/recordings", limit=5)
     _, later, _ = await get_json(http, f"{simulator.url}/recordings", limit=5, offset=20)
     assert first["data"] == later["data"] and later["has_more"]
+
+
+async def test_ignore_status_filter_serves_unfiltered_pages(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    """The misbehaving mode: `status` is ignored (even an unknown one), the rest still holds."""
+    simulator.ignore_status_filter = True
+    items = await walk(http, simulator, status="failed")
+    assert [i["id"] for i in items] == simulator.world.ids()
+    status, _, _ = await get_json(http, f"{simulator.url}/recordings", status="done")
+    assert status == 200
+
+
+async def test_download_url_is_post_only(simulator: Simulator, http: aiohttp.ClientSession) -> None:
+    """GET on the download-url path (the deployed form) is a 405 envelope naming POST."""
+    rec_id, _ = uploaded_media(simulator.world)
+    status, body, headers = await get_json(
+        http, f"{simulator.url}/recordings/{rec_id}/download-url")
+    assert (status, body["error"]["code"], headers["Allow"]) == (405, "invalid_request", "POST")
+
+
+async def test_admin_creates_updates_and_deletes(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    """POST/PATCH/DELETE /_sim/recordings change the world; deployed-only fields are refused."""
+    admin = f"{simulator.origin}/_sim"
+    _, stats, _ = await get_json(http, f"{admin}/stats")
+    assert stats["dialect"] == "documented"
+    async with http.post(f"{admin}/recordings", json={"name": "Added", "language": "fr"}) as r:
+        created = await r.json()
+        assert r.status == 201
+    assert (created["name"], created["language"], created["status"]) == ("Added", "fr", "pending")
+    assert simulator.world.ids()[0] == created["id"]
+    async with http.patch(f"{admin}/recordings/{created['id']}", json={"status": "failed"}) as r:
+        assert (await r.json())["status"] == "failed"
+    assert simulator.world.get(created["id"])["status"] == "failed"  # type: ignore[index]
+    for body in ({"source": "device"}, [1], {"updated_at": "2026-01-01T00:00:00Z"}):
+        async with http.patch(f"{admin}/recordings/{created['id']}", json=body) as r:
+            assert r.status == 400
+    async with http.patch(f"{admin}/recordings/rec_nobody", json={"name": "x"}) as r:
+        assert r.status == 404
+    async with http.delete(f"{admin}/recordings/{created['id']}") as r:
+        assert (await r.json())["id"] == created["id"]
+    assert created["id"] not in simulator.world

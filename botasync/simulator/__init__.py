@@ -4,7 +4,7 @@ It imports nothing from the rest of botasync: the client and the simulator share
 the OpenAPI contract (`botasync/openapi.yaml`), so a bug in one cannot hide the same
 bug in the other.
 
-    world = World(seed=1, recordings=500)
+    world = World(seed=1, recordings=500)  # dialect="deployed" for the API as deployed
     async with serve(world, rate_limit=None) as sim:
         ...  # point a client at sim.url; change sim.world; queue sim.faults
 """
@@ -13,13 +13,15 @@ from botasync.simulator.app import DEFAULT_API_KEYS, RequestRecord, Simulator, r
 from botasync.simulator.clock import Clock, ManualClock, SystemClock
 from botasync.simulator.faults import KINDS as FAULT_KINDS
 from botasync.simulator.faults import Faults
-from botasync.simulator.files import file_bytes
-from botasync.simulator.world import World
+from botasync.simulator.files import file_bytes, recording_bytes, recording_sha256
+from botasync.simulator.world import DIALECTS, Dialect, World
 
 __all__ = [
     "DEFAULT_API_KEYS",
+    "DIALECTS",
     "FAULT_KINDS",
     "Clock",
+    "Dialect",
     "Faults",
     "ManualClock",
     "RequestRecord",
@@ -27,6 +29,8 @@ __all__ = [
     "SystemClock",
     "World",
     "file_bytes",
+    "recording_bytes",
+    "recording_sha256",
     "run_forever",
     "serve",
 ]

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from botasync.simulator.app import Simulator
 
 BATCH = 1000  # items per write when streaming the whole world
+# fields only one dialect's recordings have: the other dialect's admin calls refuse them
+ONLY_IN = {
+    "documented": frozenset({"media", "duration_ms", "started_at", "ended_at",
+                             "transcription_id"}),
+    "deployed": frozenset({"project_id", "duration_seconds", "recorded_at", "content_sha256",
+                           "content_sha256_verified_at", "source", "audio_url", "updated_at"}),
+}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -46,7 +53,8 @@ def _number(request: web.Request, name: str, default: float | None = None) -> fl
 
 
 async def stats(request: web.Request) -> web.Response:
-    """GET /_sim/stats: recordings by status, requests by status code, faults, settings."""
+    """GET /_sim/stats: the dialect, recordings by status, requests by status code, faults,
+    settings."""
     return _json(_sim(request).stats())
 
 
@@ -54,14 +62,21 @@ async def recordings(request: web.Request) -> web.StreamResponse:
     """GET /_sim/recordings: the whole world as served, newest first (streamed).
 
     With `limit` (and `offset`) it returns that slice instead, unfiltered and unlimited.
+    Deployed `audio_url`s are signed as an answer would sign them.
     """
-    world = _sim(request).world
+    sim = _sim(request)
+    world = sim.world
+    origin = str(request.url.origin())
+
+    def sign_url(file_id: str) -> str:
+        return sim.file_url(origin, file_id)
+
     if "limit" in request.query:
         try:
             limit, offset = int(_number(request, "limit")), int(_number(request, "offset", 0))
         except ValueError as exc:
             return _bad(str(exc))
-        body = world.page_body(max(0, limit), max(0, offset))
+        body = world.page_body(max(0, limit), max(0, offset), sign_url=sign_url)
         return web.Response(body=body, content_type="application/json")
     response = web.StreamResponse()
     response.content_type = "application/json"
@@ -69,7 +84,7 @@ async def recordings(request: web.Request) -> web.StreamResponse:
     await response.write(b'{"total":' + str(len(world)).encode() + b',"data":[')
     batch: list[bytes] = []
     first = True
-    for body in world.iter_bodies():
+    for body in world.iter_bodies(sign_url):
         batch.append(body)
         if len(batch) == BATCH:
             await response.write((b"" if first else b",") + b",".join(batch))
@@ -79,6 +94,53 @@ async def recordings(request: web.Request) -> web.StreamResponse:
     await response.write(b"]}")
     await response.write_eof()
     return response
+
+
+async def _fields(request: web.Request) -> dict[str, Any]:
+    """The JSON object of a create/update body, checked against the world's dialect."""
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        raise ValueError("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object of recording fields")
+    world = _sim(request).world
+    other = "documented" if world.deployed else "deployed"
+    foreign = sorted(set(body) & ONLY_IN[other])
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)}: a field of the {other} dialect; this world "
+                         f"speaks the {world.dialect} one")
+    return body
+
+
+async def create_recording(request: web.Request) -> web.Response:
+    """POST /_sim/recordings: a new recording at the top, with any fields of the body."""
+    try:
+        item = _sim(request).world.create(**await _fields(request))
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _json(item, status=201)
+
+
+async def update_recording(request: web.Request) -> web.Response:
+    """PATCH /_sim/recordings/{id}: change fields (deployed: `updated_at` moves on)."""
+    try:
+        fields = await _fields(request)
+        item = _sim(request).world.update(request.match_info["id"], **fields)
+    except ValueError as exc:
+        return _bad(str(exc))
+    except KeyError:
+        return _json({"error": "no such recording"}, status=404)
+    return _json(item)
+
+
+async def delete_recording(request: web.Request) -> web.Response:
+    """DELETE /_sim/recordings/{id}: remove a recording; returns its last state."""
+    try:
+        item = _sim(request).world.delete(request.match_info["id"])
+    except KeyError:
+        return _json({"error": "no such recording"}, status=404)
+    return _json(item)
 
 
 async def step(request: web.Request) -> web.Response:
@@ -181,6 +243,9 @@ def add_routes(app: web.Application) -> None:
     """Register the /_sim/ routes."""
     app.router.add_get("/_sim/stats", stats)
     app.router.add_get("/_sim/recordings", recordings)
+    app.router.add_post("/_sim/recordings", create_recording)
+    app.router.add_patch("/_sim/recordings/{id}", update_recording)
+    app.router.add_delete("/_sim/recordings/{id}", delete_recording)
     app.router.add_post("/_sim/step", step)
     app.router.add_post("/_sim/move", move)
     app.router.add_post("/_sim/freeze", freeze)

@@ -1,8 +1,12 @@
 """The /v1 API and the file URLs: handlers, the auth/rate-limit/fault gate, the request log.
 
-Every /v1 answer goes through `api_gate`: latency, the rate limit (counted per key,
-headers on every answer), then an injected fault if one is due, then auth, then the
-handler. Errors always use the `{"error": {"code", "message", "details"}}` envelope.
+Every /v1 answer goes through `api_gate`: latency, the rate limit (counted per key),
+then an injected fault if one is due, then auth, then the handler. The documented
+dialect sends `X-RateLimit-*` headers on every answer and `Retry-After` on a 429, and
+its errors use the `{"error": {"code", "message", "details"}}` envelope. The deployed
+dialect (handlers in `api_deployed`) enforces the same limit without any of those
+headers, and its errors are plain strings: `{"error": "text"}` for a 4xx,
+`{"message": "text"}` for a 405 or a 5xx.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from botasync.simulator.archive import STATUSES
 from botasync.simulator.clock import iso_s
-from botasync.simulator.files import check_signature, file_chunks, parse_range, sign
+from botasync.simulator.files import check_signature, parse_range, sign
+from botasync.simulator.world import FileRef
 
 if TYPE_CHECKING:
     from botasync.simulator.app import Simulator
@@ -53,6 +59,22 @@ def error(
                         content_type="application/json")
 
 
+def fail(
+    sim: Simulator, status: int, code: str, message: str,
+    details: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+    *, plain: str | None = None,
+) -> web.Response:
+    """An error in the world's dialect: the envelope, or a plain string (`plain` if given).
+
+    Deployed errors carry no details; the caller leaves rate-limit headers out of them.
+    """
+    if not sim.world.deployed:
+        return error(status, code, message, details, headers)
+    key = "message" if status == 405 or status >= 500 else "error"
+    return web.Response(status=status, body=orjson.dumps({key: plain or message}),
+                        headers=headers, content_type="application/json")
+
+
 def json_body(body: bytes, status: int = 200) -> web.Response:
     """A JSON answer from already serialised bytes."""
     return web.Response(status=status, body=body, content_type="application/json")
@@ -65,7 +87,8 @@ def bearer_token(request: web.Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _sim(request: web.Request) -> Simulator:
+def sim_of(request: web.Request) -> Simulator:
+    """The simulator serving this request."""
     return request.app[SIM_KEY]
 
 
@@ -77,7 +100,7 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
     """Record every API and file request with its arrival time and final status."""
     if request.path.startswith("/_sim/"):
         return await handler(request)
-    sim = _sim(request)
+    sim = sim_of(request)
     arrived = sim.world.clock.now()
     status = 0  # stays 0 for a dropped connection or a cancelled handler
     try:
@@ -99,15 +122,17 @@ async def api_gate(request: web.Request, handler: Handler) -> web.StreamResponse
     """Latency, rate limit, faults and auth for /v1, in the order a real gateway has them."""
     if not request.path.startswith("/v1/") or request.path in OPEN_PATHS:
         return await handler(request)
-    sim = _sim(request)
+    sim = sim_of(request)
     if sim.faults.latency_s > 0:
         await asyncio.sleep(sim.faults.latency_s)
     token = bearer_token(request)
     decision = sim.limiter.hit(token or "")
+    quiet = sim.world.deployed  # enforces the limit but never says so in headers
     if decision is not None and not decision.allowed:
-        return error(429, "rate_limit_exceeded", "too many requests; retry after the window resets",
-                     {"limit": decision.limit, "window_s": sim.limiter.window_s},
-                     headers=decision.headers())
+        return fail(sim, 429, "rate_limit_exceeded",
+                    "too many requests; retry after the window resets",
+                    {"limit": decision.limit, "window_s": sim.limiter.window_s},
+                    headers=None if quiet else decision.headers(), plain="Too many requests")
     kind = sim.faults.pick(request.path)
     if kind is not None:
         log.debug("simulator.fault", kind=kind, path=request.path)
@@ -115,7 +140,7 @@ async def api_gate(request: web.Request, handler: Handler) -> web.StreamResponse
                                 lambda: _authorized(sim, request, handler, token))
     else:
         response = await _authorized(sim, request, handler, token)
-    if decision is not None and not isinstance(response, Dropped):
+    if decision is not None and not quiet and not isinstance(response, Dropped):
         for name, value in decision.headers().items():
             response.headers.setdefault(name, value)
     return response
@@ -126,20 +151,23 @@ async def _authorized(
 ) -> web.StreamResponse:
     """The handler's answer, or 401/403 when the key is missing, unknown or lacks the scope."""
     if token is None:
-        return error(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")
+        return fail(sim, 401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'",
+                    plain="Missing API key")
     scopes = sim.api_keys.get(token)
     if scopes is None:
-        return error(401, "unauthorized", "invalid API key")
+        return fail(sim, 401, "unauthorized", "invalid API key", plain="Invalid API key")
     if READ_SCOPE not in scopes:
-        return error(403, "forbidden", f"this API key lacks the {READ_SCOPE} scope",
-                     {"required_scope": READ_SCOPE})
+        return fail(sim, 403, "forbidden", f"this API key lacks the {READ_SCOPE} scope",
+                    {"required_scope": READ_SCOPE}, plain=f"Missing scope: {READ_SCOPE}")
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return error(404, "not_found", f"no such path: {request.path}")
+        return fail(sim, 404, "not_found", f"no such path: {request.path}", plain="Not found")
     except web.HTTPMethodNotAllowed as exc:
-        return error(405, "invalid_request", f"{request.method} is not allowed on {request.path}",
-                     headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
+        allow = {"Allow": ", ".join(sorted(exc.allowed_methods))}
+        return fail(sim, 405, "invalid_request",
+                    f"{request.method} is not allowed on {request.path}", headers=allow,
+                    plain="Method Not Allowed")
 
 
 async def _fault(
@@ -152,9 +180,12 @@ async def _fault(
         return await answer()
     if kind == "server_error":
         status = sim.faults.server_error_status()
-        return error(status, "internal_error",
-                     "internal error" if status == 500 else "service temporarily unavailable")
+        return fail(sim, status, "internal_error",
+                    "internal error" if status == 500 else "service temporarily unavailable",
+                    plain="Internal Server Error" if status == 500 else "Service Unavailable")
     if kind == "rate_limited":
+        if sim.world.deployed:
+            return fail(sim, 429, "rate_limit_exceeded", "Too many requests")
         reset = str(math.ceil(sim.world.clock.now()) + 1)
         return error(429, "rate_limit_exceeded", "too many requests", headers={
             "Retry-After": "1", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
@@ -183,7 +214,7 @@ class BadRequest(ValueError):
         self.param = param
 
 
-def _int_param(
+def int_param(
     query: Mapping[str, str], name: str, default: int, low: int, high: int | None
 ) -> int:
     raw = query.get(name)
@@ -198,6 +229,11 @@ def _int_param(
     return value
 
 
+def without_status(query: MultiMapping[str]) -> MultiDictProxy[str]:
+    """The query minus `status`: what a server that ignores the filter reads."""
+    return MultiDictProxy(MultiDict([(k, v) for k, v in query.items() if k != "status"]))
+
+
 def parse_list_query(query: Any) -> dict[str, Any]:
     """Validate the list parameters (a multidict) into keyword arguments for `page_body`."""
     for name in ("limit", "offset", "status", "device_id", "end_user_id"):
@@ -207,8 +243,8 @@ def parse_list_query(query: Any) -> dict[str, Any]:
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}, got {status!r}", "status")
     return {
-        "limit": _int_param(query, "limit", 25, 1, 100),
-        "offset": _int_param(query, "offset", 0, 0, None),  # past the end: an empty page
+        "limit": int_param(query, "limit", 25, 1, 100),
+        "offset": int_param(query, "offset", 0, 0, None),  # past the end: an empty page
         "status": status,
         "device_id": query.get("device_id"),
         "end_user_id": query.get("end_user_id"),
@@ -217,11 +253,12 @@ def parse_list_query(query: Any) -> dict[str, Any]:
 
 async def list_recordings(request: web.Request) -> web.Response:
     """GET /v1/recordings: one page, newest first."""
+    sim = sim_of(request)
+    query = without_status(request.query) if sim.ignore_status_filter else request.query
     try:
-        params = parse_list_query(request.query)
+        params = parse_list_query(query)
     except BadRequest as exc:
         return error(400, "invalid_request", str(exc), {"param": exc.param})
-    sim = _sim(request)
     if sim.ignore_offset:  # a broken server (or proxy) that drops the query's offset
         params["offset"] = 0
     return json_body(sim.world.page_body(**params))
@@ -234,7 +271,7 @@ def _not_found(rec_id: str) -> web.Response:
 async def get_recording(request: web.Request) -> web.Response:
     """GET /v1/recordings/{id}: one recording, or 404."""
     rec_id = request.match_info["id"]
-    body = _sim(request).world.detail_body(rec_id)
+    body = sim_of(request).world.detail_body(rec_id)
     return _not_found(rec_id) if body is None else json_body(body)
 
 
@@ -252,7 +289,7 @@ async def _requested_media_id(request: web.Request) -> str:
 
 async def create_download_url(request: web.Request) -> web.Response:
     """POST /v1/recordings/{id}/download-url: a pre-signed URL for one uploaded media file."""
-    sim = _sim(request)
+    sim = sim_of(request)
     decision = sim.download_limiter.hit(bearer_token(request) or "")
     if decision is not None and not decision.allowed:
         return error(429, "rate_limit_exceeded", "too many download-url requests",
@@ -289,7 +326,7 @@ def _signed_url(sim: Simulator, request: web.Request, media: dict[str, Any]) -> 
 
 async def openapi_yaml(request: web.Request) -> web.Response:
     """GET /v1/openapi.yaml: the contract this server follows."""
-    return web.Response(body=_sim(request).openapi_text(), content_type="application/yaml")
+    return web.Response(body=sim_of(request).openapi_text(), content_type="application/yaml")
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -311,32 +348,35 @@ def _file_plan(
 
 
 async def serve_file(request: web.Request) -> web.StreamResponse:
-    """GET /_files/{media_id}: the file behind a pre-signed URL, streamed in chunks."""
-    sim = _sim(request)
-    media_id = request.match_info["media_id"]
+    """GET /_files/{file_id}: the file behind a pre-signed URL, streamed in chunks.
+
+    The file is a media item's (documented) or a recording's own (deployed).
+    """
+    sim = sim_of(request)
+    file_id = request.match_info["file_id"]
     query = request.query
-    refused = check_signature(sim.secret, media_id, query.get("expires", ""),
-                              query.get("sig", ""), sim.world.clock.now())
+    refused = check_signature(sim.secret, file_id, query.get("expires", ""),
+                              query.get("sig", ""), sim.world.clock.now(),
+                              query.get("nonce", ""))
     if refused:
         return web.Response(status=403, text=refused)
-    media = sim.world.find_media(media_id)
-    if media is None:
+    ref = sim.world.file(file_id)
+    if ref is None:
         return web.Response(status=404, text="NoSuchKey: the file no longer exists")
-    size = int(media.get("file_size_bytes") or 0)
-    plan = _file_plan(sim, request, size)
+    plan = _file_plan(sim, request, ref.size)
     if isinstance(plan, web.Response):
         return plan
     status, start, end = plan
-    return await _stream(sim, request, media, status, start, end, size)
+    return await _stream(sim, request, ref, status, start, end)
 
 
 async def _stream(
-    sim: Simulator, request: web.Request, media: dict[str, Any],
-    status: int, start: int, end: int, size: int,
+    sim: Simulator, request: web.Request, ref: FileRef, status: int, start: int, end: int,
 ) -> web.StreamResponse:
     """Send bytes start..end; a `truncate` fault stops halfway and cuts the connection."""
+    size = ref.size
     response = web.StreamResponse(status=status)
-    response.content_type = str(media.get("mime_type") or "application/octet-stream")
+    response.content_type = ref.content_type
     response.content_length = end - start
     if sim.range_requests:
         response.headers["Accept-Ranges"] = "bytes"
@@ -345,7 +385,7 @@ async def _stream(
     truncate = sim.faults.pick(request.path) == "truncate"
     await response.prepare(request)
     stop = start + (end - start) // 2 if truncate else end
-    for chunk in file_chunks(media["id"], start, stop):
+    for chunk in ref.chunks(start, stop):
         await response.write(chunk)
     if truncate and request.transport is not None:
         request.transport.abort()
@@ -354,10 +394,15 @@ async def _stream(
     return response
 
 
+def add_shared_routes(app: web.Application) -> None:
+    """Register the routes both dialects serve: the contract and the file URLs."""
+    app.router.add_get("/v1/openapi.yaml", openapi_yaml)
+    app.router.add_get("/_files/{file_id}", serve_file)
+
+
 def add_routes(app: web.Application) -> None:
-    """Register the /v1 and /_files routes."""
+    """Register the documented dialect's /v1 routes and the shared ones."""
     app.router.add_get("/v1/recordings", list_recordings, allow_head=False)
     app.router.add_get("/v1/recordings/{id}", get_recording, allow_head=False)
     app.router.add_post("/v1/recordings/{id}/download-url", create_download_url)
-    app.router.add_get("/v1/openapi.yaml", openapi_yaml)
-    app.router.add_get("/_files/{media_id}", serve_file)
+    add_shared_routes(app)

@@ -11,6 +11,8 @@ import asyncio
 import bisect
 import contextlib
 import importlib.resources
+import itertools
+import math
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -20,10 +22,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from botasync.simulator import admin, api
+from botasync.simulator import admin, api, api_deployed
 from botasync.simulator.faults import Faults
+from botasync.simulator.files import sign
 from botasync.simulator.ratelimit import RateLimiter
-from botasync.simulator.world import World
+from botasync.simulator.world import Dialect, World
 
 DEFAULT_API_KEYS: dict[str, tuple[str, ...]] = {
     "sk_test_botasync": ("recordings:read",),
@@ -49,7 +52,7 @@ class RequestRecord:
 
 
 class Simulator:
-    """A running Bota API simulator over one `World`."""
+    """A running Bota API simulator over one `World`, in the world's dialect."""
 
     def __init__(
         self, world: World, *, api_keys: Mapping[str, Iterable[str]] | None = None,
@@ -74,6 +77,8 @@ class Simulator:
         self.max_logged: int | None = None
         self.logged_before = 0
         self.ignore_offset = False  # misbehave: every list page is the first (torture)
+        self.ignore_status_filter = False  # misbehave: list pages ignore `status`
+        self._nonces = itertools.count(1)
         self.status_counts: Counter[int] = Counter()
         self.host = "127.0.0.1"
         self.port = 0
@@ -92,6 +97,21 @@ class Simulator:
     def url(self) -> str:
         """The API base URL for a client, `http://host:port/v1`."""
         return f"{self.origin}/v1"
+
+    @property
+    def dialect(self) -> Dialect:
+        """The dialect served: the world's."""
+        return self.world.dialect
+
+    def file_url(self, origin: str, file_id: str) -> str:
+        """A newly signed URL to a file; its nonce makes every one differ from the last."""
+        expires = math.ceil(self.world.clock.now() + self.url_ttl_s)
+        nonce = format(next(self._nonces), "x")
+        sig = sign(self.secret, file_id, expires, nonce)
+        return f"{origin}/_files/{file_id}?expires={expires}&nonce={nonce}&sig={sig}"
+
+    def _sign_here(self, file_id: str) -> str:
+        return self.file_url(self.origin, file_id)
 
     @property
     def rate_limit(self) -> int | None:
@@ -131,6 +151,7 @@ class Simulator:
     def stats(self) -> dict[str, Any]:
         """Counts for dashboards and benchmarks."""
         return {
+            "dialect": self.dialect,
             "recordings": len(self.world),
             "by_status": self.world.counts(),
             "requests": self.logged_before + len(self.requests),
@@ -174,7 +195,7 @@ class Simulator:
         """The aiohttp application serving this simulator."""
         app = web.Application(middlewares=[api.log_requests, api.api_gate])
         app[api.SIM_KEY] = self
-        api.add_routes(app)
+        (api_deployed if self.world.deployed else api).add_routes(app)
         admin.add_routes(app)
         return app
 
@@ -193,8 +214,9 @@ class Simulator:
             await self.aclose()
             raise
         self.host, self.port = host, runner.addresses[0][1]
+        self.world.signer = self._sign_here  # `world.get`/`all` sign for this server now
         log.info("simulator.started", url=self.url, recordings=len(self.world),
-                 rate_limit=self.rate_limit)
+                 dialect=self.dialect, rate_limit=self.rate_limit)
 
     async def aclose(self) -> None:
         """Stop moving and stop serving (idempotent)."""
@@ -233,7 +255,8 @@ LONG_RUN_LOG = 100_000  # requests a long-running simulator remembers (~10 MB)
 
 
 def _announce(sim: Simulator) -> None:
-    print(f"Bota simulator serving {len(sim.world)} recordings at {sim.url}", flush=True)
+    print(f"Bota simulator serving {len(sim.world)} recordings ({sim.dialect} dialect) at "
+          f"{sim.url}", flush=True)
 
 
 async def run_forever(
@@ -246,7 +269,8 @@ async def run_forever(
 ) -> None:
     """Serve until cancelled (Ctrl-C); `on_ready` (default: print the URL) runs once bound.
 
-    The request log keeps the newest `max_logged` entries (None: all of them).
+    The dialect is the world's (`World(..., dialect=...)`). The request log keeps the
+    newest `max_logged` entries (None: all of them).
     """
     async with serve(world, host=host, port=port, api_keys=api_keys, rate_limit=rate_limit,
                      download_rate_limit=download_rate_limit, latency_s=latency_s,

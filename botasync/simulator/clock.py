@@ -72,3 +72,16 @@ def iso_ms(ms: int) -> str:
 def iso_s(t: float) -> str:
     """Unix seconds (rounded to the millisecond) as an ISO 8601 UTC timestamp."""
     return iso_ms(round(t * 1000))
+
+
+def parse_iso_ms(value: object) -> int | None:
+    """An ISO 8601 timestamp as Unix milliseconds, or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return round(parsed.timestamp() * 1000)

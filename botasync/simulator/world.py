@@ -6,32 +6,65 @@ oldest first, so a new recording is an append and a page is a slice from the end
 Each key has an integer rank that grows with position; the per-field indices
 (`status`, `device_id`, `end_user_id`) are key lists kept in rank order with bisect,
 so a filtered page never scans the whole archive.
+
+A world speaks one of two dialects. `documented` is the API as Bota's reference
+describes it (offset pages, `media[]`). `deployed` is the API as deployed (cursor
+pages, one file per recording with its sha256, a newly signed `audio_url` on every
+answer, seven statuses, `updated_at`): its stored items hold `deployed.AUDIO_MARK` in
+place of the URL, and every read that serves them (`page_body`, `cursor_page_body`,
+`detail_body`, `get`, `all`, `iter_bodies`) swaps in a URL from a signer, so a page
+costs one HMAC per item on top of the join.
 """
 
 from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-from botasync.simulator import archive
+from botasync.simulator import archive, deployed
 from botasync.simulator.archive import IN_FLIGHT, STATUSES, Cast
-from botasync.simulator.clock import Clock, SystemClock
+from botasync.simulator.clock import Clock, SystemClock, iso_ms, parse_iso_ms
+from botasync.simulator.deployed import InvalidCursor, decode_cursor, encode_cursor
+from botasync.simulator.files import file_chunks, recording_chunks, sign
 
 Item = dict[str, Any]
+Dialect = Literal["documented", "deployed"]
+DIALECTS: tuple[Dialect, ...] = ("documented", "deployed")
+Signer = Callable[[str], str]  # file id -> a signed URL to its file
 INDEXED = ("status", "device_id", "end_user_id")
-RANK_STEP = 1 << 20
+RANK_BITS = 20
+RANK_STEP = 1 << RANK_BITS
 RAW_PREFIX = "\x00raw"  # keys of put_raw items that cannot be reached by id
 MOVE_WEIGHTS = {"create": 3.0, "advance": 6.0, "media": 1.5, "edit": 1.0, "delete": 0.5}
+DEPLOYED_MOVE_WEIGHTS = {"create": 3.0, "advance": 6.0, "edit": 1.5, "delete": 0.5}
+MARK_JSON = orjson.dumps(deployed.AUDIO_MARK)
 
 
 def _clone(value: Any) -> Any:
     """A deep copy that is also plain JSON (what the API would send)."""
     return orjson.loads(orjson.dumps(value))
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A file a download URL can point at: a media item's, or a deployed recording's own."""
+
+    id: str
+    size: int
+    content_type: str
+    own: bool  # a deployed recording's file (its bytes match the recording's sha256)
+
+    def chunks(self, start: int, end: int) -> Iterator[bytes]:
+        """Bytes `start` to `end` (exclusive) of the file, in chunks."""
+        if self.own:
+            return recording_chunks(self.id, self.size, start, end)
+        return file_chunks(self.id, start, end)
 
 
 class World:
@@ -40,12 +73,21 @@ class World:
     def __init__(
         self, seed: int = 0, recordings: int = 0, *, start: datetime | None = None,
         max_file_bytes: int = 262_144, clock: Clock | None = None,
+        dialect: Dialect = "documented",
     ) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
         self.seed = seed
+        self.dialect: Dialect = dialect
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_file_bytes = max_file_bytes
         self._rng = random.Random(seed)
         self.cast = Cast.generate(self._rng)
+        self.project_id = archive.new_id(self._rng, "proj_", 10) if self.deployed else None
+        # signs `audio_url` for reads that are not answers to a request (`get`, `all`);
+        # a Simulator installs its own when it starts serving this world
+        self.signer: Signer = self._unserved_url
+        self._epoch = 0  # how many times the ranks were spread out (cursors carry it)
         self._items: dict[str, bytes] = {}
         self._rank: dict[str, int] = {}
         self._order: list[str] = []
@@ -71,10 +113,13 @@ class World:
         created_ms = self._last_ms
         newest_first: list[str] = []
         for i in range(count):
-            status = self._rng.choice(IN_FLIGHT) if i < in_flight else (
-                "failed" if self._rng.random() < 0.08 else "completed")
-            item = archive.recording(self._rng, self.cast, created_ms=created_ms,
-                                     status=status, max_bytes=self.max_file_bytes)
+            if self.deployed:
+                item = self._deployed_recording(created_ms, in_flight=i < in_flight)
+            else:
+                status = self._rng.choice(IN_FLIGHT) if i < in_flight else (
+                    "failed" if self._rng.random() < 0.08 else "completed")
+                item = archive.recording(self._rng, self.cast, created_ms=created_ms,
+                                         status=status, max_bytes=self.max_file_bytes)
             while item["id"] in self._items:
                 item["id"] = archive.new_id(self._rng, "rec_")
             key = item["id"]
@@ -89,6 +134,18 @@ class World:
         self._order = newest_first[::-1]
         for keys in self._index.values():
             keys.reverse()
+
+    def _deployed_recording(self, created_ms: int, *, in_flight: bool) -> Item:
+        if in_flight:
+            status = self._rng.choice(deployed.IN_FLIGHT)
+        else:
+            draw = self._rng.random()
+            status = "failed" if draw < 0.05 else "integrity_failure" if draw < 0.07 else (
+                "completed")
+        assert self.project_id is not None
+        return deployed.recording(self._rng, self.cast, self.project_id, created_ms=created_ms,
+                                  now_ms=self._last_ms, status=status,
+                                  max_bytes=self.max_file_bytes)
 
     # -- storage and indices ------------------------------------------------------------
 
@@ -164,8 +221,10 @@ class World:
             return self._rank[self._order[0]] - RANK_STEP
         low, high = self._rank[self._order[n - 1 - position]], self._rank[self._order[n - position]]
         if high - low < 2:
-            # The gap is used up: spread the ranks again; the order itself does not change.
-            self._rank = {key: i * RANK_STEP for i, key in enumerate(self._order)}
+            # The gap is used up: spread the ranks out by scaling them, so the order stays
+            # and a cursor made before (it carries the epoch) still names the same place.
+            self._rank = {key: rank << RANK_BITS for key, rank in self._rank.items()}
+            self._epoch += 1
             return self._rank_at(position)
         return (low + high) // 2
 
@@ -177,6 +236,32 @@ class World:
         self._last_ms = max(self._now_ms(), self._last_ms + 1)
         return self._last_ms
 
+    # -- serving ----------------------------------------------------------------------
+
+    @property
+    def deployed(self) -> bool:
+        """Whether this world speaks the deployed dialect."""
+        return self.dialect == "deployed"
+
+    @property
+    def statuses(self) -> tuple[str, ...]:
+        """The statuses of this world's dialect."""
+        return deployed.STATUSES if self.deployed else STATUSES
+
+    def _unserved_url(self, file_id: str) -> str:
+        """A URL for reads made while no simulator serves the world (it opens nothing)."""
+        expires = round(self.clock.now()) + 3600
+        return (f"http://unserved.invalid/_files/{file_id}?expires={expires}"
+                f"&sig={sign(b'unserved', file_id, expires)}")
+
+    def _served(self, key: str, sign_url: Signer | None = None) -> bytes:
+        """The stored bytes of an item as an answer carries them (a fresh `audio_url`)."""
+        body = self._items[key]
+        if self.deployed and MARK_JSON in body:
+            url = (sign_url or self.signer)(key)
+            return body.replace(MARK_JSON, orjson.dumps(url))
+        return body
+
     # -- reads ------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -187,24 +272,31 @@ class World:
             rec_id in self._items)
 
     def get(self, rec_id: str) -> Item | None:
-        """A copy of one recording as served, or None."""
-        return self._load(rec_id) if rec_id in self else None
+        """A copy of one recording as served, or None (a deployed `audio_url` is new each time)."""
+        if rec_id not in self:
+            return None
+        item: Item = orjson.loads(self._served(rec_id))
+        return item
 
     def all(self) -> list[Item]:
-        """Copies of every item, newest first, exactly as the list serves them."""
-        return [self._load(key) for key in reversed(self._order)]
+        """Copies of every item, newest first, exactly as the list serves them.
+
+        In the deployed dialect `audio_url` is signed anew for this call, so it differs
+        from what an answer carried; everything else is the same.
+        """
+        return [orjson.loads(self._served(key)) for key in reversed(self._order)]
 
     def ids(self) -> list[str]:
         """The ids of every recording, newest first (put_raw items without one are left out)."""
         return [key for key in reversed(self._order) if not key.startswith(RAW_PREFIX)]
 
     def counts(self) -> dict[str, int]:
-        """How many items have each documented status."""
-        return {s: len(self._index.get(("status", s), ())) for s in STATUSES}
+        """How many items have each status of the world's dialect."""
+        return {s: len(self._index.get(("status", s), ())) for s in self.statuses}
 
-    def detail_body(self, rec_id: str) -> bytes | None:
+    def detail_body(self, rec_id: str, sign_url: Signer | None = None) -> bytes | None:
         """The serialised recording for `GET /recordings/{id}`, or None."""
-        return self._items[rec_id] if rec_id in self else None
+        return self._served(rec_id, sign_url) if rec_id in self else None
 
     def _filtered(self, filters: list[tuple[str, str]]) -> list[str]:
         if not filters:
@@ -231,19 +323,75 @@ class World:
     def page_body(
         self, limit: int, offset: int, *, status: str | None = None,
         device_id: str | None = None, end_user_id: str | None = None,
+        sign_url: Signer | None = None,
     ) -> bytes:
         """The serialised `{"data": [...], "has_more": ...}` of one list page."""
         keys, more = self.page_keys(limit, offset, status=status, device_id=device_id,
                                     end_user_id=end_user_id)
         tail = b'],"has_more":true}' if more else b'],"has_more":false}'
-        return b'{"data":[' + b",".join([self._items[k] for k in keys]) + tail
+        return b'{"data":[' + b",".join([self._served(k, sign_url) for k in keys]) + tail
 
-    def iter_bodies(self) -> Iterator[bytes]:
+    def cursor_page_body(
+        self, limit: int, cursor: str | None = None, *, status: str | None = None,
+        device_id: str | None = None, end_user_id: str | None = None,
+        sign_url: Signer | None = None,
+    ) -> bytes:
+        """One keyset page, `{"data", "has_more", "next_cursor"}` (no cursor on the last page).
+
+        A cursor names the rank just below the last item it followed, so items created at
+        the top or deleted meanwhile do not shift the rest of a walk. InvalidCursor when
+        `cursor` was not made here.
+        """
+        wanted = (("status", status), ("device_id", device_id), ("end_user_id", end_user_id))
+        keys = self._filtered([(f, v) for f, v in wanted if v is not None])
+        end = len(keys)
+        if cursor is not None:
+            epoch, rank = decode_cursor(cursor)
+            if epoch > self._epoch:
+                raise InvalidCursor(cursor)
+            end = bisect.bisect_left(keys, rank << (RANK_BITS * (self._epoch - epoch)),
+                                     key=self._rank_of)
+        start = max(0, end - limit)
+        head = b'{"data":[' + b",".join([self._served(k, sign_url)
+                                         for k in reversed(keys[start:end])])
+        if start == 0:
+            return head + b'],"has_more":false}'
+        after = encode_cursor(self._epoch, self._rank[keys[start]]).encode()
+        return head + b'],"has_more":true,"next_cursor":"' + after + b'"}'
+
+    def iter_bodies(self, sign_url: Signer | None = None) -> Iterator[bytes]:
         """Every serialised item newest first, from a snapshot of the order."""
         for key in list(reversed(self._order)):
-            body = self._items.get(key)
-            if body is not None:
-                yield body
+            if key in self._items:
+                yield self._served(key, sign_url)
+
+    def file(self, file_id: str) -> FileRef | None:
+        """The file behind `/_files/{file_id}`: an uploaded-or-not media item's, or (deployed)
+        a recording's own file once it is stored; None when there is none."""
+        if not self.deployed:
+            media = self.find_media(file_id)
+            if media is None:
+                return None
+            return FileRef(file_id, int(media.get("file_size_bytes") or 0),
+                           str(media.get("mime_type") or "application/octet-stream"), own=False)
+        if file_id not in self:
+            return None
+        item = self._load(file_id)
+        size = deployed.file_size_of(item)
+        if size is None or not deployed.has_file(item):
+            return None
+        content_type = deployed.download_form(item, size)[0]
+        return FileRef(file_id, size, content_type or "application/octet-stream", own=True)
+
+    def download_info(self, rec_id: str) -> Item | None:
+        """Deployed: `content_type` and `file_size_bytes` as the download-url answer sends
+        them, or None while the recording has no stored file; KeyError when it is unknown."""
+        item = self._load(self._key(rec_id))
+        size = deployed.file_size_of(item)
+        if size is None or not deployed.has_file(item):
+            return None
+        content_type, size_sent = deployed.download_form(item, size)
+        return {"content_type": content_type, "file_size_bytes": size_sent}
 
     def find_media(self, media_id: str, rec_id: str | None = None) -> Item | None:
         """A copy of a media item (of `rec_id`, when given), or None."""
@@ -258,28 +406,66 @@ class World:
     # -- mutations ----------------------------------------------------------------------
 
     def create(self, **fields: Any) -> Item:
-        """Add a recording at the top: created now, pending, one pending audio item."""
-        item = archive.recording(self._rng, self.cast, created_ms=self._next_created_ms(),
-                                 status="pending", max_bytes=self.max_file_bytes)
+        """Add a recording at the top: created now, pending (documented: one pending audio item).
+
+        Deployed: a status past streaming gets a stored file (size, sha256, `audio_url`)
+        unless those fields are given.
+        """
+        created_ms = self._next_created_ms()
+        if self.deployed:
+            assert self.project_id is not None
+            item = deployed.recording(self._rng, self.cast, self.project_id,
+                                      created_ms=created_ms, now_ms=created_ms,
+                                      status="pending", max_bytes=self.max_file_bytes)
+        else:
+            item = archive.recording(self._rng, self.cast, created_ms=created_ms,
+                                     status="pending", max_bytes=self.max_file_bytes)
         item.update(_clone(fields))
         if not isinstance(item.get("id"), str) or item["id"] in self._items:
             raise ValueError(f"cannot create a recording with id {item.get('id')!r}")
+        if self.deployed:
+            deployed.settle(self._rng, item, self.max_file_bytes, given=fields)
         self._add(item["id"], item, self._top_rank())
-        return self._load(item["id"])
+        return self._public(item["id"])
 
     def update(self, rec_id: str, **fields: Any) -> Item:
-        """Change fields of a recording in place (its position in the list stays)."""
+        """Change fields of a recording in place (its position in the list stays).
+
+        Deployed: the file fields follow the status (unless given) and `updated_at`
+        moves on when anything changed (unless given).
+        """
         key = self._key(rec_id)
-        item = self._load(key)
-        item.update(_clone(fields))
+        old = self._load(key)
+        item = {**old, **_clone(fields)}
         item["id"] = rec_id  # renaming would break every index keyed on it
+        if self.deployed:
+            deployed.settle(self._rng, item, self.max_file_bytes, given=fields)
+            self._touch(item, old, fields)
         self._replace(key, item)
-        return self._load(key)
+        return self._public(key)
+
+    def _public(self, key: str) -> Item:
+        """A stored item as `get` returns it."""
+        item: Item = orjson.loads(self._served(key))
+        return item
+
+    def _touch(self, item: Item, old: Item, given: Collection[str] = ()) -> None:
+        """Deployed: move `updated_at` on (strictly) when anything else changed."""
+        if "updated_at" in given or item == old:
+            return
+        before = parse_iso_ms(old.get("updated_at"))
+        now = self._now_ms()
+        item["updated_at"] = iso_ms(now if before is None else max(now, before + 1))
+
+    def _no_media(self) -> None:
+        if self.deployed:
+            raise ValueError("the deployed dialect has no media items: a recording has one file")
 
     def add_media(
         self, rec_id: str, type: str = "audio", status: str = "pending", **fields: Any,
     ) -> Item:
         """Append a media item to a recording and return the new item."""
+        self._no_media()
         key = self._key(rec_id)
         item = self._load(key)
         media = archive.media_item(self._rng, type, status=status, created_ms=self._now_ms(),
@@ -292,6 +478,7 @@ class World:
     def _edit_media(
         self, rec_id: str, media_id: str, edit: Callable[[list[Item], int], None],
     ) -> Item:
+        self._no_media()
         key = self._key(rec_id)
         item = self._load(key)
         media = item.get("media") or []
@@ -322,7 +509,10 @@ class World:
     def delete(self, rec_id: str) -> Item:
         """Remove a recording (later items move up one place); returns its last state."""
         key = self._key(rec_id)
-        return self._remove_key(key)
+        item = self._remove_key(key)
+        if self.deployed and item.get("audio_url") == deployed.AUDIO_MARK:
+            item["audio_url"] = self.signer(key)  # as served last (the file is gone now)
+        return item
 
     def _remove_key(self, key: str) -> Item:
         item = self._detach(key)
@@ -353,20 +543,28 @@ class World:
             "create": self._move_create, "advance": self._move_advance,
             "media": self._move_media, "edit": self._move_edit, "delete": self._move_delete,
         }
-        names, weights = list(MOVE_WEIGHTS), list(MOVE_WEIGHTS.values())
+        table = DEPLOYED_MOVE_WEIGHTS if self.deployed else MOVE_WEIGHTS
+        names, weights = list(table), list(table.values())
         return [moves[self._rng.choices(names, weights)[0]]() for _ in range(n)]
 
     def _move_create(self) -> str:
         return f"created {self.create()['id']}"
 
     def _move_advance(self) -> str:
-        keys = [k for s in IN_FLIGHT for k in self._index.get(("status", s), [])]
+        in_flight = deployed.IN_FLIGHT if self.deployed else IN_FLIGHT
+        keys = [k for s in in_flight for k in self._index.get(("status", s), [])]
         if not keys:
             return self._move_create()
         key = self._rng.choice(keys)
         item = self._load(key)
         before = item.get("status")
-        self._replace(key, archive.advance(self._rng, item, self.max_file_bytes))
+        if self.deployed:
+            old = dict(item)
+            deployed.advance(self._rng, item, self.max_file_bytes, self._now_ms())
+            self._touch(item, old)
+            self._replace(key, item)
+        else:
+            self._replace(key, archive.advance(self._rng, item, self.max_file_bytes))
         return f"{item.get('id')} {before}->{item.get('status')}"
 
     def _move_media(self) -> str:
@@ -397,7 +595,10 @@ class World:
             field, value = "metadata", archive.random_metadata(self._rng)
         if value == item.get(field):
             field, value = "name", f"{item.get('name') or 'Recording'} (edited)"
+        old = dict(item)
         item[field] = value
+        if self.deployed:
+            self._touch(item, old)
         self._replace(key, item)
         return f"{item.get('id')} {field} edited"
 
