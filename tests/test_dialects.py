@@ -8,17 +8,20 @@ botasync is told neither: it learns which from the answers.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from botasync.app import App
 from botasync.client import Page
 from botasync.errors import PaginationError
 from botasync.pages import Pager
 from botasync.simulator import Simulator, World, serve
+from botasync.simulator.deployed import encode_cursor
 from tests.mirror import mirror_diff
 from tests.test_sync import full_sync, kinds, make_cfg, table_rows
 
@@ -211,3 +214,68 @@ async def test_a_broken_cursor_chain_stops_after_the_last_good_page(
 async def test_a_cursor_chain_ends_where_has_more_is_false() -> None:
     pages = {None: Page([{"id": "a"}], True, "c1"), "c1": Page([{"id": "b"}], False, None)}
     assert await _drain(_pager(pages, depth=4)) == [["a"], ["b"]]
+
+
+# -- a walk's checkpoint by cursor ------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Stands for a process stopped mid-walk (the kill -9 torture does it for real)."""
+
+
+async def _interrupted_at(cfg: Any, items: int) -> None:
+    def stop_past(stats: Any, position: int, total: int | None) -> None:
+        if position >= items:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        async with await App.open(cfg, on_progress=stop_past) as app:
+            await app.syncer.full()
+
+
+@pytest.fixture
+async def deployed_sim() -> AsyncIterator[Simulator]:
+    async with serve(World(seed=24, recordings=1500, dialect="deployed"), rate_limit=None) as s:
+        yield s
+
+
+async def test_a_cursor_walk_resumes_where_it_stopped(
+    deployed_sim: Simulator, tmp_path: Path,
+) -> None:
+    """The checkpoint holds the cursor: a resumed walk asks for no page twice."""
+    db = tmp_path / "botasync.db"
+    cfg = make_cfg(deployed_sim, db)
+    await _interrupted_at(cfg, 500)
+    (position, cursor), = table_rows(db, "SELECT position, cursor FROM sync_runs")
+    assert position == 500 and cursor
+    deployed_sim.world.create(name="made while stopped")  # at the top: shifts no cursor
+    mark = len(deployed_sim.requests)
+    stats = await full_sync(cfg)
+    queries = [r.query for r in deployed_sim.requests[mark:] if r.path == "/v1/recordings"]
+    assert len(queries) == 10 and "cursor=" in queries[0]
+    assert stats.complete and stats.deleted == 0
+    # the one created at the top while stopped is found by the next walk (or the head pass)
+    await full_sync(cfg)
+    assert mirror_diff(db, deployed_sim.world.all()) == []
+
+
+@pytest.mark.parametrize("saved", ["refused", "first_page"])
+async def test_a_lost_cursor_restarts_the_walk_once(
+    deployed_sim: Simulator, tmp_path: Path, saved: str,
+) -> None:
+    """A saved cursor the API refuses (400) or answers with the first page: start again."""
+    db = tmp_path / "botasync.db"
+    cfg = make_cfg(deployed_sim, db)
+    await _interrupted_at(cfg, 500)
+    # a cursor above the newest recording names the list's first page
+    cursor = "not-a-cursor!" if saved == "refused" else encode_cursor(0, 1 << 62)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE sync_runs SET cursor = ?", (cursor,))
+    mark = len(deployed_sim.requests)
+    with capture_logs() as logs:
+        stats = await full_sync(cfg)
+    restarts = [e for e in logs if e["event"] == "walk_restarted"]
+    assert len(restarts) == 1
+    lists = [r for r in deployed_sim.requests[mark:] if r.path == "/v1/recordings"]
+    assert 15 <= len(lists) <= 17 and stats.complete
+    assert mirror_diff(db, deployed_sim.world.all()) == []
