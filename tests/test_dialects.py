@@ -205,9 +205,13 @@ async def test_a_broken_cursor_chain_stops_after_the_last_good_page(
 ) -> None:
     """Every page that came is handed out, then one clear error: never a loop."""
     got: list[Any] = []
-    with pytest.raises(PaginationError, match=message):
+
+    async def collect() -> None:
         async for read in _pager(pages, depth).pages():
             got.append([i["id"] for i in read.page.items])
+
+    with pytest.raises(PaginationError, match=message):
+        await collect()
     assert got == [["a"], ["b"]]
 
 
