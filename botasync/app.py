@@ -6,7 +6,11 @@ replay`, `config check`) are here too: each opens what it needs and calls one th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from botasync import retention
 from botasync.budget import RequestBudget
@@ -25,8 +29,9 @@ SHUTDOWN_GRACE_S = 5.0
 
 
 def require_key(cfg: Config) -> str:
-    """The API key, registered for redaction; a missing one is a config error."""
-    key = cfg.api_key()
+    """The API key (read from `api_key_file` now), registered for redaction; a missing one
+    is a config error. Only the commands that call the API ask for it."""
+    key = cfg.resolve_key()
     if not key:
         raise ConfigError("[api] api_key: no API key (set BOTA_API_KEY, api_key or api_key_file)")
     add_secret(key)
@@ -54,7 +59,7 @@ class App(AsyncClosing):
     ) -> App:
         """Open the database (migrating it), build the handlers and the client."""
         require_key(cfg)
-        handlers = [build_handler(h) for h in cfg.handlers] + list(extra_handlers)
+        handlers = build_handlers(cfg) + list(extra_handlers)
         store = await Store.open(cfg.database.path)
         budget = RequestBudget(cfg.api.requests_per_minute)
         share = max(1, int(cfg.api.requests_per_minute * cfg.sync.reconcile_budget_share))
@@ -93,12 +98,61 @@ class App(AsyncClosing):
         await self.store.aclose()
 
 
+def build_handlers(cfg: Config, names: Sequence[str] | None = None) -> list[Handler]:
+    """The configured handlers (or those named), checked now: a command that does not
+    exist stops the start, like a python target that does not import."""
+    withhold = cfg.secret_env_names()
+    return [build_handler(h, withhold=withhold, check=True) for h in cfg.handlers
+            if names is None or h.name in names]
+
+
+DB_SUFFIXES = ("", "-wal", "-shm")
+
+
+def _db_files(path: str | Path) -> list[Path]:
+    return [Path(f"{path}{suffix}") for suffix in DB_SUFFIXES]
+
+
+def _remove_if_empty(db: Path) -> None:
+    """Remove a database this run created if it holds no recording (a failed first sync)."""
+    try:
+        uri = f"{db.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            kept = conn.execute("SELECT count(*) FROM recordings").fetchone()[0]
+    except sqlite3.Error:
+        kept = 0  # no tables: the run failed before its first migration
+    if not kept:
+        for f in _db_files(db):
+            with contextlib.suppress(OSError):  # never there (its parent is a file, say)
+                f.unlink(missing_ok=True)
+
+
 async def sync_once(
     cfg: Config, *, full: bool = True, deliver_timeout: float = 30.0,
     on_progress: Progress | None = None,
+    on_budget: Callable[[RequestBudget], None] | None = None,
 ) -> tuple[list[PassStats], bool]:
-    """`botasync sync`: one pass (full, or quick), then deliver its events for a while."""
+    """`botasync sync`: one pass (full, or quick), then deliver its events for a while.
+
+    A first sync that fails (a rejected key, an API not there) leaves no empty database.
+    """
+    db = Path(cfg.database.path)
+    fresh = not any(f.exists() for f in _db_files(db))
+    try:
+        return await _sync_once(cfg, full, deliver_timeout, on_progress, on_budget)
+    except BaseException:
+        if fresh:
+            await asyncio.shield(asyncio.to_thread(_remove_if_empty, db))
+        raise
+
+
+async def _sync_once(
+    cfg: Config, full: bool, deliver_timeout: float, on_progress: Progress | None,
+    on_budget: Callable[[RequestBudget], None] | None,
+) -> tuple[list[PassStats], bool]:
     async with await App.open(cfg, on_progress=on_progress) as app:
+        if on_budget is not None:
+            on_budget(app.budget)
         await app.dispatcher.start()
         stats = [await app.syncer.full()] if full else await app.syncer.quick()
         delivered = await app.dispatcher.drain(deliver_timeout) if cfg.handlers else True
@@ -115,7 +169,7 @@ async def replay_events(
     if handler not in names:
         known = ", ".join(names) or "none"
         raise ConfigError(f"no handler named {handler!r} (configured: {known})")
-    handlers = [build_handler(h) for h in cfg.handlers if h.name == handler]
+    handlers = build_handlers(cfg, [handler])
     async with await Store.open(cfg.database.path) as store:
         dispatcher = Dispatcher(store, handlers, cfg.events)
         try:
@@ -131,8 +185,7 @@ async def check(cfg: Config) -> list[str]:
     source = ("BOTA_API_KEY / api_key" if not cfg.api.api_key_file
               else f"api_key_file {cfg.api.api_key_file}")
     lines.append(f"API key found ({key[:8]}..., from {source})")
-    for h in cfg.handlers:
-        build_handler(h)
+    build_handlers(cfg)
     if cfg.handlers:
         names = ", ".join(h.name for h in cfg.handlers)
         lines.append(f"{len(cfg.handlers)} handler(s) ready: {names}")

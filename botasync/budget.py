@@ -147,6 +147,11 @@ class RequestBudget:
             wait = max(wait, self._last_start + self._pace_interval - now)
         return max(wait, 0.0)
 
+    def queued_wait(self) -> float:
+        """Seconds the next queued request still waits for a slot: 0 when none is queued
+        (a progress bar says "waiting for the rate limit" instead of a frozen ETA)."""
+        return self.delay() if self._queue else 0.0
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one slot around one HTTP request."""

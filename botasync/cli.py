@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import os
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -21,13 +23,31 @@ from rich.table import Table
 
 from botasync import __version__, config, health, queries
 from botasync.errors import BotasyncError
-from botasync.events import utc_now
+from botasync.events import iso, utc_now
 from botasync.jsoncodec import dumps
 from botasync.logging import configure, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class _Console(Console):
+    """rich's Console, except that a reader gone (`| head`) ends the command quietly, exit 0:
+    it had what it wanted."""
+
+    def on_broken_pipe(self) -> None:
+        _quiet_stdout()
+        raise SystemExit(0)
+
+
 # off a terminal (a pipe, a file) tables get room instead of rich's default 80 columns
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+out = _Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -38,9 +58,11 @@ class State:
         self.config_path: str | None = None
         self.debug = False
 
-    def load(self, **overrides: dict[str, Any]) -> config.Config:
-        cfg = config.load(self.config_path, overrides=overrides or None)
-        configure(cfg.logging.level, cfg.logging.format)
+    def load(self, *, mute: tuple[str, ...] = ()) -> config.Config:
+        """The configuration; the key file is read later, only by commands that call the API
+        (`status` on a server must not need the daemon's systemd credential)."""
+        cfg = config.load(self.config_path, resolve_key=False)
+        configure(cfg.logging.level, cfg.logging.format, mute=mute)
         return cfg
 
 
@@ -69,6 +91,9 @@ def handle_errors(f: F) -> F:
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
+        except BrokenPipeError:
+            _quiet_stdout()  # `botasync status | head -2`: the reader has all it wanted
+            sys.exit(0)
 
     return wrapper  # type: ignore[return-value]
 
@@ -124,11 +149,17 @@ def sync(full: bool, deliver_timeout: float, as_json: bool) -> None:
     from botasync.app import sync_once
     from botasync.progress import walk_progress
 
-    cfg = _state().load()
-    with walk_progress(err, cfg.api.requests_per_minute, enabled=not as_json) as progress:
-        stats, delivered = run_async(
-            sync_once(cfg, full=full, deliver_timeout=deliver_timeout, on_progress=progress)
-        )
+    # on a terminal the summary below reports the pass: the log must not say it again
+    cfg = _state().load(mute=("pass_done",) if err.is_terminal and not as_json else ())
+    try:
+        with walk_progress(err, cfg.api.requests_per_minute, cfg.sync.page_size,
+                           enabled=not as_json) as progress:
+            stats, delivered = run_async(sync_once(
+                cfg, full=full, deliver_timeout=deliver_timeout, on_progress=progress,
+                on_budget=progress.watch_budget if progress else None))
+    except KeyboardInterrupt:
+        err.print(escape(_where_it_resumes(cfg)), soft_wrap=True)
+        sys.exit(130)
     if as_json:
         _print_json({"passes": [s.as_dict() for s in stats], "delivered": delivered})
         return
@@ -137,6 +168,19 @@ def sync(full: bool, deliver_timeout: float, as_json: bool) -> None:
     if not delivered:
         click.echo(f"some events are still undelivered after {deliver_timeout:g} s; "
                    "they stay in the outbox for the next run", err=True)
+
+
+def _where_it_resumes(cfg: config.Config) -> str:
+    """After Ctrl-C: where the next `botasync sync` picks the walk up."""
+    if not Path(cfg.database.path).exists():
+        return "interrupted before anything was saved; the next `botasync sync` starts afresh"
+    try:
+        walk = run_async(_with_store(cfg, queries.resume_point))
+    except BotasyncError:
+        walk = None
+    if walk is None:
+        return "interrupted; the next `botasync sync` runs a new pass"
+    return f"interrupted; {walk}"
 
 
 @main.command()
@@ -160,16 +204,26 @@ def run() -> None:
 @click.option("--check", is_flag=True,
               help="For monitoring: exit 1 if passes stopped or failed, or letters are dead.")
 @click.option("--max-age", "max_age_s", type=click.FloatRange(min=1), metavar="SECONDS",
-              help="With --check: how old the newest pass may be (default 3 intervals).")
+              help="With --check: how old the newest finished pass may be "
+                   "(default 3 intervals).")
+@click.option("--max-undelivered-age", "max_undelivered_s", type=click.FloatRange(min=0),
+              metavar="SECONDS",
+              help="With --check: how long an event may wait for a handler (default "
+                   "[events] max_undelivered_age_s; 0: no limit).")
 @handle_errors
-def status(as_json: bool, check: bool, max_age_s: float | None) -> None:
+def status(as_json: bool, check: bool, max_age_s: float | None,
+           max_undelivered_s: float | None) -> None:
     """Last passes, recordings by status, outbox backlog, dead deliveries, budget."""
     from botasync.status import collect
 
     cfg = _state().load()
     data = run_async(collect(cfg))
     if check:
-        _check(data, max_age_s or health.default_max_age(cfg.sync.interval_s), as_json)
+        limits = health.Limits(
+            max_age_s=max_age_s or health.default_max_age(cfg.sync.interval_s),
+            max_undelivered_s=cfg.events.max_undelivered_age_s
+            if max_undelivered_s is None else max_undelivered_s)
+        _check(data, limits, as_json)
     if as_json:
         _print_json(data)
         return
@@ -178,10 +232,10 @@ def status(as_json: bool, check: bool, max_age_s: float | None) -> None:
     render(out, data)
 
 
-def _check(data: dict[str, Any], max_age_s: float, as_json: bool) -> NoReturn:
+def _check(data: dict[str, Any], limits: health.Limits, as_json: bool) -> NoReturn:
     """`status --check`: print the verdict and exit 0 (healthy) or 1."""
     now = utc_now()
-    found = health.problems(data, max_age_s=max_age_s, now=now)
+    found = health.problems(data, limits, now=now)
     if as_json:
         _print_json({"ok": not found, "problems": found})
     elif found:
@@ -200,21 +254,47 @@ def recordings() -> None:
     """Query the mirrored recordings."""
 
 
-async def _with_store(cfg: config.Config, fn: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+async def _with_store(cfg: config.Config, fn: Callable[[Any], Coroutine[Any, Any, Any]],
+                      *, write: bool = False) -> Any:
+    """Open the existing database for one call: read-only (`mode=ro`, nothing written, no
+    migration) unless the command writes."""
     from botasync.store import Store
 
     if not Path(cfg.database.path).exists():
         raise BotasyncError(f"no database at {cfg.database.path}: run `botasync sync` first")
-    async with await Store.open(cfg.database.path) as store:
+    opener = Store.open if write else Store.open_readonly
+    async with await opener(cfg.database.path) as store:
         return await fn(store)
+
+
+def _since(_ctx: click.Context, _p: click.Parameter, value: str | None) -> str | None:
+    """`--since`: an ISO 8601 date or time (UTC unless it says), as stored; else exit 2."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date or time (like 2026-11-01 or "
+            "2026-11-01T09:30Z)") from None
+    if len(value) == 10:  # a date alone: the stored timestamps compare as text
+        return when.date().isoformat()
+    return iso(when if when.tzinfo else when.replace(tzinfo=UTC))
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (plural or word + 's')}"
 
 
 @recordings.command("list")
 @_config_option
-@click.option("--status", type=click.Choice(config.RECORDING_STATUSES), help="Only this status.")
+@click.option("--status", metavar="STATUS",
+              help=f"Only this status ({', '.join(config.RECORDING_STATUSES)}, or any other "
+                   "the API sent).")
 @click.option("--device", help="Only this device id.")
 @click.option("--user", help="Only this end user id.")
-@click.option("--since", metavar="ISO", help="Created at or after this time (ISO 8601).")
+@click.option("--since", metavar="ISO", callback=_since,
+              help="Created at or after this date or time (ISO 8601, UTC unless it says).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--deleted", is_flag=True, help="Include tombstoned (deleted) recordings.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -223,9 +303,14 @@ def recordings_list(status: str | None, device: str | None, user: str | None,
                     since: str | None, limit: int, deleted: bool, as_json: bool) -> None:
     """List recordings, newest first."""
     cfg = _state().load()
-    rows = run_async(_with_store(cfg, lambda s: queries.list_recordings(
-        s, status=status, device=device, user=user, since=since, limit=limit,
-        include_deleted=deleted)))
+    filters: dict[str, Any] = {"status": status, "device": device, "user": user,
+                               "since": since, "include_deleted": deleted}
+
+    async def both(s: Any) -> tuple[list[dict[str, Any]], int]:
+        return (await queries.list_recordings(s, limit=limit, **filters),
+                await queries.count_recordings(s, **filters))
+
+    rows, total = run_async(_with_store(cfg, both))
     if as_json:
         _print_json(rows)
         return
@@ -243,7 +328,9 @@ def recordings_list(status: str | None, device: str | None, user: str | None,
         table.add_row(r["id"], r["status"], name, r["device_id"] or "",
                       _duration(r["duration_ms"]), (r["created_at"] or "")[:16].replace("T", " "))
     out.print(table)
-    out.print(f"[dim]{len(rows)} recordings[/dim]")
+    more = f" of {total:,}, --limit for more" if total > len(rows) else ""
+    out.print(f"[dim]{_plural(len(rows), 'recording')}{more}[/dim]" if not more else
+              f"[dim]{len(rows):,}{more}[/dim]")
 
 
 def _duration(ms: int | None) -> str:
@@ -271,7 +358,8 @@ def recordings_show(recording_id: str, as_json: bool) -> None:
     fields = Table(show_header=False, box=None)
     for k, v in rec.items():
         if k not in ("media", "events"):
-            fields.add_row(f"[bold]{k}[/bold]", "" if v is None else str(v))
+            text = "" if v is None else dumps(v) if isinstance(v, dict | list) else str(v)
+            fields.add_row(f"[bold]{k}[/bold]", escape(text))
     out.print(fields)
     media = Table("media", "type", "mime", "bytes", "status", title="media", box=None)
     for m in rec["media"]:
@@ -352,12 +440,13 @@ def events_prune(days: int | None, dry_run: bool, as_json: bool) -> None:
         days = cfg.events.retention_days
     handlers = [h.name for h in cfg.handlers]
     result = run_async(_with_store(cfg, lambda s: retention.prune_events(
-        s, retention.cutoff(days), handlers, dry_run=dry_run)))
+        s, retention.cutoff(days), handlers, dry_run=dry_run), write=not dry_run))
     if as_json:
         _print_json({**dataclasses.asdict(result), "dry_run": dry_run})
         return
     verb = "would forget" if dry_run else "forgot"
-    click.echo(f"{verb} {result.events} settled event(s) created before {result.before}")
+    click.echo(f"{verb} {_plural(result.events, 'settled event')} created before "
+               f"{result.before}")
 
 
 # --- config ------------------------------------------------------------------------------
@@ -386,7 +475,13 @@ def config_check() -> None:
 def config_show() -> None:
     """Print the effective configuration (file + environment) with the key redacted."""
     cfg = _state().load()
-    _print_json(cfg.redacted())
+    data = cfg.redacted()
+    if sys.stdout.isatty():  # for a person: indented; for a pipe: one line of JSON
+        import json
+
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_json(data)
 
 
 # --- simulator and demo ----------------------------------------------------------------------
@@ -412,25 +507,46 @@ def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: 
     from botasync.simulator import DEFAULT_API_KEYS, World, run_forever
 
     configure("info", "auto")
+    if not _is_loopback(host):
+        err.print(f"[yellow]warning:[/yellow] binding {escape(host)}, not a loopback address: "
+                  "anyone who can reach this host can use the simulator", soft_wrap=True)
     world = World(seed=seed, recordings=n)
 
     def ready(sim: Any) -> None:
         err.print(f"simulator serving {n} recordings at [bold]{sim.url}[/bold] (key {api_key}); "
                   f"try: BOTA_API_URL={sim.url} BOTA_API_KEY={api_key} botasync sync")
 
-    run_async(run_forever(
-        world, host=host, port=port,
-        api_keys={**DEFAULT_API_KEYS, api_key: {"recordings:read"}},
-        rate_limit=None if no_rate_limit else rate_limit,
-        download_rate_limit=None if no_rate_limit else 30, latency_s=latency_ms / 1000,
-        move_every_s=move_every or None, on_ready=ready))
+    try:
+        run_async(run_forever(
+            world, host=host, port=port,
+            api_keys={**DEFAULT_API_KEYS, api_key: {"recordings:read"}},
+            rate_limit=None if no_rate_limit else rate_limit,
+            download_rate_limit=None if no_rate_limit else 30, latency_s=latency_ms / 1000,
+            move_every_s=move_every or None, on_ready=ready))
+    except OSError as e:
+        why = os.strerror(e.errno).lower() if e.errno else str(e)
+        raise BotasyncError(f"cannot serve on {host}:{port}: {why}"
+                            + (" (try --port 0 for any free port)"
+                               if e.errno in (98, 48) else "")) from None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 @main.command()
 @click.option("--for", "seconds", type=click.FloatRange(1, None), metavar="SECONDS",
               help="Stop by itself after this many seconds (default: run until Ctrl-C).")
 @click.option("--db", "db_path", default="botasync-demo.db", show_default=True,
-              help="Where the demo mirror goes (replaced at each start).")
+              help="Where the demo mirror goes (a previous demo's is replaced; any other "
+                   "file is refused).")
 @click.option("--recordings", "n", type=click.IntRange(1, 100_000), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--move-every", type=click.FloatRange(0.1, None), default=1.5, show_default=True,
@@ -443,10 +559,28 @@ def demo(seconds: float | None, db_path: str, n: int, seed: int, move_every: flo
     configure("warning", "auto")
     printer = run_async(run_demo(out, db=Path(db_path), seconds=seconds, recordings=n,
                                  seed=seed, move_every_s=move_every))
-    out.print(f"\n[bold]{printer.count} events delivered[/bold] "
-              f"({printer.status_changes} status changes). Try next:")
+    out.print(f"\n[bold]{_plural(printer.count, 'event')} delivered[/bold] "
+              f"({_plural(printer.status_changes, 'status change')}). Try next:", soft_wrap=True)
     for line in next_steps(Path(db_path)):
-        out.print(f"  {line}", highlight=False, markup=False)
+        out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+
+
+# --- snapshot ------------------------------------------------------------------------------
+
+
+@main.command()
+@_config_option
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+@handle_errors
+def snapshot(path: str) -> None:
+    """Write a consistent copy of the database to PATH (SQLite VACUUM INTO), safe while the
+    daemon runs; open the copy with anything, Datasette --immutable included."""
+    from botasync.snapshot import snapshot as take
+
+    cfg = _state().load()
+    size = run_async(take(cfg.database.path, path))
+    out.print(f"snapshot of {escape(cfg.database.path)} written to {escape(path)} "
+              f"({size / 1e6:.1f} MB)", soft_wrap=True)
 
 
 # the `files` group builds on the helpers above, so it is imported last

@@ -7,6 +7,7 @@ the key file; every problem becomes one `ConfigError` line that names the key.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -26,7 +28,11 @@ from botasync.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.bota.dev/v1"
 MediaType = Literal["audio", "image", "video"]
-RECORDING_STATUSES = ("pending", "uploaded", "processing", "completed", "failed")
+# the statuses both dialects send (the deployed API adds streaming and integrity_failure);
+# a filter accepts any other string too: an API may add statuses before botasync knows them
+RECORDING_STATUSES = ("pending", "streaming", "uploaded", "processing", "completed", "failed",
+                      "integrity_failure")
+API_KEY_ENV = "BOTA_API_KEY"
 
 
 class _Section(BaseModel):
@@ -80,6 +86,8 @@ class EventsConfig(_Section):
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(3600.0, gt=0)
     retention_days: int = Field(90, ge=0)  # settled events older than this go; 0 keeps all
+    # `status --check`: an event a handler has not taken for this long is a problem; 0: never
+    max_undelivered_age_s: float = Field(3600.0, ge=0)
 
 
 class _Handler(_Section):
@@ -93,6 +101,8 @@ class CommandHandlerConfig(_Handler):
 
     type: Literal["command"]
     command: list[str] = Field(min_length=1)
+    # botasync's own secrets (BOTA_API_KEY, every secret_env) reach the program only if named
+    pass_env: list[str] = Field(default_factory=list)
 
 
 class WebhookHandlerConfig(_Handler):
@@ -163,6 +173,7 @@ class Config(_Section):
     handlers: list[HandlerConfig] = Field(default_factory=list)
     media: MediaConfig = Field(default_factory=MediaConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    _key_base: Path | None = PrivateAttr(default=None)  # where a relative api_key_file is
 
     @field_validator("handlers")
     @classmethod
@@ -176,6 +187,22 @@ class Config(_Section):
     def api_key(self) -> str:
         """The API key in clear, for the Authorization header only."""
         return self.api.api_key.get_secret_value()
+
+    def resolve_key(self) -> str:
+        """The key, read from `api_key_file` now if it was not given directly.
+
+        Only the commands that call the API do this: the others (`status`, queries)
+        run on a server where the key is a systemd credential they cannot see.
+        """
+        _resolve_key_file(self, self._key_base or Path.cwd())
+        return self.api_key()
+
+    def secret_env_names(self) -> set[str]:
+        """The environment variables holding botasync's own secrets (kept from handlers)."""
+        names = {API_KEY_ENV}
+        names.update(h.secret_env for h in self.handlers
+                     if isinstance(h, WebhookHandlerConfig) and h.secret_env)
+        return names
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, the key shown as `***`."""
@@ -198,12 +225,36 @@ def _describe(err: ValidationError) -> str:
     else:
         where, key = (loc[0] if loc else "config"), ""
     msg = first["msg"]
+    if first["type"] == "extra_forbidden" and len(loc) == 1:
+        return _unknown_section(loc[0], first.get("input"))
     if first["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + _did_you_mean(loc[-1], _known_keys(loc))
     elif first["type"] == "union_tag_invalid" or first["type"] == "union_tag_not_found":
         msg = "type must be one of command, webhook, python, log"
     extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{where} {key}: {msg}{extra}" if key else f"{where}: {msg}{extra}"
+
+
+def _did_you_mean(word: str, known: list[str], fmt: str = "{}") -> str:
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean {fmt.format(close[0])}?" if close else ""
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    """The keys a section knows, for a suggestion (sections only, not handlers)."""
+    field = Config.model_fields.get(loc[0])
+    model = field.annotation if field else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _unknown_section(name: str, value: Any) -> str:
+    """`unknown section [synk]; did you mean [sync]?` (a top-level key if not a table)."""
+    known = list(Config.model_fields)
+    if isinstance(value, dict):
+        return f"unknown section [{name}]" + _did_you_mean(name, known, "[{}]")
+    return f"{name}: unknown key" + _did_you_mean(name, known, "[{}]")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -214,6 +265,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except PermissionError:
         raise ConfigError(f"config file {path} is not readable") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     except UnicodeDecodeError:
@@ -225,8 +280,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     api = data.setdefault("api", {})
     if not isinstance(api, dict):
         raise ConfigError("[api] must be a table")
-    if env.get("BOTA_API_KEY"):
-        api["api_key"] = env["BOTA_API_KEY"]
+    if env.get(API_KEY_ENV):
+        api["api_key"] = env[API_KEY_ENV]
     if env.get("BOTA_API_URL"):
         api["base_url"] = env["BOTA_API_URL"]
     if env.get("BOTASYNC_DB"):
@@ -242,7 +297,12 @@ def _resolve_key_file(cfg: Config, base: Path) -> None:
         return
     raw = cfg.api.api_key_file
     if "%d" in raw:
-        raw = raw.replace("%d", os.environ.get("CREDENTIALS_DIRECTORY", ""))
+        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        if not creds:
+            raise ConfigError(
+                f"[api] api_key_file: {raw} needs $CREDENTIALS_DIRECTORY (systemd's "
+                "LoadCredential= sets it; elsewhere set it, or BOTA_API_KEY)")
+        raw = raw.replace("%d", creds)
     path = Path(raw) if Path(raw).is_absolute() else base / raw
     try:
         key = path.read_text(encoding="utf-8").strip()
@@ -269,8 +329,14 @@ def load(
     path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    resolve_key: bool = True,
 ) -> Config:
-    """Read, merge and validate the configuration; raise `ConfigError` with one line."""
+    """Read, merge and validate the configuration; raise `ConfigError` with one line.
+
+    `resolve_key=False` leaves `api_key_file` unread (`Config.resolve_key` reads it later):
+    for the commands that never call the API.
+    """
     env = os.environ if env is None else env
     file = config_path(path, env)
     data: dict[str, Any] = _read_toml(file) if file else {}
@@ -281,5 +347,7 @@ def load(
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_describe(e)) from None
-    _resolve_key_file(cfg, file.parent if file else Path.cwd())
+    cfg._key_base = file.parent if file else Path.cwd()
+    if resolve_key:
+        cfg.resolve_key()
     return cfg

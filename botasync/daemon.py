@@ -9,14 +9,17 @@ signal exits at once (the outbox keeps what was not delivered).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from botasync.app import App
@@ -57,13 +60,38 @@ class Notifier:
             log.warning("sd_notify_failed", error=str(e))
 
 
+class _QuietMaxInstances(logging.Filter):
+    """Drop APScheduler's own "maximum number of running instances reached" warning: the
+    daemon says it in its words, once per run of skips, with a count (`ticks_skipped`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_QuietMaxInstances())
+
+
+def daemon_lock(db: str | Path) -> ExclusiveLock:
+    """One daemon per database: a second would poll twice and deliver everything twice."""
+    path = Path(db)
+    return ExclusiveLock(path.with_name(path.name + ".lock"),
+                         f"another botasync daemon is already using {path}")
+
+
 class Daemon:
-    """`botasync run`: passes on a schedule until a signal; `stop()` ends it from code."""
+    """`botasync run`: passes on a schedule until a signal; `stop()` ends it from code.
+
+    `lock`: the database's lock when the caller took it already (the demo does, before
+    it touches the file).
+    """
 
     def __init__(self, cfg: Config, *, handle_signals: bool = True,
                  notifier: Notifier | None = None, extra_handlers: Sequence[Handler] = (),
-                 on_pass: Callable[[PassStats], None] | None = None) -> None:
+                 on_pass: Callable[[PassStats], None] | None = None,
+                 lock: ExclusiveLock | None = None) -> None:
         self.cfg = cfg
+        self.lock = lock or daemon_lock(cfg.database.path)
+        self.skipped: dict[str, int] = {}  # ticks not started: the previous one still ran
         self.extra_handlers = list(extra_handlers)
         self.on_pass = on_pass
         self.handle_signals = handle_signals
@@ -83,17 +111,12 @@ class Daemon:
 
     async def run(self) -> int:
         """Open, schedule, serve until stopped, close; return the exit code."""
-        async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
-            with self._lock(app):
+        # the lock first: a second daemon must not even open (and migrate) the database
+        with self.lock:
+            async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
                 await self._serve(app)
         log.info("daemon_stopped", exit_code=self.exit_code)
         return self.exit_code
-
-    def _lock(self, app: App) -> ExclusiveLock:
-        """One daemon per database: a second would poll twice and deliver everything twice."""
-        db = app.store.path
-        return ExclusiveLock(db.with_name(db.name + ".lock"),
-                             f"another botasync daemon is already using {db}")
 
     async def _serve(self, app: App) -> None:
         """Schedule the passes and serve until stopped, then shut down."""
@@ -116,6 +139,7 @@ class Daemon:
 
     def _schedule(self, app: App) -> AsyncIOScheduler:
         sched = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        sched.add_listener(self._on_skip, EVENT_JOB_MAX_INSTANCES)
         now = datetime.now().astimezone()
         opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         sched.add_job(self._job, "interval", args=["tick", app.syncer.quick], id="tick",
@@ -133,10 +157,22 @@ class Daemon:
                       **opts)
         return sched
 
+    def _on_skip(self, event: JobSubmissionEvent) -> None:
+        """A run came due while the last one still ran (a slow walk, an API retrying)."""
+        self.skipped[event.job_id] = self.skipped.get(event.job_id, 0) + 1
+
+    def _report_skips(self, name: str) -> None:
+        """Say once, with the count, how many runs were skipped since the last one started."""
+        count = self.skipped.pop(name, 0)
+        if count:
+            log.warning("ticks_skipped", job=name, count=count,
+                        reason=f"the previous {name} pass was still running")
+
     async def _job(self, name: str, body: Callable[[], Awaitable[Any]]) -> None:
         """Run one pass; an error is logged and the schedule goes on, except a rejected key."""
         if self._stop.is_set():
             return
+        self._report_skips(name)
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
@@ -203,4 +239,6 @@ class Daemon:
             task.cancel()
         if self._running:
             await asyncio.wait(list(self._running), timeout=SHUTDOWN_GRACE_S)
+        for name in list(self.skipped):
+            self._report_skips(name)
         await self._save_state()

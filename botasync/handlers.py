@@ -14,9 +14,10 @@ import importlib
 import importlib.metadata
 import inspect
 import os
+import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -163,19 +164,45 @@ def _exit_reason(code: int, stderr: bytes) -> str:
     return f"{what}: {err}" if err else what
 
 
-class CommandHandler:
-    """Run a program (argv, never a shell) with the event JSON on stdin."""
+def handler_env(
+    base: Mapping[str, str], withhold: Collection[str], pass_env: Collection[str]
+) -> dict[str, str]:
+    """The environment a command gets: botasync's, minus its secrets unless passed on."""
+    return {k: v for k, v in base.items() if k not in withhold or k in pass_env}
 
-    def __init__(self, name: str, patterns: list[str], argv: list[str], timeout_s: float) -> None:
+
+def check_command(name: str, argv: list[str]) -> None:
+    """A program that cannot be found stops the start (`ConfigError`), not the first event."""
+    program = argv[0]
+    found = (os.path.isfile(program) and os.access(program, os.X_OK)) if os.sep in program \
+        else shutil.which(program) is not None
+    if not found:
+        where = "not executable" if os.path.isfile(program) else (
+            "does not exist" if os.sep in program else "not found on PATH")
+        raise ConfigError(f'handler "{name}": command {program} {where}')
+
+
+class CommandHandler:
+    """Run a program (argv, never a shell) with the event JSON on stdin.
+
+    The program inherits botasync's environment except the variables in `withhold`
+    (botasync's own secrets), unless it names them in `pass_env`.
+    """
+
+    def __init__(self, name: str, patterns: list[str], argv: list[str], timeout_s: float,
+                 *, withhold: Collection[str] = (), pass_env: Collection[str] = ()) -> None:
         self.name = name
         self.patterns = patterns
         self.argv = list(argv)
         self.timeout_s = timeout_s
+        self.withhold = frozenset(withhold)
+        self.pass_env = frozenset(pass_env)
 
     async def _spawn(
         self, event_id: str, event_type: str, out: _Pipe, err: _Pipe
     ) -> asyncio.subprocess.Process:
-        env = {**os.environ, "BOTASYNC_EVENT_ID": event_id, "BOTASYNC_EVENT_TYPE": event_type}
+        env = {**handler_env(os.environ, self.withhold, self.pass_env),
+               "BOTASYNC_EVENT_ID": event_id, "BOTASYNC_EVENT_TYPE": event_type}
         try:
             # a new session makes the program a process group leader: a timeout kills
             # the whole group, not just the direct child
@@ -394,8 +421,14 @@ class LogHandler:
         self.patterns = patterns
 
     async def deliver(self, payload: bytes, event_id: str, event_type: str) -> None:
-        """Log the id and type (the payload can be large; it stays in the database)."""
-        log.info("event_delivered", handler=self.name, event_id=event_id, event_type=event_type)
+        """Log the id, type and recording (the payload can be large; it stays in the database)."""
+        try:
+            data = jsoncodec.loads(payload).get("data") or {}
+            recording_id = data.get("id") if isinstance(data, dict) else None
+        except (ValueError, AttributeError):
+            recording_id = None
+        log.info("event_delivered", handler=self.name, event_id=event_id, event_type=event_type,
+                 recording_id=recording_id)
 
     async def aclose(self) -> None:
         """Nothing is held."""
@@ -419,11 +452,20 @@ def _webhook_secret(cfg: WebhookHandlerConfig) -> bytes | None:
         raise ConfigError(f'handler "{cfg.name}": secret_env {cfg.secret_env}: {e}') from None
 
 
-def build_handler(cfg: HandlerConfig) -> Handler:
-    """The handler a config entry describes; `ConfigError` if it cannot work."""
+def build_handler(
+    cfg: HandlerConfig, *, withhold: Collection[str] = ("BOTA_API_KEY",), check: bool = False
+) -> Handler:
+    """The handler a config entry describes; `ConfigError` if it cannot work.
+
+    `withhold`: the environment variables a command never sees unless its `pass_env`
+    names them. `check`: a command's program must exist now (at start).
+    """
     patterns = list(cfg.events)
     if isinstance(cfg, CommandHandlerConfig):
-        return CommandHandler(cfg.name, patterns, cfg.command, cfg.timeout_s)
+        if check:
+            check_command(cfg.name, cfg.command)
+        return CommandHandler(cfg.name, patterns, cfg.command, cfg.timeout_s,
+                              withhold=withhold, pass_env=cfg.pass_env)
     if isinstance(cfg, WebhookHandlerConfig):
         return WebhookHandler(cfg.name, patterns, cfg.url, cfg.timeout_s, _webhook_secret(cfg),
                               signature=cfg.signature)

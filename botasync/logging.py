@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Collection, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -51,9 +51,39 @@ class RedactSecrets:
         return {k: _scrub(v) for k, v in event_dict.items()}
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog once per process: level, renderer, redaction."""
-    out = stream or sys.stderr
+class Mute:
+    """Processor: drop the events named (`botasync sync` on a terminal prints its own
+    summary of each pass, so its `pass_done` line would say it twice)."""
+
+    def __init__(self, events: Collection[str]) -> None:
+        self.events = frozenset(events)
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if event_dict.get("event") in self.events:
+            raise structlog.DropEvent
+        return event_dict
+
+
+class _CurrentStderr:
+    """Whatever `sys.stderr` is at the time of writing: a progress bar on the terminal
+    swaps in a proxy that prints log lines above the bar instead of across it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
+              *, mute: Collection[str] = ()) -> None:
+    """Set up structlog once per process: level, renderer, redaction; `mute` drops events."""
+    out: Any = stream or _CurrentStderr()
     json_out = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -65,6 +95,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            Mute(mute),
             structlog.processors.format_exc_info,
             RedactSecrets(),
             renderer,

@@ -36,13 +36,16 @@ def _alive(pid: Any) -> bool:
 
 
 async def collect(cfg: Config) -> dict[str, Any]:
-    """Everything `status` shows, read from the database only (no API request)."""
+    """Everything `status` shows, read from the database only (no API request, no key),
+    opened read-only: a monitoring user with read access alone can run it."""
     path = Path(cfg.database.path)
     if not path.exists():
         raise BotasyncError(f"no database at {path}: run `botasync sync` or `botasync run` first")
-    async with await Store.open(path) as store:
+    async with await Store.open_readonly(path) as store:
         patterns = {h.name: list(h.events) for h in cfg.handlers}
         pending = await backlog(store, patterns, deliver_backfill=cfg.events.deliver_backfill)
+        waiting = await queries.oldest_undelivered(
+            store, patterns, deliver_backfill=cfg.events.deliver_backfill)
         dead_rows = await store.fetchall(
             "SELECT handler, count(*) FROM deliveries WHERE state = 'dead' GROUP BY handler")
         dead_by_handler = {r[0]: int(r[1]) for r in dead_rows}
@@ -56,13 +59,17 @@ async def collect(cfg: Config) -> dict[str, Any]:
             "database": {"path": str(path), "bytes": path.stat().st_size},
             "recordings": await queries.counts_by_status(store),
             "last_walk": await queries.last_run_of(store, ("full", "reconcile")),
+            "last_finished_walk": await queries.last_run_of(
+                store, ("full", "reconcile"), finished=True),
+            "last_ok": await queries.last_finished(store, ok=True),
             "passes": await queries.last_runs(store, 10),
             "events": {"total": int(row[0]) if row else 0, "last_seq": row[1] if row else None,
                        "oldest_at": row[2] if row else None,
                        "retention_days": cfg.events.retention_days},
             "handlers": {
                 name: {"backlog": pending.get(name, 0),
-                       "dead": dead_by_handler.get(name, 0)}
+                       "dead": dead_by_handler.get(name, 0),
+                       "oldest_undelivered_at": waiting.get(name)}
                 for name in patterns
             },
             "daemon": daemon,
@@ -100,9 +107,10 @@ def render(console: Console, data: dict[str, Any]) -> None:
                       + ", ".join(f"{k} {v}" for k, v in data["files"].items()
                                   if isinstance(v, int | float)))
     if data["handlers"]:
-        t = Table("handler", "backlog", "dead", box=None)
+        t = Table("handler", "backlog", "dead", "oldest waiting", box=None)
         for name, h in data["handlers"].items():
-            t.add_row(name, str(h["backlog"]), f"[red]{h['dead']}[/red]" if h["dead"] else "0")
+            t.add_row(name, str(h["backlog"]), f"[red]{h['dead']}[/red]" if h["dead"] else "0",
+                      h.get("oldest_undelivered_at") or "")
         console.print(t)
     t = Table("pass", "kind", "started", "pages", "requests", "created", "updated", "deleted",
               "events", "error", title="last passes", box=None)

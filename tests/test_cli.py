@@ -184,7 +184,9 @@ def test_bad_config_exits_2(env: dict[str, str], tmp_path: Path) -> None:
 def test_usage_error_exits_2() -> None:
     """An unknown option is a usage error, exit 2."""
     assert run(["sync", "--bogus"]).exit_code == 2
-    assert run(["recordings", "list", "--status", "weird"]).exit_code == 2
+    since = run(["recordings", "list", "--since", "yesterday"])
+    assert since.exit_code == 2
+    assert "'yesterday' is not an ISO 8601 date or time" in since.stderr
 
 
 def test_unreachable_api_exits_1(env: dict[str, str]) -> None:

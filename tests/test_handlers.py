@@ -461,13 +461,14 @@ def test_python_bad_target_is_a_config_error_naming_the_handler(
 
 
 async def test_log_handler_logs_id_and_type() -> None:
-    """The log handler writes one `event_delivered` line with the id and type."""
+    """The log handler writes one `event_delivered` line with the id, type and recording."""
     handler = build_handler(LogHandlerConfig(name="audit", type="log"))
     payload, event_id = envelope()
     with capture_logs() as logs:
         await handler.deliver(payload, event_id, "recording.completed")
     assert logs == [{"event": "event_delivered", "handler": "audit", "event_id": event_id,
-                     "event_type": "recording.completed", "log_level": "info"}]
+                     "event_type": "recording.completed", "recording_id": "rec_1",
+                     "log_level": "info"}]
 
 
 async def test_command_leaving_a_background_child_does_not_hold_the_delivery(
