@@ -17,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from botasync.app import App
+from botasync.budget import RequestBudget
 from botasync.client import Page
 from botasync.errors import PaginationError
 from botasync.pages import Pager
@@ -283,3 +284,35 @@ async def test_a_lost_cursor_restarts_the_walk_once(
     lists = [r for r in deployed_sim.requests[mark:] if r.path == "/v1/recordings"]
     assert 15 <= len(lists) <= 17 and stats.complete
     assert mirror_diff(db, deployed_sim.world.all()) == []
+
+
+# -- the rate limit without headers ------------------------------------------------------
+
+
+async def _limited_sync(sim: Simulator, db: Path, budget: int, window_s: float) -> Any:
+    cfg = make_cfg(sim, db)
+    async with await App.open(cfg) as app:
+        app.client.budget = RequestBudget(budget, window_s=window_s)
+        app.syncer.client = app.client
+        return await app.syncer.full()
+
+
+async def test_the_budget_holds_with_no_rate_limit_header(tmp_path: Path) -> None:
+    """The deployed API sends no X-RateLimit-*: the client budget alone keeps it under."""
+    async with serve(World(seed=25, recordings=2000, dialect="deployed"), rate_limit=10) as sim:
+        sim.limiter.window_s = 0.5
+        stats = await _limited_sync(sim, tmp_path / "botasync.db", 9, 0.5)
+        assert stats.complete and stats.created == 2000
+        assert not any(r.status == 429 for r in sim.requests)
+        assert not any("x-ratelimit" in r.query.lower() for r in sim.requests)
+
+
+async def test_429s_without_hints_back_off_and_the_sync_completes(tmp_path: Path) -> None:
+    """Another client shares the limit: 429s with no Retry-After are waited out, doubling."""
+    async with serve(World(seed=26, recordings=1000, dialect="deployed"), rate_limit=5) as sim:
+        sim.limiter.window_s = 0.5
+        stats = await _limited_sync(sim, tmp_path / "botasync.db", 10, 0.5)  # budget too high
+        refused = [r for r in sim.requests if r.status == 429]
+        assert stats.complete and stats.created == 1000
+        assert refused and len(refused) <= len(sim.requests) // 2
+        assert mirror_diff(tmp_path / "botasync.db", sim.world.all()) == []
