@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -500,9 +500,14 @@ def config_show() -> None:
 @click.option("--latency-ms", type=click.IntRange(0, 60_000), default=0, show_default=True)
 @click.option("--move-every", type=float, default=0.0, show_default=True,
               help="Seconds between world changes (0: a still world).")
+@click.option("--dialect", type=click.Choice(["documented", "deployed"]), default="documented",
+              show_default=True,
+              help="Speak the API as documented (offset pages, media[]) or as deployed "
+                   "(cursor pages, one signed file per recording, seven statuses).")
 @handle_errors
 def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: int,
-             no_rate_limit: bool, latency_ms: int, move_every: float) -> None:
+             no_rate_limit: bool, latency_ms: int, move_every: float,
+             dialect: Literal["documented", "deployed"]) -> None:
     """Serve the built-in Bota API simulator (for trying botasync without a key)."""
     from botasync.simulator import DEFAULT_API_KEYS, World, run_forever
 
@@ -510,10 +515,11 @@ def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: 
     if not _is_loopback(host):
         err.print(f"[yellow]warning:[/yellow] binding {escape(host)}, not a loopback address: "
                   "anyone who can reach this host can use the simulator", soft_wrap=True)
-    world = World(seed=seed, recordings=n)
+    world = World(seed=seed, recordings=n, dialect=dialect)
 
     def ready(sim: Any) -> None:
-        err.print(f"simulator serving {n} recordings at [bold]{sim.url}[/bold] (key {api_key}); "
+        err.print(f"simulator serving {n} recordings ({dialect} dialect) at [bold]{sim.url}"
+                  f"[/bold] (key {api_key}); "
                   f"try: BOTA_API_URL={sim.url} BOTA_API_KEY={api_key} botasync sync")
 
     try:

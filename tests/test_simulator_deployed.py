@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import itertools
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -474,3 +476,28 @@ async def test_admin_speaks_the_dialect(sim: Simulator, http: aiohttp.ClientSess
     async with http.delete(f"{admin}/recordings/{created['id']}") as r:
         assert r.status == 404
     assert created["id"] not in sim.world
+
+
+async def test_the_simulate_command_speaks_the_chosen_dialect(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`botasync simulate --dialect deployed` serves cursor pages; it stops on SIGTERM."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "botasync", "simulate", "--port", "0", "--recordings", "30",
+        "--no-rate-limit", "--dialect", "deployed", "--api-key", API_KEY,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        seen = b""
+        while (found := re.search(rb"\(deployed dialect\) at (http://127\.0\.0\.1:\d+/v1)", seen)
+               ) is None:
+            line = await asyncio.wait_for(proc.stderr.readline(), timeout=30)
+            assert line, seen.decode()
+            seen += line
+        url = found[1].decode()
+        status, body, _ = await call(http, "GET", f"{url}/recordings", limit=10)
+        assert (status, body["has_more"], len(body["data"])) == (200, True, 10)
+        assert body["next_cursor"] and "project_id" in body["data"][0]
+    finally:
+        proc.terminate()
+        await proc.wait()
