@@ -309,9 +309,9 @@ async def test_the_budget_holds_with_no_rate_limit_header(tmp_path: Path) -> Non
 
 async def test_429s_without_hints_back_off_and_the_sync_completes(tmp_path: Path) -> None:
     """Another client shares the limit: 429s with no Retry-After are waited out, doubling."""
-    async with serve(World(seed=26, recordings=1000, dialect="deployed"), rate_limit=5) as sim:
-        sim.limiter.window_s = 0.5
-        stats = await _limited_sync(sim, tmp_path / "botasync.db", 10, 0.5)  # budget too high
+    async with serve(World(seed=26, recordings=1000, dialect="deployed"), rate_limit=3) as sim:
+        sim.limiter.window_s = 1.0
+        stats = await _limited_sync(sim, tmp_path / "botasync.db", 100, 1.0)  # budget too high
         refused = [r for r in sim.requests if r.status == 429]
         assert stats.complete and stats.created == 1000
         assert refused and len(refused) <= len(sim.requests) // 2
