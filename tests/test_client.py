@@ -418,3 +418,20 @@ async def test_key_never_in_errors_reprs_or_logs(
     assert any(e["event"] == "api.retry" for e in logs)
     texts = [str(e) for e in errors] + [repr(e) for e in errors] + [repr(client), str(logs)]
     assert all(secret not in t for t in texts)
+
+
+async def test_deployed_errors_are_read_in_their_plain_forms(
+    simulator_factory: SimulatorFactory, make_client: MakeClient,
+) -> None:
+    """`{"error": "text"}` and `{"message": "text"}` are quoted like the documented form."""
+    sim = await simulator_factory(World(seed=3, recordings=5, dialect="deployed"))
+    client = make_client(sim)
+    with pytest.raises(BadRequest, match="invalid cursor"):
+        await client.list_recordings(cursor="not a cursor!")
+    with pytest.raises(NotFound):
+        await client.get_recording("rec_nothere")
+    page = await client.list_recordings(limit=2)
+    assert page.next_cursor and len(page.items) == 2
+    rest = await client.list_recordings(limit=2, cursor=page.next_cursor)
+    assert rest.items[0]["id"] != page.items[0]["id"]
+    assert sim.requests[-1].query.count("cursor=") == 1 and "offset" not in sim.requests[-1].query
