@@ -144,6 +144,76 @@ STEPS: tuple[str, ...] = (
     CREATE INDEX recordings_updated_at ON recordings(updated_at);
     ALTER TABLE sync_runs ADD COLUMN cursor TEXT;
     """,
+    # 5: transcripts and summaries, their fetch queue, and full-text search. The FTS5
+    # index has the segments table as its external content and is kept in step by the
+    # code that writes the segments, in the same transaction (no triggers: under
+    # INSERT OR REPLACE they go stale or bloat the index)
+    """
+    CREATE TABLE transcriptions (
+        id               TEXT PRIMARY KEY,   -- txn_*
+        recording_id     TEXT NOT NULL REFERENCES recordings(id),
+        status           TEXT NOT NULL,      -- pending | processing | completed | failed | ...
+        language         TEXT,
+        provider         TEXT,
+        text             TEXT,               -- `text` (documented) or `full_text` (deployed)
+        word_count       INTEGER,
+        error            TEXT,               -- the API's error, as text
+        created_at       TEXT,
+        updated_at       TEXT,
+        completed_at     TEXT,
+        raw              TEXT NOT NULL,      -- the JSON as received
+        fetched_at       TEXT NOT NULL
+    );
+    CREATE INDEX transcriptions_recording_id ON transcriptions(recording_id);
+    CREATE INDEX transcriptions_status ON transcriptions(status);
+
+    CREATE TABLE transcript_segments (
+        id               INTEGER PRIMARY KEY, -- the FTS rowid (VACUUM keeps an explicit one)
+        transcription_id TEXT NOT NULL REFERENCES transcriptions(id),
+        position         INTEGER NOT NULL,    -- order within the transcription
+        start_s          REAL,
+        end_s            REAL,
+        speaker          TEXT,
+        text             TEXT NOT NULL,
+        confidence       REAL,
+        UNIQUE (transcription_id, position)
+    );
+
+    CREATE VIRTUAL TABLE transcript_fts USING fts5(
+        text, speaker, content='transcript_segments', content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+
+    CREATE TABLE summaries (
+        id               TEXT PRIMARY KEY,   -- sum_*
+        transcription_id TEXT NOT NULL,
+        recording_id     TEXT NOT NULL REFERENCES recordings(id),
+        status           TEXT NOT NULL,
+        template_id      TEXT,
+        custom_prompt    TEXT,
+        provider         TEXT,
+        output           TEXT,               -- JSON text, or NULL
+        error            TEXT,
+        created_at       TEXT,
+        updated_at       TEXT,
+        started_at       TEXT,
+        completed_at     TEXT,
+        raw              TEXT NOT NULL,
+        fetched_at       TEXT NOT NULL
+    );
+    CREATE INDEX summaries_transcription_id ON summaries(transcription_id);
+    CREATE INDEX summaries_recording_id ON summaries(recording_id);
+
+    CREATE TABLE transcript_queue (
+        recording_id     TEXT PRIMARY KEY REFERENCES recordings(id),
+        reason           TEXT NOT NULL,      -- completed | transcription_id | refresh
+        queued_at        TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        last_error       TEXT,
+        next_attempt_at  TEXT                -- not before; NULL: as soon as the budget allows
+    );
+    CREATE INDEX transcript_queue_next ON transcript_queue(next_attempt_at);
+    """,
 )
 
 LATEST = len(STEPS)
