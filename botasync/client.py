@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -36,6 +37,7 @@ from botasync.errors import (
     ServerError,
 )
 from botasync.lifecycle import AsyncClosing
+from botasync.models import normalize_ts, to_count, to_number, to_ts
 
 log = structlog.get_logger("botasync.client")
 
@@ -48,6 +50,7 @@ DEFAULT_RETRY_AFTER_S = 1.0
 # Server text quoted in a message is cut here, so an error stays one readable line.
 MAX_QUOTED_CHARS = 200
 _PARAM_KEYS = ("param", "parameter", "field", "name")
+MAX_EXPIRES_IN_S = 7 * 24 * 3600  # a longer `expires_in` is not believed (S3 allows 7 days)
 
 Bucket = Literal["main", "download"]
 T = TypeVar("T")
@@ -65,13 +68,18 @@ class Page:
 
 @dataclass(frozen=True)
 class DownloadUrl:
-    """A pre-signed URL for one media file; the URL is a credential, so repr hides it."""
+    """A pre-signed URL for one file, read from either dialect's download-url answer.
+
+    The URL is a credential, so repr hides it. `content_type` and `file_size_bytes` are
+    None when the API does not say; `expires_at` comes from `expires_at` (documented) or
+    from `expires_in` and the clock (deployed), and is None when neither is usable.
+    """
 
     url: str = field(repr=False)
-    media_id: str
-    content_type: str
-    file_size_bytes: int
-    expires_at: str
+    media_id: str | None
+    content_type: str | None
+    file_size_bytes: int | None
+    expires_at: str | None
 
 
 @dataclass(frozen=True)
@@ -175,15 +183,32 @@ class BotaClient(AsyncClosing):
         req = _Request("GET", path, f"GET {path}")
         return await self._call(req, budgets, _recording)
 
-    async def create_download_url(self, recording_id: str, media_id: str) -> DownloadUrl:
-        """A pre-signed URL for one uploaded media file (also under the download budget)."""
+    async def create_download_url(
+        self, recording_id: str, media_id: str | None
+    ) -> DownloadUrl:
+        """The documented form: `POST .../download-url {"media_id"}`, a URL for one media file.
+
+        Without a media id (a recording's own file) the POST carries no body. Also under
+        the download budget, as is `get_download_url`.
+        """
         path = f"/recordings/{quote(recording_id, safe='')}/download-url"
-        req = _Request(
-            "POST", path, f"POST {path} media_id={media_id}",
-            body={"media_id": media_id}, bucket="download",
-        )
-        extra = [self.download_budget] if self.download_budget is not None else []
-        return await self._call(req, extra, _download_url)
+        label = f"POST {path}" + (f" media_id={media_id}" if media_id is not None else "")
+        body = {"media_id": media_id} if media_id is not None else None
+        req = _Request("POST", path, label, body=body, bucket="download")
+        return await self._call(req, self._download_budgets(), self._download_url_parser())
+
+    async def get_download_url(self, recording_id: str) -> DownloadUrl:
+        """The deployed form: `GET .../download-url`, no body, a URL for the recording's file."""
+        path = f"/recordings/{quote(recording_id, safe='')}/download-url"
+        req = _Request("GET", path, f"GET {path}", bucket="download")
+        return await self._call(req, self._download_budgets(), self._download_url_parser())
+
+    def _download_budgets(self) -> list[RequestBudget]:
+        return [self.download_budget] if self.download_budget is not None else []
+
+    def _download_url_parser(self) -> Parser[DownloadUrl]:
+        """`_download_url` with this client's clock: `expires_in` counts from the answer."""
+        return lambda req, data: _download_url(req, data, self._clock())
 
     async def check(self) -> None:
         """One cheap call (a page of one) that proves the URL, the key and its scope."""
@@ -402,22 +427,38 @@ def _recording(req: _Request, data: Any) -> Any:
     return data
 
 
-def _download_url(req: _Request, data: Any) -> DownloadUrl:
-    """The download-url answer, checked field by field."""
+def _download_url(req: _Request, data: Any, now_epoch: float) -> DownloadUrl:
+    """Either dialect's download-url answer; only the URL itself is required.
+
+    Documented: `{download_url, media_id, content_type, file_size_bytes, expires_at}`.
+    Deployed: `{download_url, expires_in, content_type (nullable), file_size_bytes (an
+    int, a decimal string or null)}`. A field that is missing or unreadable is None.
+    """
     if not isinstance(data, dict):
         raise _shape_error(req, "not a download-url object")
-    strings = ("download_url", "media_id", "content_type", "expires_at")
-    bad = [k for k in strings if not isinstance(data.get(k), str)]
-    size = data.get("file_size_bytes")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        bad.append("file_size_bytes")
-    if bad:
-        raise _shape_error(req, f"a download-url object with bad or missing {', '.join(bad)}")
+    url = data.get("download_url")
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise _shape_error(req, "a download-url object without an http(s) `download_url`")
+    content_type, media_id = data.get("content_type"), data.get("media_id")
     return DownloadUrl(
-        url=data["download_url"], media_id=data["media_id"],
-        content_type=data["content_type"], file_size_bytes=data["file_size_bytes"],
-        expires_at=data["expires_at"],
+        url=url,
+        media_id=media_id if isinstance(media_id, str) else None,
+        content_type=content_type if isinstance(content_type, str) and content_type else None,
+        file_size_bytes=to_count(data.get("file_size_bytes")),
+        expires_at=_expiry(data, now_epoch),
     )
+
+
+def _expiry(data: Mapping[str, Any], now_epoch: float) -> str | None:
+    """`expires_at` as sent, or now plus `expires_in` seconds; None when neither reads."""
+    at = to_ts(data.get("expires_at"))
+    if at is not None:
+        return at
+    seconds = to_number(data.get("expires_in"))
+    if seconds is None or seconds <= 0 or seconds > MAX_EXPIRES_IN_S:
+        return None
+    when = datetime.fromtimestamp(now_epoch + float(seconds), UTC)
+    return normalize_ts(when.isoformat())
 
 
 def _envelope(body: bytes) -> tuple[str | None, str | None, Mapping[str, Any]]:

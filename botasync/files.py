@@ -3,8 +3,12 @@
 Layout: `<files_dir>/<recording_id>/<media_id>.<ext>`, and while a download is under
 way `<files_dir>/<recording_id>/.<media_id>.part` beside it, so the final rename is
 atomic (same directory, same filesystem) and a partial file never shows under its
-final name. The naming is pure; the helpers that touch the disk are blocking and are
-meant to run in a worker thread (`asyncio.to_thread`).
+final name. A deployed recording's own file has the recording's id for its media id:
+`<files_dir>/<rec_id>/<rec_id>.<ext>`. Ids are the models' (`rec_`/`med_` and a short
+run of letters, digits, `_` and `-`) and extensions a short run of letters and digits,
+so no name the API sends can climb out of `files_dir`. The naming is pure; the helpers
+that touch the disk are blocking and are meant to run in a worker thread
+(`asyncio.to_thread`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from botasync.locks import ExclusiveLock
+from botasync.models import MEDIA_ID, RECORDING_ID
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
 LOCK_NAME = ".botasync.lock"
@@ -29,6 +34,9 @@ EXTENSIONS = {
     "audio/ogg": ".ogg",
     "audio/mpeg": ".mp3",
     "audio/mp4": ".m4a",
+    "audio/x-m4a": ".m4a",
+    "audio/m4a": ".m4a",
+    "audio/flac": ".flac",
     "audio/aac": ".aac",
     "audio/wav": ".wav",
     "audio/x-wav": ".wav",
@@ -41,10 +49,11 @@ EXTENSIONS = {
     "video/webm": ".webm",
 }
 _EXT_RE = re.compile(r"\.[A-Za-z0-9]{1,10}")
-RECORDING_ID_RE = re.compile(r"rec_[A-Za-z0-9_]+")
-MEDIA_ID_RE = re.compile(r"med_[A-Za-z0-9_]+")
-_FINAL_RE = re.compile(r"(med_[A-Za-z0-9_]+)(\.[A-Za-z0-9]{1,10})?")
-_PART_RE = re.compile(r"\.(med_[A-Za-z0-9_]+)\.part")
+RECORDING_ID_RE = RECORDING_ID
+MEDIA_ID_RE = MEDIA_ID
+_FILE_ID = f"(?:{MEDIA_ID.pattern}|{RECORDING_ID.pattern})"  # a media id, or a recording's own
+_FINAL_RE = re.compile(rf"({_FILE_ID})(\.[A-Za-z0-9]{{1,10}})?")
+_PART_RE = re.compile(rf"\.({_FILE_ID})\.part")
 
 
 def extension_for(mime_type: str | None) -> str:
@@ -55,9 +64,14 @@ def extension_for(mime_type: str | None) -> str:
     return ext if _EXT_RE.fullmatch(ext) else ".bin"
 
 
+def is_file_id(recording_id: str, media_id: str) -> bool:
+    """A media id of this recording: `med_...`, or the recording's own id (its own file)."""
+    return bool(MEDIA_ID_RE.fullmatch(media_id)) or media_id == recording_id
+
+
 def _checked(recording_id: str, media_id: str) -> None:
     """Refuse ids that could step outside the directory (they come from the network)."""
-    if not RECORDING_ID_RE.fullmatch(recording_id) or not MEDIA_ID_RE.fullmatch(media_id):
+    if not RECORDING_ID_RE.fullmatch(recording_id) or not is_file_id(recording_id, media_id):
         raise ValueError(f"not a recording/media id pair: {recording_id!r}, {media_id!r}")
 
 
@@ -71,6 +85,21 @@ def part_path(root: Path, recording_id: str, media_id: str) -> Path:
     """Where its download grows, hidden, in the same directory as the final name."""
     _checked(recording_id, media_id)
     return root / recording_id / f".{media_id}{PART_SUFFIX}"
+
+
+def finals(root: Path, recording_id: str, media_id: str) -> list[Path]:
+    """The published files of one media item, whatever their extension (blocking).
+
+    The extension may come from the download-url answer, so a file published before a
+    crash, before it was recorded, is found by its name alone.
+    """
+    _checked(recording_id, media_id)
+    try:
+        with os.scandir(root / recording_id) as entries:
+            return sorted(Path(e.path) for e in entries if e.is_file(follow_symlinks=False)
+                          and parse_name(e.name) == (media_id, False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 @dataclass(frozen=True)
@@ -110,7 +139,8 @@ def _scan_recording(d: os.DirEntry[str]) -> list[FoundFile]:
     try:
         with os.scandir(d.path) as inner:
             return [FoundFile(d.name, parsed[0], Path(f.path), parsed[1]) for f in inner
-                    if f.is_file(follow_symlinks=False) and (parsed := parse_name(f.name))]
+                    if f.is_file(follow_symlinks=False) and (parsed := parse_name(f.name))
+                    and is_file_id(d.name, parsed[0])]
     except FileNotFoundError:  # a prune or an orphan sweep removed it while we looked
         return []
 

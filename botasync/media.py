@@ -3,13 +3,19 @@
 The queue is the database itself: a media item is queued while it is `uploaded`, of
 a wanted type, its recording not tombstoned, and it has no verified local file. One
 runner task picks due items (newest recordings first) and keeps up to `concurrency`
-downloads in flight. Each download asks `POST /recordings/{id}/download-url` (the
-client holds it to the download budget and the project's overall one), streams the
-pre-signed URL with a session of its own (no API key on it) into
-`.<media_id>.part`, checks the size, fsyncs, renames into place, and records
-`local_path`, `sha256` and `downloaded_at` with a `media.downloaded` event in one
-transaction. Downloads never touch the metadata sync: they run after the rows that
-name them are committed, from their own task, and only read the mirror.
+downloads in flight. Each download asks the API for a pre-signed URL (the client holds
+it to the download budget and the project's overall one), streams it with a session
+of its own (no API key on it) into `.<media_id>.part`, checks the size and, when the
+API gave one, the sha256, fsyncs, renames into place, and records `local_path`,
+`sha256` and `downloaded_at` with a `media.downloaded` event in one transaction.
+Downloads never touch the metadata sync: they run after the rows that name them are
+committed, from their own task, and only read the mirror.
+
+The URL comes in one of two forms, and the API says which by refusing the other: the
+documented `POST /recordings/{id}/download-url {"media_id"}` for a media item, and the
+deployed `GET /recordings/{id}/download-url` for a recording's own file (the media
+row whose id is the recording's). The form that worked is kept in the `state` table
+(`download_form`) and tried first from then on.
 
 Failures are bookkeeping on the media row (`download_attempts`, `download_error`,
 `download_next_at`): retried with backoff, given up after `max_attempts` (an error
@@ -24,12 +30,13 @@ import contextlib
 import hashlib
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import structlog
@@ -45,7 +52,7 @@ from botasync.events import MEDIA_DOWNLOADED, EventIds, iso, utc_now
 from botasync.jsoncodec import dumps, loads
 from botasync.lifecycle import AsyncClosing, wait_set
 from botasync.models import normalize_ts
-from botasync.store import Store
+from botasync.store import Mirror, Store
 
 log = structlog.get_logger("botasync.media")
 
@@ -66,10 +73,20 @@ READ_TIMEOUT_S = 60.0  # between two reads, not for the whole file
 USER_AGENT = f"botasync/{__version__}"
 _CHUNK_IDS = 500  # ids per `IN (...)` query
 
+FORM_KEY = "download_form"  # the `state` row naming the download-url form the API speaks
+SHA256_MISMATCH = "sha256 mismatch"  # how a download whose bytes fail the API's hash begins
+
+Form = Literal["GET", "POST"]
+
 # The queue, as SQL over `media m JOIN recordings r`; `{types}` is filled by `wanted_sql`.
+# NEEDS reads the media row alone, so SQLite settles the many files already on disk
+# before it looks up their recordings (a term on `r` in it, such as comparing the
+# recording's `content_sha256` with the file's, made the queue query of a mirror of
+# 100,000 files about three times slower).
 WANTED = "m.status = 'uploaded' AND r.deleted_at IS NULL AND m.type IN ({types})"
 NEEDS = ("(m.downloaded_at IS NULL OR (m.file_size_bytes IS NOT NULL "
          "AND m.local_size_bytes IS NOT m.file_size_bytes))")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 GAVE_UP = "(m.download_error IS NOT NULL AND m.download_next_at IS NULL)"
 _DUE = "(m.download_next_at IS NULL OR m.download_next_at <= ?)"
 
@@ -98,13 +115,65 @@ def queue_query(types: Sequence[str], select: str, extra: str = "") -> tuple[str
 
 @dataclass(frozen=True)
 class Job:
-    """One media item to fetch, as the queue read it."""
+    """One media item to fetch, as the queue read it; `sha256` is what the API says the
+    bytes hash to (None when it does not say), `last_error` the previous failure."""
 
     media_id: str
     recording_id: str
     mime_type: str | None
     size: int | None
     attempts: int
+    sha256: str | None = None
+    last_error: str | None = None
+
+
+def expected_sha256(value: Any) -> str | None:
+    """A hex sha256 from the API (any case), or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    digest = value.strip().lower()
+    return digest if _SHA256_RE.fullmatch(digest) else None
+
+
+def first_form(learned: Form | None, media_id: str) -> Form:
+    """The download-url form to try first: the one the API took before, else by the row.
+
+    A media item (`med_...`) is named in the documented POST; a recording's own file
+    (the row's id is the recording's) has no media id to send, so it is the GET.
+    """
+    if learned is not None:
+        return learned
+    return "POST" if media_id.startswith("med_") else "GET"
+
+
+def other_form(form: Form) -> Form:
+    return "GET" if form == "POST" else "POST"
+
+
+def try_other(learned: Form | None, status: int | None) -> bool:
+    """Whether an answer to the first form asks for one try of the other.
+
+    A 405 always: that form is not (or no longer) the API's. A 404 only while no form
+    is learned: it may be a route the API lacks as much as a file it lacks; once a form
+    has worked, its 404 is a missing file.
+    """
+    return status == 405 or (status == 404 and learned is None)
+
+
+def learned_form(tried: Sequence[tuple[Form, int]]) -> Form | None:
+    """Which form the API speaks, from the statuses its forms got (2xx: it worked).
+
+    A form that worked is the API's; so is one that got a 404 while the other got a
+    405 (the route is there, the file is not). Anything else says nothing.
+    """
+    for form, status in tried:
+        if 200 <= status < 300:
+            return form
+    refused = [form for form, status in tried if status == 405]
+    found = [form for form, status in tried if status == 404]
+    if len(refused) == 1 and len(found) == 1:
+        return found[0]
+    return None
 
 
 @dataclass
@@ -126,12 +195,13 @@ class _Failure(Exception):
     """
 
     def __init__(self, reason: str, *, discard_part: bool = False, count: bool = True,
-                 retry_in: float | None = None) -> None:
+                 retry_in: float | None = None, event: str = "media.download_failed") -> None:
         super().__init__(reason)
         self.reason = reason
         self.discard_part = discard_part
         self.count = count
         self.retry_in = retry_in
+        self.event = event  # the warning it is logged as (once, for a sha256 mismatch)
 
 
 class _Refused(Exception):
@@ -147,10 +217,22 @@ class _Dropped(Exception):
 
 
 def _expires(url: DownloadUrl) -> datetime | None:
+    if url.expires_at is None:
+        return None
     try:
         return datetime.fromisoformat(normalize_ts(url.expires_at).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _expected_size(job: Job, url: DownloadUrl) -> int | None:
+    """The size the file must have: the answer's, else the mirror's; None when neither says."""
+    if url.file_size_bytes is None:
+        return job.size
+    if job.size is not None and url.file_size_bytes != job.size:
+        raise _Failure(f"size changed: the API now says {url.file_size_bytes} bytes, "
+                       f"the mirror {job.size} (the next sync will update it)")
+    return url.file_size_bytes
 
 
 def _reason(e: BaseException, url: str) -> str:
@@ -211,6 +293,7 @@ class Downloader(AsyncClosing):
         self._reserved: dict[str, int] = {}  # media id -> bytes it may still write
         self._urls: dict[str, DownloadUrl] = {}
         self._url_lock = asyncio.Lock()  # one download-url call at a time, see `_new_url`
+        self._form: Form | None = None  # the download-url form the API took (`state`)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -231,6 +314,8 @@ class Downloader(AsyncClosing):
         self.root = await asyncio.to_thread(self.root.resolve)
         self._lock = fs.DirLock(self.root)
         await asyncio.to_thread(self._lock.acquire)
+        learned = await Mirror(self.store).get_state(FORM_KEY)
+        self._form = "GET" if learned == "GET" else "POST" if learned == "POST" else None
         await self.sweep()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(
@@ -324,12 +409,14 @@ class Downloader(AsyncClosing):
         not_busy = f"AND m.id NOT IN ({','.join('?' * len(busy))})" if busy else ""
         sql, params = queue_query(
             self.media.types,
-            "m.id, m.recording_id, m.mime_type, m.file_size_bytes, m.download_attempts",
+            "m.id, m.recording_id, m.mime_type, m.file_size_bytes, m.download_attempts, "
+            "json_extract(m.raw, '$.sha256'), m.download_error",
             f"AND {_DUE} AND coalesce(m.file_size_bytes, 0) <= ? {not_busy} "
             "ORDER BY r.created_at DESC, m.recording_id, m.position LIMIT ?",
         )
         rows = await self.store.fetchall(sql, (*params, iso(self._clock()), room, *busy, limit))
-        return [Job(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
+        return [Job(r[0], r[1], r[2], r[3], int(r[4]), expected_sha256(r[5]), r[6])
+                for r in rows]
 
     async def _check_blocked(self, room: int) -> None:
         """Count the due items that do not fit; say so once when that starts and ends."""
@@ -387,26 +474,44 @@ class Downloader(AsyncClosing):
 
     async def _fetch(self, job: Job) -> None:
         """Adopt a finished file, or download, verify, publish and record it."""
-        final = fs.final_path(self.root, job.recording_id, job.media_id, job.mime_type)
+        if await self._adopt(job):
+            return
         part = fs.part_path(self.root, job.recording_id, job.media_id)
-        for ready in (final, part):  # published but not recorded (a crash), or complete
-            if job.size is not None and await asyncio.to_thread(fs.size_of, ready) == job.size:
-                hasher, size = await asyncio.to_thread(fs.hash_file, ready)
-                if ready is part:
-                    await asyncio.to_thread(fs.publish, part, final)
-                await self._commit(job, final, hasher.hexdigest(), size)
-                return
         url = await self._url(job)
-        expected = job.size if job.size is not None else url.file_size_bytes
-        if url.file_size_bytes != expected:
-            raise _Failure(f"size changed: the API now says {url.file_size_bytes} bytes, "
-                           f"the mirror {expected} (the next sync will update it)")
+        expected = _expected_size(job, url)
         hasher, size = await self._transfer_with_retries(job, url, part, expected)
+        digest = hasher.hexdigest()
+        if job.sha256 is not None and digest != job.sha256:
+            raise _Failure(f"{SHA256_MISMATCH}: the {size} bytes received hash to {digest}, "
+                           f"the API says {job.sha256}", discard_part=True,
+                           event="media.sha256_mismatch")
+        # the mirror's type names the file; the answer's where the mirror has none (a
+        # recording's own file): `.bin` when neither says, or says something unknown
+        final = fs.final_path(self.root, job.recording_id, job.media_id,
+                              job.mime_type or url.content_type)
         await asyncio.to_thread(fs.publish, part, final)
-        await self._commit(job, final, hasher.hexdigest(), size)
+        await self._commit(job, final, digest, size)
+
+    async def _adopt(self, job: Job) -> bool:
+        """Record a file published before a crash, if it checks out; whether it did.
+
+        Only a file that can be checked (a size or a sha256 to compare) is adopted; a
+        complete partial file is found by `_transfer`, once the URL says the size.
+        """
+        if job.size is None and job.sha256 is None:
+            return False
+        found = await asyncio.to_thread(fs.finals, self.root, job.recording_id, job.media_id)
+        for path in found:
+            if job.size is not None and await asyncio.to_thread(fs.size_of, path) != job.size:
+                continue
+            hasher, size = await asyncio.to_thread(fs.hash_file, path)
+            if job.sha256 is None or hasher.hexdigest() == job.sha256:
+                await self._commit(job, path, hasher.hexdigest(), size)
+                return True
+        return False
 
     async def _transfer_with_retries(
-        self, job: Job, url: DownloadUrl, part: Path, expected: int
+        self, job: Job, url: DownloadUrl, part: Path, expected: int | None
     ) -> tuple[Any, int]:
         """Transfer, renewing a refused URL and resuming a cut connection a few times."""
         renewals = resumes = 0
@@ -426,31 +531,40 @@ class Downloader(AsyncClosing):
                     raise _Failure(f"download interrupted: {e}") from None
                 log.info("media.download_resumed", media_id=job.media_id, reason=str(e))
 
-    async def _transfer(self, url: DownloadUrl, part: Path, expected: int) -> tuple[Any, int]:
-        """One GET of the URL into the part (ranged when a part exists); (hash, size)."""
+    async def _transfer(
+        self, url: DownloadUrl, part: Path, expected: int | None
+    ) -> tuple[Any, int]:
+        """One GET of the URL into the part (ranged when a part exists); (hash, size).
+
+        A part already of the expected size (a crash before its rename) needs no GET.
+        """
         hasher, offset = await self._resume_point(part, expected)
+        if offset and offset == expected:
+            return hasher, offset
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         assert self._session is not None
         try:
             async with self._session.get(url.url, headers=headers) as resp:
-                offset, hasher = await self._accept(resp, part, offset, hasher, expected)
-                return hasher, await self._stream(resp, part, hasher, offset, expected)
+                offset, hasher, bound = await self._accept(resp, part, offset, hasher, expected)
+                return hasher, await self._stream(resp, part, hasher, offset, bound)
         except (aiohttp.ClientError, TimeoutError) as e:
             # before any byte: no progress (a failure); `_stream` reports its own drops
             raise _Dropped(_reason(e, url.url), progressed=False) from None
 
-    async def _resume_point(self, part: Path, expected: int) -> tuple[Any, int]:
+    async def _resume_point(self, part: Path, expected: int | None) -> tuple[Any, int]:
         """The hash and length of a part to resume; an oversized part is thrown away."""
         have = await asyncio.to_thread(fs.size_of, part)
-        if have is None or have == 0 or have >= expected:
+        if have is None or have == 0 or (expected is not None and have > expected):
             await asyncio.to_thread(fs.start_over, part)
             return hashlib.sha256(), 0
         return await asyncio.to_thread(fs.hash_file, part)
 
     async def _accept(
-        self, resp: aiohttp.ClientResponse, part: Path, offset: int, hasher: Any, expected: int
-    ) -> tuple[int, Any]:
-        """Check the answer before reading it; (offset the body starts at, hash so far)."""
+        self, resp: aiohttp.ClientResponse, part: Path, offset: int, hasher: Any,
+        expected: int | None,
+    ) -> tuple[int, Any, int | None]:
+        """Check the answer before reading it; (offset the body starts at, hash so far, and
+        the size the file must reach: the expected one, else what the server announces)."""
         if resp.status in (401, 403):
             raise _Refused(f"file server answered {resp.status}")
         if resp.status == 416 or (resp.status == 206 and _range_start(
@@ -463,20 +577,27 @@ class Downloader(AsyncClosing):
         elif resp.status not in (200, 206):
             raise _Failure(f"file server answered {resp.status}")
         length = resp.content_length
-        if length is not None and offset + length != expected:
+        if length is None:
+            return offset, hasher, expected
+        if expected is not None and offset + length != expected:
             raise _Failure(f"wrong size: the file server sends {offset + length} bytes, "
                            f"expected {expected}", discard_part=True)
-        return offset, hasher
+        return offset, hasher, offset + length
 
     async def _stream(
-        self, resp: aiohttp.ClientResponse, part: Path, hasher: Any, offset: int, expected: int
+        self, resp: aiohttp.ClientResponse, part: Path, hasher: Any, offset: int,
+        expected: int | None,
     ) -> int:
-        """Copy the body to the part in bounded chunks, hashing as it goes; the final size."""
+        """Copy the body to the part in bounded chunks, hashing as it goes; the final size.
+
+        With no size known at all (neither the API nor the file server says), the file
+        is what the server streams.
+        """
         got, buf = offset, bytearray()
         try:
             async for chunk in resp.content.iter_chunked(READ_CHUNK):
                 got += len(chunk)
-                if got > expected:
+                if expected is not None and got > expected:
                     raise _Failure(f"wrong size: more than the expected {expected} bytes",
                                    discard_part=True)
                 buf += chunk
@@ -486,7 +607,7 @@ class Downloader(AsyncClosing):
             await self._write(part, buf, hasher)  # keep what arrived: the resume starts after it
             raise _Dropped(_reason(e, str(resp.url)), progressed=got > offset) from None
         await self._write(part, buf, hasher)
-        if got != expected:
+        if expected is not None and got != expected:
             raise _Failure(f"wrong size: received {got} bytes, expected {expected}",
                            discard_part=True)
         return got
@@ -514,24 +635,57 @@ class Downloader(AsyncClosing):
         return url
 
     async def _new_url(self, job: Job) -> DownloadUrl:
-        """Ask the API for a URL, one call at a time.
+        """Ask the API for a URL, one call at a time, in the form it speaks.
 
-        The client takes its concurrency slot before its budget slot, so a call waiting
-        for the 30-a-minute download budget would hold a slot the metadata sync needs.
-        Waiting for the download budget here first keeps that wait out of the client.
+        The learned form first (else the row's: see `first_form`); a 405, or a 404 while
+        nothing is learned, gets one try of the other form. What the answers show is
+        remembered in the `state` table.
         """
         async with self._url_lock:
-            budget = self.client.download_budget
-            delay = budget.delay() if budget is not None else 0.0
-            if 0 < delay < math.inf:
-                await asyncio.sleep(delay)
-            try:
-                return await self.client.create_download_url(job.recording_id, job.media_id)
-            except AuthError as e:
-                log.error("media.auth_failed", error=str(e))
-                raise _Failure(f"download-url: {e}") from None
-            except ApiError as e:
-                raise _Failure(f"download-url: {e}") from None
+            first = first_form(self._form, job.media_id)
+            tried: list[tuple[Form, int]] = []
+            errors: list[ApiError] = []
+            for form in (first, other_form(first)):
+                try:
+                    url = await self._ask(form, job)
+                except ApiError as e:
+                    tried.append((form, e.status or 0))
+                    errors.append(e)
+                    if form == first and try_other(self._form, e.status):
+                        continue
+                    break
+                tried.append((form, 200))
+                await self._remember(learned_form(tried))
+                return url
+            await self._remember(learned_form(tried))
+        # the error of the form the API has (its 404), not of the one it refused (405)
+        err = next((e for e in errors if e.status != 405), errors[-1])
+        if isinstance(err, AuthError):
+            log.error("media.auth_failed", error=str(err))
+        raise _Failure(f"download-url: {err}")
+
+    async def _ask(self, form: Form, job: Job) -> DownloadUrl:
+        """One download-url call in `form`; a recording's own file sends no media id.
+
+        It waits for the download budget (30 a minute) first, so the call does not sit on
+        a slot of the overall budget, which the metadata sync needs, while it is full.
+        """
+        budget = self.client.download_budget
+        delay = budget.delay() if budget is not None else 0.0
+        if 0 < delay < math.inf:
+            await asyncio.sleep(delay)
+        if form == "GET":
+            return await self.client.get_download_url(job.recording_id)
+        media_id = job.media_id if fs.MEDIA_ID_RE.fullmatch(job.media_id) else None
+        return await self.client.create_download_url(job.recording_id, media_id)
+
+    async def _remember(self, form: Form | None) -> None:
+        """Keep the form the API speaks, in memory and in the database, when it is news."""
+        if form is None or form == self._form:
+            return
+        log.info("media.download_form", form=form, previous=self._form)
+        self._form = form
+        await Mirror(self.store).set_state(FORM_KEY, form)
 
     # --- bookkeeping -----------------------------------------------------------------
 
@@ -607,9 +761,13 @@ class Downloader(AsyncClosing):
         if gave_up:
             log.error("media.download_gave_up", media_id=job.media_id, attempts=attempts,
                       error=f.reason)
-        else:
-            log.warning("media.download_failed", media_id=job.media_id, attempt=attempts,
-                        error=f.reason, retry_in_s=round(delay, 1))
+            return
+        # a file whose bytes keep failing the API's hash is said once, not at every retry
+        repeated = f.event == "media.sha256_mismatch" and (job.last_error or "").startswith(
+            SHA256_MISMATCH)
+        (log.debug if repeated else log.warning)(
+            f.event, media_id=job.media_id, recording_id=job.recording_id, attempt=attempts,
+            error=f.reason, retry_in_s=round(delay, 1))
 
     # --- orphans ---------------------------------------------------------------------
 

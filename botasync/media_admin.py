@@ -182,7 +182,8 @@ async def prune_deleted(store: Store, media: MediaConfig, *, dry_run: bool = Fal
     report = PruneReport(dry_run=dry_run)
     recordings: set[str] = set()
     for media_id, rec_id, local, mime in rows:
-        paths = {fs.final_path(root, rec_id, media_id, mime), fs.part_path(root, rec_id, media_id)}
+        paths = {fs.final_path(root, rec_id, media_id, mime), fs.part_path(root, rec_id, media_id),
+                 *await asyncio.to_thread(fs.finals, root, rec_id, media_id)}
         if local:
             paths.add(Path(local))
         sizes = {p: await asyncio.to_thread(fs.size_of, p) for p in paths}

@@ -1,4 +1,9 @@
-"""Media files mirrored to disk: the download queue against the simulator over loopback."""
+"""Media files mirrored to disk: the download queue against the simulator over loopback.
+
+The queue's tests run in both dialects where the dialect matters (`dialect` fixture): a
+documented world's files are its uploaded media items, a deployed world's the one file
+of each recording that has one, landing as `<rec_id>/<rec_id>.<ext>`.
+"""
 
 from __future__ import annotations
 
@@ -33,13 +38,16 @@ from botasync.client import BotaClient
 from botasync.errors import BotasyncError
 from botasync.media import Downloader, DownloadStats, _reason, orphans
 from botasync.media_progress import download_progress, eta_seconds
-from botasync.simulator import Simulator, World, file_bytes
+from botasync.simulator import Dialect, Simulator, World, file_bytes, recording_bytes
 from botasync.store import Store
 from botasync.sync import Syncer
 from tests.conftest import SimulatorFactory, wait_for
 
 KEY = "sk_test_botasync"
 REPO = Path(__file__).resolve().parent.parent
+# what the deployed download-url answer says each source's file is (bota-api.md): the
+# extension it lands with; `api_upload` files come without a content type
+DEPLOYED_EXT = {"device": ".ogg", "app_import": ".m4a", "api_upload": ".bin"}
 
 
 @dataclass
@@ -104,10 +112,55 @@ async def rig_factory(
         yield make
 
 
+@pytest.fixture(params=["documented", "deployed"])
+def dialect(request: pytest.FixtureRequest) -> Dialect:
+    """Each test that takes it runs against a world of each dialect."""
+    return request.param  # type: ignore[no-any-return]
+
+
 def uploaded(world: World, types: tuple[str, ...] = ("audio",)) -> dict[str, tuple[str, dict[str, Any]]]:
-    """media id -> (recording id, item) of every uploaded item of these types."""
+    """media id -> (recording id, item) of every uploaded item of these types (documented)."""
     return {m["id"]: (r["id"], m) for r in world.all() for m in r["media"]
             if m["status"] == "uploaded" and m["type"] in types}
+
+
+@dataclass(frozen=True)
+class Want:
+    """A file the world holds that should land on disk: whose, its size, hash and extension."""
+
+    file_id: str  # the media id; a deployed recording's own file has the recording's id
+    recording_id: str
+    size: int
+    sha256: str
+    ext: str
+
+    @property
+    def own(self) -> bool:
+        return self.file_id == self.recording_id
+
+    def data(self) -> bytes:
+        if self.own:
+            return recording_bytes(self.recording_id, self.size)
+        return file_bytes(self.file_id, self.size)
+
+    def path(self, root: Path) -> Path:
+        return root / self.recording_id / f"{self.file_id}{self.ext}"
+
+
+def wanted(world: World, types: tuple[str, ...] = ("audio",)) -> dict[str, Want]:
+    """file id -> the file, for every file of these types the world can serve now."""
+    if not world.deployed:
+        return {med: Want(med, rec, m["file_size_bytes"], sha(med, m["file_size_bytes"]),
+                          fs.extension_for(m["mime_type"]))
+                for med, (rec, m) in uploaded(world, types).items()}
+    return {r["id"]: Want(r["id"], r["id"], int(r["file_size_bytes"]), r["content_sha256"],
+                          DEPLOYED_EXT[r["source"]])
+            for r in world.all() if r["audio_url"] is not None and "audio" in types}
+
+
+def one_file(world: World) -> Want:
+    (want,) = wanted(world).values()
+    return want
 
 
 def sha(media_id: str, size: int) -> str:
@@ -135,13 +188,35 @@ def url_calls(sim: Simulator) -> list[float]:
     return [r.t for r in sim.requests if r.path.endswith("/download-url")]
 
 
+def url_methods(sim: Simulator, since: int = 0) -> list[tuple[str, int]]:
+    """(method, status) of the download-url calls the simulator answered, in order."""
+    return [(r.method, r.status) for r in sim.requests[since:] if r.path.endswith("/download-url")]
+
+
+def assert_landed(rig: Rig, want: dict[str, Want]) -> None:
+    """Exactly these files are on disk and recorded, each with its bytes, size and sha256."""
+    rows = {r[0]: r[1:] for r in db_rows(
+        rig.cfg.database.path, "SELECT id, local_path, local_size_bytes, sha256 FROM media "
+        "WHERE local_path IS NOT NULL")}
+    assert set(rows) == set(want)
+    for w in want.values():
+        path = w.path(rig.root)
+        assert path.read_bytes() == w.data()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == w.sha256
+        assert rows[w.file_id] == (str(path), w.size, w.sha256)
+    assert sorted(on_disk(rig.root)) == sorted(w.path(rig.root) for w in want.values())
+
+
 # --- pure parts -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("mime", "ext"), [
     ("audio/opus", ".opus"), ("audio/mpeg", ".mp3"), ("image/jpeg", ".jpg"),
     ("video/mp4", ".mp4"), ("audio/wav", ".wav"), ("audio/ogg; codecs=opus", ".ogg"),
+    ("audio/ogg", ".ogg"), ("audio/mp4", ".m4a"), ("AUDIO/MP4", ".m4a"),
     ("image/png", ".png"), ("application/x-unheard-of", ".bin"), (None, ".bin"), ("", ".bin"),
+    ("audio/../../x", ".bin"), ("../../../etc/passwd", ".bin"), ("audio/x; name=../../y", ".bin"),
+    ("audio\\..\\..\\x", ".bin"), ("audio/" + "z" * 5000, ".bin"),
 ])
 def test_extension_for(mime: str | None, ext: str) -> None:
     """Known types get their usual extension, others what mimetypes says, else `.bin`."""
@@ -152,11 +227,18 @@ def test_paths_refuse_ids_that_leave_the_directory(tmp_path: Path) -> None:
     """Ids come from the network, so one that could climb out of files_dir is refused."""
     assert fs.final_path(tmp_path, "rec_1", "med_2", "audio/opus") == tmp_path / "rec_1/med_2.opus"
     assert fs.part_path(tmp_path, "rec_1", "med_2") == tmp_path / "rec_1/.med_2.part"
-    for rec, med in (("../etc", "med_1"), ("rec_1", "med_1/../../x"), ("rec_1", "passwd")):
+    assert fs.final_path(tmp_path, "rec_a-1", "rec_a-1", "audio/ogg") == (
+        tmp_path / "rec_a-1/rec_a-1.ogg")  # a deployed recording's own file
+    assert fs.final_path(tmp_path, "rec_a", "rec_a", "audio/../../x") == tmp_path / "rec_a/rec_a.bin"
+    for rec, med in (("../etc", "med_1"), ("rec_1", "med_1/../../x"), ("rec_1", "passwd"),
+                     ("rec_1", "rec_2"), ("rec_..", "rec_.."), ("rec_1/../..", "med_1"),
+                     ("rec_" + "a" * 129, "med_1"), ("rec_1", "med_1\x00"), ("rec_1", "")):
         with pytest.raises(ValueError, match="not a recording/media id"):
             fs.final_path(tmp_path, rec, med, None)
     assert (fs.parse_name("med_a1.opus"), fs.parse_name(".med_a1.part")) == (
         ("med_a1", False), ("med_a1", True))
+    assert (fs.parse_name("rec_a-1.bin"), fs.parse_name(".rec_a-1.part")) == (
+        ("rec_a-1", False), ("rec_a-1", True))
     assert fs.parse_name("notes.txt") is None
 
 
@@ -222,45 +304,42 @@ def test_progress_bar_shows_files_bytes_and_eta() -> None:
 # --- the queue against the simulator ------------------------------------------------------
 
 
-async def test_200_recordings_mirror_every_uploaded_audio_file(rig_factory: RigFactory) -> None:
+async def test_200_recordings_mirror_every_uploaded_audio_file(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
     """After a sync of 200 recordings the queue drains to every audio file, exact, and nothing else."""
-    rig = await rig_factory(World(seed=11, recordings=200))
+    rig = await rig_factory(World(seed=11, recordings=200, dialect=dialect))
     await rig.sync_and_drain()
-    want = uploaded(rig.sim.world)
+    want = wanted(rig.sim.world)
     assert len(want) > 150
-    rows = {r[0]: r[1:] for r in db_rows(
-        rig.cfg.database.path, "SELECT id, local_path, local_size_bytes, sha256, downloaded_at "
-        "FROM media WHERE local_path IS NOT NULL")}
-    assert set(rows) == set(want)
-    for med, (rec, item) in want.items():
-        path = fs.final_path(rig.root, rec, med, item["mime_type"])
-        digest = sha(med, item["file_size_bytes"])
-        assert path.stat().st_size == item["file_size_bytes"]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
-        assert rows[med][:3] == (str(path), item["file_size_bytes"], digest)
-    assert sorted(on_disk(rig.root)) == sorted(
-        fs.final_path(rig.root, rec, med, item["mime_type"]) for med, (rec, item) in want.items())
+    assert_landed(rig, want)
     assert not list(rig.root.rglob("*.part"))
     assert len(url_calls(rig.sim)) == len(want)
+    # one form only, the dialect's: nothing learned yet, the row's kind chose it
+    assert {m for m, _ in url_methods(rig.sim)} == {"GET" if rig.sim.world.deployed else "POST"}
+    if rig.sim.world.deployed:
+        assert {w.ext for w in want.values()} == {".ogg", ".m4a", ".bin"}
 
 
-async def test_downloaded_event_carries_recording_and_file(rig_factory: RigFactory) -> None:
+async def test_downloaded_event_carries_recording_and_file(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
     """Each landed file is announced once, with the stored recording and the file's path and hash."""
-    rig = await rig_factory(World(seed=3, recordings=10))
+    rig = await rig_factory(World(seed=3, recordings=10, dialect=dialect))
     await rig.sync_and_drain()
     events = [json.loads(p[0]) for p in db_rows(
         rig.cfg.database.path, "SELECT payload FROM events WHERE type = 'media.downloaded'")]
-    want = uploaded(rig.sim.world)
+    want = wanted(rig.sim.world)
     assert sorted(e["media"]["id"] for e in events) == sorted(want)
     raws = dict(db_rows(rig.cfg.database.path, "SELECT id, raw FROM recordings"))
     for e in events:
-        rec, item = want[e["media"]["id"]]
-        assert e["data"] == json.loads(raws[rec])
+        w = want[e["media"]["id"]]
+        assert e["data"] == json.loads(raws[w.recording_id])
         assert e["previous"] == {}
-        assert e["media"]["sha256"] == sha(item["id"], item["file_size_bytes"])
-        assert e["media"]["local_path"] == str(
-            fs.final_path(rig.root, rec, item["id"], item["mime_type"]))
-        assert e["media"]["file_size_bytes"] == item["file_size_bytes"]
+        assert e["media"]["sha256"] == w.sha256
+        assert e["media"]["local_path"] == str(w.path(rig.root))
+        assert e["media"]["file_size_bytes"] == w.size
+        assert e["media"].get("recording_file", False) is w.own
 
 
 async def test_types_choose_images_and_video(rig_factory: RigFactory) -> None:
@@ -276,74 +355,102 @@ async def test_types_choose_images_and_video(rig_factory: RigFactory) -> None:
     assert pending and not pending & got
 
 
-async def test_cut_connection_resumes_with_range(rig_factory: RigFactory) -> None:
+async def test_cut_connection_resumes_with_range(rig_factory: RigFactory, dialect: Dialect) -> None:
     """A download cut halfway resumes from where it stopped (206) and lands exact."""
-    rig = await rig_factory(World(seed=2, recordings=3), concurrency=1)
+    rig = await rig_factory(World(seed=2, recordings=3, dialect=dialect), concurrency=1)
     rig.sim.faults.queue("truncate", 2)
     await rig.sync_and_drain()
-    want = uploaded(rig.sim.world)
+    want = wanted(rig.sim.world)
     assert 206 in file_requests(rig.sim)
-    for med, (rec, item) in want.items():
-        path = fs.final_path(rig.root, rec, med, item["mime_type"])
-        assert path.read_bytes() == file_bytes(med, item["file_size_bytes"])
+    assert_landed(rig, want)
     assert len(url_calls(rig.sim)) == len(want)  # a resume reuses the URL it has
 
 
-async def test_server_without_range_starts_over(rig_factory: RigFactory) -> None:
+async def test_server_without_range_starts_over(rig_factory: RigFactory, dialect: Dialect) -> None:
     """Where the server ignores Range, a cut download starts over and still lands exact."""
-    rig = await rig_factory(World(seed=2, recordings=3), sim={"range_requests": False})
+    rig = await rig_factory(World(seed=2, recordings=3, dialect=dialect),
+                            sim={"range_requests": False})
     rig.sim.faults.queue("truncate", 1)
     await rig.sync_and_drain()
     assert 206 not in file_requests(rig.sim)
-    for med, (rec, item) in uploaded(rig.sim.world).items():
-        path = fs.final_path(rig.root, rec, med, item["mime_type"])
-        assert path.read_bytes() == file_bytes(med, item["file_size_bytes"])
+    assert_landed(rig, wanted(rig.sim.world))
 
 
-async def test_expired_url_is_renewed(rig_factory: RigFactory) -> None:
+async def test_expired_url_is_renewed(rig_factory: RigFactory, dialect: Dialect) -> None:
     """A URL the file server calls expired is asked for again until a good one works."""
-    rig = await rig_factory(World(seed=4, recordings=1))
-    (med, (rec, item)), = uploaded(rig.sim.world).items()
+    world = World(seed=4, recordings=1, dialect=dialect)
+    rig = await rig_factory(world)
+    want = one_file(world)
     rig.sim.url_ttl_s = -10.0  # every URL made now is already expired
     await rig.syncer.full()
     await rig.downloader.start()
     await wait_for(lambda: 403 in file_requests(rig.sim))
     rig.sim.url_ttl_s = 3600.0
-    path = fs.final_path(rig.root, rec, med, item["mime_type"])
-    await wait_for(path.exists)
-    assert path.read_bytes() == file_bytes(med, item["file_size_bytes"])
+    await wait_for(want.path(rig.root).exists)
+    assert want.path(rig.root).read_bytes() == want.data()
     assert len(url_calls(rig.sim)) >= 2
     assert file_requests(rig.sim)[-1] == 200
 
 
-async def test_wrong_size_is_rejected_then_retried(rig_factory: RigFactory) -> None:
-    """A file whose size disagrees with the mirror never lands; once they agree it does."""
-    world = World(seed=4, recordings=1)
-    rig = await rig_factory(world)
-    (med, (rec, item)), = uploaded(world).items()
+@pytest.mark.parametrize(("ttl_s", "reused"), [(3600.0, True), (30.0, False)])
+async def test_url_is_reused_until_it_nearly_expires(
+    rig_factory: RigFactory, dialect: Dialect, ttl_s: float, reused: bool
+) -> None:
+    """Retries reuse a URL while it is fresh and ask anew once it is within a minute of expiry.
+
+    The deployed answer gives only `expires_in`: the expiry is counted from the answer.
+    """
+    world = World(seed=4, recordings=1, dialect=dialect)
+    rig = await rig_factory(world, max_attempts=3)
+    rig.sim.url_ttl_s = ttl_s
+    want = one_file(world)
     await rig.syncer.full()
-    world.update_media(rec, med, file_size_bytes=item["file_size_bytes"] + 1000)
+    if world.deployed:  # the API's size moves on; the mirror's does not: each attempt fails
+        world.update(want.recording_id, file_size_bytes=str(want.size + 1))
+    else:
+        world.update_media(want.recording_id, want.file_id, file_size_bytes=want.size + 1)
     await rig.downloader.start()
     db = rig.cfg.database.path
+    await wait_for(lambda: db_rows(
+        db, f"SELECT download_attempts, download_next_at FROM media WHERE id = '{want.file_id}'")
+        == [(3, None)])
+    assert len(url_calls(rig.sim)) == (1 if reused else 3)
+
+
+async def test_wrong_size_is_rejected_then_retried(rig_factory: RigFactory, dialect: Dialect) -> None:
+    """A file whose size disagrees with the mirror never lands; once they agree it does."""
+    world = World(seed=4, recordings=1, dialect=dialect)
+    rig = await rig_factory(world)
+    want = one_file(world)
+    await rig.syncer.full()
+    bigger = want.size + 1000
+    if world.deployed:  # the recording's file grew: its size and hash change together
+        world.update(want.recording_id, file_size_bytes=str(bigger))
+    else:
+        world.update_media(want.recording_id, want.file_id, file_size_bytes=bigger)
+    await rig.downloader.start()
+    db = rig.cfg.database.path
+    med = want.file_id
     await wait_for(lambda: db_rows(db, f"SELECT download_error FROM media WHERE id = '{med}'")[0][0])
     assert "size" in db_rows(db, f"SELECT download_error FROM media WHERE id = '{med}'")[0][0]
     assert on_disk(rig.root) == []
     await rig.syncer.full()  # the mirror learns the new size; the retry fetches it
     await wait_for(lambda: db_rows(
         db, f"SELECT download_error, local_size_bytes FROM media WHERE id = '{med}'")
-        == [(None, item["file_size_bytes"] + 1000)])
-    path = fs.final_path(rig.root, rec, med, item["mime_type"])
-    assert path.read_bytes() == file_bytes(med, item["file_size_bytes"] + 1000)
+        == [(None, bigger)])
+    assert_landed(rig, wanted(world))
 
 
-async def test_download_url_budget_holds_in_every_window(rig_factory: RigFactory) -> None:
+async def test_download_url_budget_holds_in_every_window(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
     """No window of the budget's length ever holds more download-url calls than it allows."""
     limit, window = 3, 0.25
-    rig = await rig_factory(World(seed=6, recordings=14), concurrency=4,
+    rig = await rig_factory(World(seed=6, recordings=14, dialect=dialect), concurrency=4,
                             download_budget=RequestBudget(limit, window_s=window))
     await rig.sync_and_drain()
     times = sorted(url_calls(rig.sim))
-    assert len(times) == len(uploaded(rig.sim.world)) >= 10
+    assert len(times) == len(wanted(rig.sim.world)) >= 10
     worst = max(bisect.bisect_left(times, t + window, lo=i) - i for i, t in enumerate(times))
     assert worst <= limit
 
@@ -372,9 +479,32 @@ async def test_removed_media_loses_its_file_and_tombstones_keep_theirs(
         == [(None,)]
 
 
-async def test_low_disk_starts_nothing_and_says_so_once(rig_factory: RigFactory) -> None:
+async def test_deleted_recording_keeps_its_file_until_prune(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
+    """A recording deleted remotely keeps its files (whatever their extension) until prune."""
+    world = World(seed=8, recordings=12, dialect=dialect)
+    rig = await rig_factory(world)
+    await rig.sync_and_drain()
+    want = next(iter(wanted(world).values()))
+    rec, kept = want.recording_id, want.path(rig.root)
+    recorded = f"FROM media WHERE recording_id = '{rec}' AND local_path IS NOT NULL"
+    (files, size), = db_rows(rig.cfg.database.path, f"SELECT count(*), sum(local_size_bytes) {recorded}")
+    world.delete(rec)
+    await rig.syncer.full()
+    assert await rig.downloader.sweep() == 0
+    assert kept.read_bytes() == want.data()
+    report = await media_admin.prune_deleted(rig.store, rig.cfg.media)
+    assert (report.recordings, report.files, report.bytes) == (1, files, size)
+    assert not kept.exists() and not kept.parent.exists()
+    assert db_rows(rig.cfg.database.path, f"SELECT count(*) {recorded}") == [(0,)]
+
+
+async def test_low_disk_starts_nothing_and_says_so_once(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
     """With less room than min_free_bytes nothing starts; one log line and the status say why."""
-    rig = await rig_factory(World(seed=3, recordings=8), min_free_bytes=10**18)
+    rig = await rig_factory(World(seed=3, recordings=8, dialect=dialect), min_free_bytes=10**18)
     with capture_logs() as logs:
         await rig.sync_and_drain()
         rig.downloader.notify()
@@ -382,17 +512,28 @@ async def test_low_disk_starts_nothing_and_says_so_once(rig_factory: RigFactory)
     assert url_calls(rig.sim) == [] and on_disk(rig.root) == []
     assert [e["event"] for e in logs].count("media.disk_low") == 1
     status = await media_admin.files_status(rig.store, rig.cfg.media)
-    assert status["disk"]["waiting"] == status["queued"]["files"] == len(uploaded(rig.sim.world))
+    assert status["disk"]["waiting"] == status["queued"]["files"] == len(wanted(rig.sim.world))
     assert "wait for disk space" in status["disk"]["message"]
 
 
-async def test_failures_back_off_give_up_and_can_be_retried(rig_factory: RigFactory) -> None:
-    """A download that keeps failing is retried, then given up, shown, and re-queued on demand."""
-    world = World(seed=4, recordings=1)
+async def test_failures_back_off_give_up_and_can_be_retried(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
+    """A download that keeps failing is retried, then given up, shown, and re-queued on demand.
+
+    Its first 404 (nothing learned yet) gets one try of the other form, whose 405 shows
+    which form the API speaks; the later attempts use that form only.
+    """
+    world = World(seed=4, recordings=1, dialect=dialect)
     rig = await rig_factory(world, max_attempts=3)
-    (med, (rec, _)), = uploaded(world).items()
+    want = one_file(world)
+    med = want.file_id
     await rig.syncer.full()
-    world.remove_media(rec, med)  # the API now answers 404 for its URL; the mirror has not seen it
+    # the API now answers 404 for its URL; the mirror has not seen it
+    if world.deployed:
+        world.delete(want.recording_id)
+    else:
+        world.remove_media(want.recording_id, med)
     await rig.downloader.start()
     db = rig.cfg.database.path
     await wait_for(lambda: db_rows(
@@ -401,15 +542,18 @@ async def test_failures_back_off_give_up_and_can_be_retried(rig_factory: RigFact
     assert status["failed"]["files"] == 1 and status["queued"]["files"] == 0
     assert status["failed"]["items"][0]["media_id"] == med
     assert "not found" in status["failed"]["items"][0]["error"]
-    assert len(url_calls(rig.sim)) == 3
+    form, other = ("GET", "POST") if world.deployed else ("POST", "GET")
+    assert url_methods(rig.sim) == [(form, 404), (other, 405), (form, 404), (form, 404)]
     assert await media_admin.retry_failed(rig.store, rig.cfg.media) == 1
     status = await media_admin.files_status(rig.store, rig.cfg.media)
     assert (status["failed"]["files"], status["queued"]["files"]) == (0, 1)
 
 
-async def test_verify_requeues_altered_and_missing_files(rig_factory: RigFactory) -> None:
+async def test_verify_requeues_altered_and_missing_files(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
     """verify finds an altered and a missing file, re-queues both, and the queue restores them."""
-    rig = await rig_factory(World(seed=12, recordings=6))
+    rig = await rig_factory(World(seed=12, recordings=6, dialect=dialect))
     await rig.sync_and_drain()
     paths = on_disk(rig.root)
     altered, missing = paths[0], paths[1]
@@ -437,9 +581,9 @@ async def test_second_downloader_on_the_same_directory_is_refused(
     await other.aclose()
 
 
-async def test_download_off_does_nothing(rig_factory: RigFactory) -> None:
+async def test_download_off_does_nothing(rig_factory: RigFactory, dialect: Dialect) -> None:
     """With `download = false` the downloader starts nothing and creates no directory."""
-    rig = await rig_factory(World(seed=1, recordings=5), download=False)
+    rig = await rig_factory(World(seed=1, recordings=5, dialect=dialect), download=False)
     await rig.syncer.full()
     await rig.downloader.start()
     rig.downloader.notify()
@@ -493,18 +637,22 @@ RUNNER = textwrap.dedent("""
 
 
 async def test_sigkill_mid_download_leaves_no_file_then_resumes(
-    rig_factory: RigFactory, tmp_path: Path
+    rig_factory: RigFactory, tmp_path: Path, dialect: Dialect
 ) -> None:
     """SIGKILL mid-download leaves only the hidden part; the next run resumes it and lands exact."""
     size = 48 * 1024 * 1024
-    world = World(seed=1, recordings=0)
-    rec = world.create(status="completed", media=[{
-        "id": "med_big", "type": "audio", "mime_type": "audio/opus", "file_size_bytes": size,
-        "status": "uploaded", "captured_at": None, "created_at": "2025-01-01T00:00:00Z"}])
+    world = World(seed=1, recordings=0, dialect=dialect)
+    if world.deployed:  # the recording's own file, with the sha256 of its bytes
+        world.create(status="completed", source="device", file_size_bytes=str(size))
+    else:
+        world.create(status="completed", media=[{
+            "id": "med_big", "type": "audio", "mime_type": "audio/opus", "file_size_bytes": size,
+            "status": "uploaded", "captured_at": None, "created_at": "2025-01-01T00:00:00Z"}])
+    want = one_file(world)
     rig = await rig_factory(world)
     await rig.syncer.full()
-    final = fs.final_path(rig.root, rec["id"], "med_big", "audio/opus")
-    part = fs.part_path(rig.root, rec["id"], "med_big")
+    final = want.path(rig.root)
+    part = fs.part_path(rig.root, want.recording_id, want.file_id)
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     args = (str(script), rig.sim.url, rig.cfg.database.path, rig.cfg.media.files_dir)
@@ -524,20 +672,20 @@ async def test_sigkill_mid_download_leaves_no_file_then_resumes(
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert (proc.returncode, out.strip().splitlines()[-1]) == (0, b"drained")
     assert not part.exists()
-    assert hashlib.sha256(final.read_bytes()).hexdigest() == sha("med_big", size)
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == want.sha256
     assert file_requests(rig.sim, killed_at) == [206]
     assert db_rows(rig.cfg.database.path, "SELECT local_size_bytes, sha256 FROM media") == [
-        (size, sha("med_big", size))]
+        (size, want.sha256)]
 
 
 # --- the command line -------------------------------------------------------------------------
 
 
 async def test_cli_status_verify_prune_and_download(
-    rig_factory: RigFactory, tmp_path: Path
+    rig_factory: RigFactory, tmp_path: Path, dialect: Dialect
 ) -> None:
     """`files download`, `status --json`, `verify` and `prune --deleted` report what they did."""
-    world = World(seed=13, recordings=8)
+    world = World(seed=13, recordings=8, dialect=dialect)
     rig = await rig_factory(world)
     await rig.syncer.full()
     conf = tmp_path / "botasync.toml"
@@ -560,7 +708,7 @@ async def test_cli_status_verify_prune_and_download(
         result = await asyncio.to_thread(runner.invoke, files_cli, [*args, "--config", str(conf)])
         return result
 
-    want = uploaded(world)
+    want = wanted(world)
     result = await cli("status", "--json")
     assert result.exit_code == 0, result.output
     before = json.loads(result.output)
@@ -570,13 +718,15 @@ async def test_cli_status_verify_prune_and_download(
     assert json.loads(result.output)["files"] == len(want)
     after = json.loads((await cli("status", "--json")).output)
     assert after["downloaded"] == {"files": len(want), "bytes": before["queued"]["bytes"]}
+    assert before["queued"]["bytes"] == sum(w.size for w in want.values())
     assert after["queued"]["files"] == 0
+    assert_landed(rig, want)
     result = await cli("verify")
     assert result.exit_code == 0 and f"{len(want)} files checked, {len(want)} good" in result.output
-    rec = next(iter(want.values()))[0]
+    rec = next(iter(want.values())).recording_id
     world.delete(rec)
     await rig.syncer.full()
-    kept = sum(1 for r, _ in want.values() if r == rec)
+    kept = sum(1 for w in want.values() if w.recording_id == rec)
     result = await cli("prune", "--deleted", "--dry-run", "--json")
     assert json.loads(result.output)["files"] == kept
     assert f"removed {kept} files" in (await cli("prune", "--deleted")).output
