@@ -22,6 +22,7 @@ def test_demo_runs_mirrors_and_prints_events(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "recording.status_changed" in out.stdout
     assert "Try next" in out.stdout and "Traceback" not in out.stderr
+    assert " events delivered (" in out.stdout and "status changes)" in out.stdout
     db = tmp_path / "botasync-demo.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM recordings").fetchone()[0] >= 300
@@ -38,6 +39,9 @@ def test_describe_reads_like_a_sentence() -> None:
                      "previous": {"status": "processing"}})
     assert line.startswith("10:00:01  recording.completed")
     assert "rec_1" in line and "'Standup'" in line and "processing -> completed" in line
+    nameless = describe({"type": "recording.created", "created_at": "2026-11-25T10:00:01.000Z",
+                         "data": {"id": "rec_2", "name": None}, "previous": {}})
+    assert "rec_2  (no name)" in nameless and "'(no name)'" not in nameless
 
 
 def test_eta_is_honest_about_the_budget() -> None:
