@@ -61,14 +61,17 @@ class _SharedBody:
     def __init__(self) -> None:
         self.data = bytearray()
         self.states = [hashlib.sha256()]  # states[i]: the hash of data[: i * CHECKPOINT]
+        self.covered = 0  # bytes with data and checkpoints both in place (set last)
         self._lock = threading.Lock()  # the contract tests serve from a second thread
 
     def ensure(self, size: int) -> None:
         """Grow the body (and its checkpoints) to at least `size` bytes."""
-        if len(self.data) >= size:
+        if self.covered >= size:
             return
         with self._lock:
             have = len(self.data)
+            if have >= size:
+                return
             want = max(size, 2 * have, 256 * 1024)
             want += -want % CHECKPOINT
             self.data.extend(b"".join(file_chunks(SHARED_KEY, have, want)))
@@ -76,6 +79,7 @@ class _SharedBody:
             for pos in range(len(self.states) * CHECKPOINT, want + 1, CHECKPOINT):
                 state.update(self.data[pos - CHECKPOINT: pos])
                 self.states.append(state.copy())
+            self.covered = want
 
 
 _SHARED = _SharedBody()

@@ -366,8 +366,8 @@ class World:
                 yield self._served(key, sign_url)
 
     def file(self, file_id: str) -> FileRef | None:
-        """The file behind `/_files/{file_id}`: an uploaded-or-not media item's, or (deployed)
-        a recording's own file once it is stored; None when there is none."""
+        """The file behind `/_files/{file_id}`: a media item's (documented), or a recording's
+        own once it is stored (deployed); None when there is none."""
         if not self.deployed:
             media = self.find_media(file_id)
             if media is None:
