@@ -24,6 +24,7 @@ from botasync.media import Downloader
 from botasync.outbox import Dispatcher, ReplayResult
 from botasync.store import Store
 from botasync.sync import PassStats, Progress, Syncer
+from botasync.transcripts.fetcher import TranscriptFetcher
 
 SHUTDOWN_GRACE_S = 5.0
 
@@ -42,7 +43,8 @@ class App(AsyncClosing):
     """Store, client, dispatcher and syncer, opened together and closed in reverse."""
 
     def __init__(self, cfg: Config, store: Store, client: BotaClient, dispatcher: Dispatcher,
-                 syncer: Syncer, budget: RequestBudget, downloader: Downloader) -> None:
+                 syncer: Syncer, budget: RequestBudget, downloader: Downloader,
+                 transcripts: TranscriptFetcher) -> None:
         self.cfg = cfg
         self.store = store
         self.client = client
@@ -50,6 +52,7 @@ class App(AsyncClosing):
         self.syncer = syncer
         self.budget = budget
         self.downloader = downloader
+        self.transcripts = transcripts
         self._closed = False
 
     @classmethod
@@ -65,18 +68,22 @@ class App(AsyncClosing):
         share = max(1, int(cfg.api.requests_per_minute * cfg.sync.reconcile_budget_share))
         client = BotaClient(
             cfg.api, budget=budget, download_budget=RequestBudget(cfg.media.requests_per_minute),
+            transcripts_budget=RequestBudget(cfg.transcripts.requests_per_minute),
             backoff_base=cfg.api.retry_base_s, backoff_cap=cfg.api.retry_max_s,
         )
         dispatcher = Dispatcher(store, handlers, cfg.events)
         downloader = Downloader(store, client, cfg.media, on_commit=dispatcher.notify)
+        transcripts = TranscriptFetcher(store, client, cfg.transcripts,
+                                        on_commit=dispatcher.notify)
 
         def committed() -> None:
             dispatcher.notify()
             downloader.notify()
+            transcripts.notify()
 
         syncer = Syncer(cfg, client, store, on_commit=committed, on_progress=on_progress,
                         reconcile_budget=RequestBudget(share))
-        return cls(cfg, store, client, dispatcher, syncer, budget, downloader)
+        return cls(cfg, store, client, dispatcher, syncer, budget, downloader, transcripts)
 
 
     async def prune_events(self) -> retention.PruneResult | None:
@@ -92,6 +99,7 @@ class App(AsyncClosing):
         if self._closed:
             return
         self._closed = True
+        await self.transcripts.aclose(grace_s=grace_s)
         await self.downloader.aclose(grace_s=grace_s)
         await self.dispatcher.aclose(grace_s=grace_s)
         await self.client.aclose()

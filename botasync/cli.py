@@ -593,3 +593,4 @@ def snapshot(path: str) -> None:
 from botasync.cli_files import files  # noqa: E402
 
 main.add_command(files)
+from botasync.cli_transcripts import transcripts  # noqa: E402, F401  (adds itself to main)

@@ -52,7 +52,7 @@ MAX_QUOTED_CHARS = 200
 _PARAM_KEYS = ("param", "parameter", "field", "name")
 MAX_EXPIRES_IN_S = 7 * 24 * 3600  # a longer `expires_in` is not believed (S3 allows 7 days)
 
-Bucket = Literal["main", "download"]
+Bucket = Literal["main", "download", "transcripts"]
 T = TypeVar("T")
 
 
@@ -113,6 +113,7 @@ class BotaClient(AsyncClosing):
         *,
         budget: RequestBudget | None = None,
         download_budget: RequestBudget | None = None,
+        transcripts_budget: RequestBudget | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
@@ -121,6 +122,7 @@ class BotaClient(AsyncClosing):
         self._api = api
         self.budget = budget if budget is not None else RequestBudget(api.requests_per_minute)
         self.download_budget = download_budget
+        self.transcripts_budget = transcripts_budget  # the transcription/summary endpoints
         self._clock = clock  # wall clock (Unix seconds): the rate-limit headers use it
         self._rand = rand
         self._backoff_base = backoff_base
@@ -214,6 +216,48 @@ class BotaClient(AsyncClosing):
         """One cheap call (a page of one) that proves the URL, the key and its scope."""
         await self.list_recordings(limit=1)
 
+    # -- transcriptions and summaries: their own server limit (10 a minute), their own budget
+
+    async def get_transcription(self, transcription_id: str) -> Any:
+        """One transcription as received (a dict); NotFound when it does not exist (any more:
+        the deployed API answers 404 for a transcription replaced by a re-run)."""
+        path = f"/transcriptions/{quote(transcription_id, safe='')}"
+        return await self._transcripts_call(path, {}, _object("transcription"))
+
+    async def list_transcriptions(
+        self, recording_id: str, cursor: str | None = None, *, limit: int = 20
+    ) -> Page:
+        """One page of a recording's transcriptions (the deployed dialect's list)."""
+        params = {"recording_id": recording_id, "limit": str(limit)}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return await self._transcripts_call("/transcriptions", params, _page)
+
+    async def get_summary(self, summary_id: str) -> Any:
+        """One summary as received (a dict); NotFound when it does not exist."""
+        path = f"/summaries/{quote(summary_id, safe='')}"
+        return await self._transcripts_call(path, {}, _object("summary"))
+
+    async def list_summaries(
+        self, transcription_id: str, cursor: str | None = None, *, limit: int = 20
+    ) -> Page:
+        """One page of a transcription's summaries; NotFound where the API has no such list
+        (the documented dialect links a summary by the transcription's `summary_id`)."""
+        params = {"transcription_id": transcription_id, "limit": str(limit)}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return await self._transcripts_call("/summaries", params, _page)
+
+    async def _transcripts_call(
+        self, path: str, params: dict[str, str], parse: Parser[T]
+    ) -> T:
+        """A GET under the transcripts budget (and the overall one); a cursor is not quoted."""
+        shown = " ".join(f"{k}=…" if k == "cursor" else f"{k}={v}"
+                         for k, v in params.items() if k != "limit")
+        req = _Request("GET", path, f"GET {path} {shown}".rstrip(), params, bucket="transcripts")
+        extra = [self.transcripts_budget] if self.transcripts_budget is not None else []
+        return await self._call(req, extra, parse)
+
     # -- the retry loop and one attempt --------------------------------------------
 
     async def _call(
@@ -262,6 +306,8 @@ class BotaClient(AsyncClosing):
         """The budgets mirroring the server limit that `req`'s rate-limit headers describe."""
         if req.bucket == "download" and self.download_budget is not None:
             return [self.download_budget]
+        if req.bucket == "transcripts" and self.transcripts_budget is not None:
+            return [self.transcripts_budget]
         return [self.budget]
 
     async def _attempt(self, req: _Request, budgets: Sequence[RequestBudget]) -> Any:
@@ -425,6 +471,17 @@ def _recording(req: _Request, data: Any) -> Any:
     if not isinstance(data, dict):
         raise _shape_error(req, "not a recording object")
     return data
+
+
+def _object(what: str) -> Parser[Any]:
+    """A detail answer that must be one JSON object (its fields are the caller's business)."""
+
+    def parse(req: _Request, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _shape_error(req, f"not a {what} object")
+        return data
+
+    return parse
 
 
 def _download_url(req: _Request, data: Any, now_epoch: float) -> DownloadUrl:

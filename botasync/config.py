@@ -151,6 +151,15 @@ class MediaConfig(_Section):
     min_free_bytes: int = Field(1_073_741_824, ge=0)
 
 
+class TranscriptsConfig(_Section):
+    """Optional mirroring of transcriptions (and summaries), from their own queue."""
+
+    download: bool = False  # off by default: a backfill spends the project's 10/min for days
+    summaries: bool = False
+    requests_per_minute: int = Field(10, ge=1)  # Bota allows 10 a minute for these endpoints
+    concurrency: int = Field(2, ge=1, le=16)
+
+
 class LoggingConfig(_Section):
     """Log level and format (JSON for services, pretty on a terminal)."""
 
@@ -172,6 +181,7 @@ class Config(_Section):
     events: EventsConfig = Field(default_factory=EventsConfig)
     handlers: list[HandlerConfig] = Field(default_factory=list)
     media: MediaConfig = Field(default_factory=MediaConfig)
+    transcripts: TranscriptsConfig = Field(default_factory=TranscriptsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     _key_base: Path | None = PrivateAttr(default=None)  # where a relative api_key_file is
 

@@ -123,6 +123,7 @@ class Daemon:
         self.app = app
         await app.dispatcher.start()
         await app.downloader.start()
+        await app.transcripts.start()
         self._install_signals()
         self._scheduler = self._schedule(app)
         self._scheduler.start()

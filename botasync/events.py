@@ -29,12 +29,18 @@ RECORDING_DELETED = "recording.deleted"
 MEDIA_CREATED = "media.created"
 MEDIA_UPLOADED = "media.uploaded"
 MEDIA_DOWNLOADED = "media.downloaded"
+# Bota's own webhook names: `data` is the transcription or summary, `recording_id` its recording
+TRANSCRIPTION_COMPLETED = "transcription.completed"
+TRANSCRIPTION_FAILED = "transcription.failed"
+SUMMARY_COMPLETED = "summary.completed"
+SUMMARY_FAILED = "summary.failed"
 
 EVENT_TYPES = (
     RECORDING_CREATED, RECORDING_STATUS_CHANGED, RECORDING_PENDING, RECORDING_STREAMING,
     RECORDING_UPLOADED, RECORDING_PROCESSING, RECORDING_COMPLETED, RECORDING_FAILED,
     RECORDING_INTEGRITY_FAILURE, RECORDING_UPDATED, RECORDING_TRANSCRIBED,
     RECORDING_DELETED, MEDIA_CREATED, MEDIA_UPLOADED, MEDIA_DOWNLOADED,
+    TRANSCRIPTION_COMPLETED, TRANSCRIPTION_FAILED, SUMMARY_COMPLETED, SUMMARY_FAILED,
 )
 # the status a recording took -> the event named for it; a status botasync does not know
 # gets `recording.<status>` too when the status is a plain word (see `status_event`)

@@ -206,7 +206,7 @@ STEPS: tuple[str, ...] = (
 
     CREATE TABLE transcript_queue (
         recording_id     TEXT PRIMARY KEY REFERENCES recordings(id),
-        reason           TEXT NOT NULL,      -- completed | transcription_id | refresh
+        reason           TEXT NOT NULL,      -- transcription_id | completed | backfill
         queued_at        TEXT NOT NULL,
         attempts         INTEGER NOT NULL DEFAULT 0,
         last_error       TEXT,

@@ -19,6 +19,7 @@ from botasync.jsoncodec import loads
 from botasync.media_admin import files_status
 from botasync.outbox import backlog
 from botasync.store import Mirror, Store
+from botasync.transcripts.admin import transcripts_status
 
 DAEMON_STATE = "daemon"
 
@@ -55,6 +56,8 @@ async def collect(cfg: Config) -> dict[str, Any]:
             daemon["running"] = _alive(daemon.get("pid"))
         row = await store.fetchone("SELECT count(*), max(seq), min(created_at) FROM events")
         files = await files_status(store, cfg.media) if cfg.media.download else None
+        transcripts = (await transcripts_status(store, cfg.transcripts)
+                       if cfg.transcripts.download else None)
         return {
             "database": {"path": str(path), "bytes": path.stat().st_size},
             "recordings": await queries.counts_by_status(store),
@@ -74,6 +77,7 @@ async def collect(cfg: Config) -> dict[str, Any]:
             },
             "daemon": daemon,
             "files": files,
+            "transcripts": transcripts,
         }
 
 
@@ -106,6 +110,14 @@ def render(console: Console, data: dict[str, Any]) -> None:
         console.print("[bold]files[/bold] see `botasync files status` for the download queue: "
                       + ", ".join(f"{k} {v}" for k, v in data["files"].items()
                                   if isinstance(v, int | float)))
+    tr = data.get("transcripts")
+    if tr:
+        q = tr["queued"]
+        console.print(
+            f"[bold]transcripts[/bold] {tr['done']['recordings']:,} recordings done, "
+            f"{q['recordings']:,} queued" + (f" ({q['eta']})" if q["recordings"] else "")
+            + f", {tr['failed']['transcriptions']:,} failed, "
+            f"{tr['gave_up']['recordings']:,} gave up; see `botasync transcripts status`")
     if data["handlers"]:
         t = Table("handler", "backlog", "dead", "oldest waiting", box=None)
         for name, h in data["handlers"].items():

@@ -27,6 +27,7 @@ from botasync.events import Event
 from botasync.jsoncodec import dumps, loads
 from botasync.lifecycle import AsyncClosing
 from botasync.models import Recording
+from botasync.transcripts import queue as transcript_queue
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -313,6 +314,8 @@ async def _write_page(conn: aiosqlite.Connection, page: PageWrite, now: str) -> 
                 (u.recording.id, *keep),
             )
     await conn.executemany(_UPSERT_MEDIA, [row for u in page.upserts for row in _media_rows(u)])
+    # recordings that can now have a transcript are queued with their row (once turned on)
+    await transcript_queue.enqueue_rows(conn, page.upserts, now, backfill=page.backfill)
     await conn.executemany(
         "UPDATE recordings SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
         [(now, rid) for rid in page.tombstones],

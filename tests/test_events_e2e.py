@@ -1,4 +1,7 @@
-"""Events end to end: `botasync sync` processes deliver a world's changes to real handlers."""
+"""Events end to end: `botasync sync` processes deliver a world's changes to real handlers.
+
+The main scenario runs against both dialects of the API.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from botasync.simulator import Simulator, World
+import pytest
+
+from botasync.simulator import Dialect, Simulator, World
 from tests.conftest import SimulatorFactory, wait_for
+from tests.mirror import mirror_diff
 
 KEY = "sk_test_botasync"
 HANDLER = '''
@@ -64,29 +70,66 @@ def delivered(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# Per dialect: (status before the backfill, the change after it) per recording, and the
+# events the second sync must deliver. The deployed dialect has its own statuses
+# (`streaming`, `integrity_failure`) and no transcript id on the recording.
+Move = tuple[dict[str, Any], dict[str, Any]]
+MOVES: dict[str, list[Move]] = {
+    "documented": [
+        ({"status": "processing", "transcription_id": None},
+         {"status": "completed", "transcription_id": "txn_a1"}),
+        ({"status": "processing", "transcription_id": None},
+         {"status": "completed", "transcription_id": "txn_a2"}),
+        ({"status": "processing", "transcription_id": None}, {"status": "completed"}),
+        ({"status": "uploaded", "transcription_id": None}, {"status": "processing"}),
+        ({"status": "uploaded", "transcription_id": None}, {"status": "processing"}),
+    ],
+    "deployed": [
+        ({"status": "processing"}, {"status": "completed"}),
+        ({"status": "processing"}, {"status": "completed"}),
+        ({"status": "processing"}, {"status": "failed"}),
+        ({"status": "uploaded"}, {"status": "processing"}),
+        ({"status": "uploaded"}, {"status": "processing"}),
+        ({"status": "pending"}, {"status": "streaming"}),
+        ({"status": "uploaded"}, {"status": "integrity_failure"}),
+    ],
+}
+EXPECTED: dict[str, dict[str, int]] = {
+    "documented": {
+        "recording.completed": 3, "recording.processing": 2, "recording.status_changed": 5,
+        "recording.transcribed": 2, "recording.updated": 1, "recording.deleted": 1,
+        "recording.created": 1,
+    },
+    "deployed": {
+        "recording.completed": 2, "recording.failed": 1, "recording.processing": 2,
+        "recording.streaming": 1, "recording.integrity_failure": 1,
+        "recording.status_changed": 7, "recording.updated": 1, "recording.deleted": 1,
+        "recording.created": 1,
+    },
+}
+
+
+@pytest.mark.parametrize("dialect", ["documented", "deployed"])
 async def test_backfill_then_changes_deliver_exactly_their_events(
-    simulator_factory: SimulatorFactory, tmp_path: Path
+    simulator_factory: SimulatorFactory, tmp_path: Path, dialect: Dialect,
 ) -> None:
     """After a backfill of 300, one sync delivers each change's events once, with unique ids."""
-    sim = await simulator_factory(World(seed=31, recordings=300))
+    sim = await simulator_factory(World(seed=31, recordings=300, dialect=dialect))
     world = sim.world
     ids = [i["id"] for i in world.all()[20:300:25]]
-    processing, uploaded, rename, victim = ids[:3], ids[3:5], ids[5], ids[6]
-    for rid in processing:
-        world.update(rid, status="processing", transcription_id=None)
-    for rid in uploaded:
-        world.update(rid, status="uploaded", transcription_id=None)
+    moves = MOVES[dialect]
+    moved, rename, victim = ids[:len(moves)], ids[len(moves)], ids[len(moves) + 1]
+    for rid, (before, _) in zip(moved, moves, strict=True):
+        world.update(rid, **before)
     cfg = write_cfg(tmp_path, sim, [("cmd", "append")])
     code, _, err = await botasync("sync", cfg=cfg)
     assert code == 0, err
     assert delivered(tmp_path / "cmd.jsonl") == []  # the backfill stays in the outbox
 
-    world.update(processing[0], status="completed", transcription_id="txn_a1")
-    world.update(processing[1], status="completed", transcription_id="txn_a2")
-    world.update(processing[2], status="completed")  # completed without a transcript yet
-    for rid in uploaded:
-        world.update(rid, status="processing")
+    for rid, (_, after) in zip(moved, moves, strict=True):
+        world.update(rid, **after)
     world.update(rename, name="Renamed in the test")
+    old_name = _old_name(tmp_path, rename)
     world.delete(victim)
     new = world.create(name="Brand new")
     code, _, err = await botasync("sync", cfg=cfg)
@@ -96,22 +139,20 @@ async def test_backfill_then_changes_deliver_exactly_their_events(
     events = [g["event"] for g in got]
     assert all(g["env_id"] == g["event"]["id"] for g in got)
     assert len({e["id"] for e in events}) == len(events)
-    counts = Counter(e["type"] for e in events)
-    assert counts == {
-        "recording.completed": 3, "recording.processing": 2, "recording.status_changed": 5,
-        "recording.transcribed": 2, "recording.updated": 1, "recording.deleted": 1,
-        "recording.created": 1,
-    }
-    assert {e["data"]["id"] for e in events if e["type"] == "recording.completed"} == \
-        set(processing)
-    assert all(e["previous"] == {"status": "processing"} for e in events
-               if e["type"] == "recording.completed")
-    assert [e["previous"] for e in events if e["type"] == "recording.updated"] == \
-        [{"name": world.get(rename) and next(
-            x["event"]["data"] for x in got if x["event"]["data"]["id"] == rename)["name"]
-          and _old_name(tmp_path, rename)}]
+    assert Counter(e["type"] for e in events) == EXPECTED[dialect]
+    for rid, (before, after) in zip(moved, moves, strict=True):  # each its own status event
+        named = [e for e in events if e["type"] == f"recording.{after['status']}"
+                 and e["data"]["id"] == rid]
+        assert [(e["data"]["status"], e["previous"]) for e in named] == \
+            [(after["status"], {"status": before["status"]})]
+    transcribed = {e["data"]["id"] for e in events if e["type"] == "recording.transcribed"}
+    assert transcribed == {rid for rid, (_, a) in zip(moved, moves, strict=True)
+                           if a.get("transcription_id")}
+    assert [(e["data"]["id"], e["previous"]) for e in events
+            if e["type"] == "recording.updated"] == [(rename, {"name": old_name})]
     assert [e["data"]["id"] for e in events if e["type"] == "recording.deleted"] == [victim]
     assert [e["data"]["id"] for e in events if e["type"] == "recording.created"] == [new["id"]]
+    assert mirror_diff(tmp_path / "botasync.db", world.all()) == []
 
     code, _out, err = await botasync("sync", cfg=cfg)
     assert code == 0

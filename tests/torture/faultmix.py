@@ -7,6 +7,10 @@ request log must never hold more than the budget in any window, retries included
 
 The window is a parameter: tests scale it down (`RequestBudget(n, window_s=...)` in the
 client, the same limit at the server), `bench/torture.py` runs the real 60 s one.
+
+Either dialect: the deployed one gives every fault its own shape (a 429 with no
+`Retry-After` and no rate-limit headers, errors as plain strings) and walks by cursor,
+while recordings come and go around the cursor.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from botasync import config
 from botasync.app import App
 from botasync.budget import RequestBudget
 from botasync.errors import ApiError
-from botasync.simulator import Faults, Simulator, World, serve
+from botasync.simulator import Dialect, Faults, Simulator, World, serve
 from tests.mirror import mirror_diff
 from tests.torture.harness import API_KEYS, KEY, integrity
 
@@ -39,7 +43,9 @@ class FaultMixResult:
 
     budget: int
     window_s: float
+    dialect: Dialect = "documented"
     requests: int = 0
+    cursor_pages: int = 0  # list requests that carried a cursor
     peak: int = 0
     genuine_429: int = 0
     injected: dict[str, int] = field(default_factory=dict)
@@ -142,12 +148,13 @@ async def run_fault_mix(
     tmp: Path, *, recordings: int = 60, page_size: int = 10, budget: int = 16,
     window_s: float = 0.4, timeout_s: float = 0.25, seed: int = 3, moving_rounds: int = 1,
     max_frozen_passes: int = 5, move_every_s: float = 0.02, changes: int = 40,
+    dialect: Dialect = "documented",
 ) -> FaultMixResult:
     """Sync through the fault mix, moving then frozen; measure the request log's peak window."""
     started = time.monotonic()
-    result = FaultMixResult(budget=budget, window_s=window_s)
+    result = FaultMixResult(budget=budget, window_s=window_s, dialect=dialect)
     db = tmp / "botasync.db"
-    async with serve(World(seed=seed, recordings=recordings), api_keys=API_KEYS,
+    async with serve(World(seed=seed, recordings=recordings, dialect=dialect), api_keys=API_KEYS,
                      rate_limit=budget, faults=Faults(seed)) as sim:
         sim.limiter.window_s = window_s  # the server enforces the same (scaled) limit
         sim.faults.slow_s = timeout_s * 1.6
@@ -188,6 +195,8 @@ def _measure(sim: Simulator, db: Path, mover: _Mover, result: FaultMixResult) ->
     result.rows_wrong = mirror_diff(db, sim.world.all())
     result.integrity = integrity(db)
     result.requests = len(sim.requests)
+    result.cursor_pages = sum(1 for r in sim.requests if r.path == "/v1/recordings"
+                              and "cursor=" in r.query)
     result.peak = sim.max_requests_in_window(result.window_s, "/v1/")
     result.injected = dict(sim.faults.injected)
     result.genuine_429 = sim.status_counts[429] - result.injected.get("rate_limited", 0)

@@ -5,6 +5,11 @@ page, a commit, a detail fetch, a delivery, or just somewhere in start-up) and s
 again. After the last restart the world is frozen, the daemon stopped with SIGTERM and
 one full pass run; then the database must equal the world, every outbox event must
 have reached the handler, and every stored state must be explained by its events.
+
+It runs against either dialect of the API. The deployed one pages by cursor, so a walk's
+checkpoint is a cursor (`sync_runs.cursor`); there a further kind of moment waits for a
+walk holding such a checkpoint, and every kill records whether one was open when it
+landed, so the run can show that restarts really resumed walks by cursor.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botasync.simulator import Simulator, World, serve
+from botasync.simulator import Dialect, Simulator, World, serve
 from tests.mirror import mirror_diff
 from tests.torture.harness import (
     API_KEYS,
@@ -38,9 +43,17 @@ from tests.torture.harness import (
 )
 
 MOMENTS = ("startup", "walk", "commit", "detail", "delivery")
-LIFECYCLE = {"pending": 0, "uploaded": 1, "processing": 2, "completed": 3, "failed": 3}
+# the deployed dialect: the same moments plus "cursor" (a walk that has checkpointed a
+# cursor), drawn as often as all the others together
+CURSOR_MOMENTS = (*MOMENTS, *["cursor"] * len(MOMENTS))
+WALK_KINDS = ("full", "reconcile")
+LIFECYCLE = {"pending": 0, "streaming": 1, "uploaded": 2, "processing": 3, "completed": 4,
+             "failed": 4, "integrity_failure": 4}
 STATUS_TYPES = ("recording.created", "recording.status_changed")
 MOMENT_TIMEOUT_S = 4.0
+# moments that always come (a first start creates its database, a reconcile walk starts every
+# second): waited for longer, so a slow start on a busy machine still meets them
+SURE_MOMENT_TIMEOUT_S = {"migrations": 15.0, "cursor": 15.0}
 ARM_AFTER_MAX_S = 1.2  # a kill waits up to this long before it looks for its moment
 
 
@@ -48,11 +61,16 @@ ARM_AFTER_MAX_S = 1.2  # a kill waits up to this long before it looks for its mo
 class Kill9Result:
     """What a kill -9 run measured; `problems()` is empty when nothing was lost or wrong."""
 
+    dialect: Dialect = "documented"
     kills: int = 0
     moments: Counter[str] = field(default_factory=Counter)
+    cursor_kills: int = 0  # kills that landed while a walk held a cursor checkpoint
+    cursor_resumes: int = 0  # restarts that went on with a walk from its saved cursor
+    cursor_pages: int = 0  # list requests that carried a cursor
     events: int = 0
     deliveries: int = 0
     duplicates: int = 0
+    shared_ids: int = 0  # outbox events whose id another event has too
     lost: list[str] = field(default_factory=list)
     invented: list[str] = field(default_factory=list)
     rows_wrong: list[str] = field(default_factory=list)
@@ -69,6 +87,8 @@ class Kill9Result:
     def problems(self) -> list[str]:
         out = [f"lost {e}" for e in self.lost] + [f"invented {e}" for e in self.invented]
         out += [f"row {r}" for r in self.rows_wrong] + [f"unexplained {u}" for u in self.unexplained]
+        if self.shared_ids:
+            out.append(f"{self.shared_ids} outbox events share their id with another")
         if self.integrity != "ok":
             out.append(f"integrity: {self.integrity}")
         if self.final_exit != 0:
@@ -83,9 +103,10 @@ class Kill9Result:
 class _Watch:
     """What the killer watches to pick its moment: the server's log, the files on disk."""
 
-    def __init__(self, sim: Simulator, db: Path, out: Path) -> None:
-        self.sim, self.db, self.out = sim, db, out
+    def __init__(self, sim: Simulator, db: Path, out: Path, log: Path) -> None:
+        self.sim, self.db, self.out, self.log = sim, db, out, log
         self.wal = db.with_name(db.name + "-wal")
+        self.runs_before = _last_run_id(db)  # the sync_runs rows this process starts come after
         self.arm()
 
     def arm(self) -> None:
@@ -93,6 +114,10 @@ class _Watch:
         self.mark = len(self.sim.requests)
         self.wal_stamp = _stamp(self.wal)
         self.out_size = _size(self.out)
+
+    def daemon_started(self) -> bool:
+        """Whether the process got through its start-up (its log says so)."""
+        return self.log.exists() and b'"daemon_started"' in self.log.read_bytes()
 
     def request(self, detail: bool) -> bool:
         for r in self.sim.requests[self.mark:]:
@@ -109,6 +134,17 @@ class _Watch:
 
     def delivered(self) -> bool:
         return _size(self.out) > self.out_size
+
+    def cursor_walk(self) -> bool:
+        """Whether a walk this process started is open and has a cursor to resume from."""
+        return bool(rows(self.db, "SELECT 1 FROM sync_runs WHERE id > ? AND kind IN (?, ?) "
+                                  "AND ended_at IS NULL AND cursor IS NOT NULL",
+                         (self.runs_before, *WALK_KINDS)))
+
+
+def _last_run_id(db: Path) -> int:
+    got = rows(db, "SELECT max(id) FROM sync_runs")
+    return int(got[0][0] or 0) if got else 0
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -135,6 +171,8 @@ async def _wait_moment(kind: str, watch: _Watch, rng: random.Random) -> bool:
         await asyncio.sleep(rng.uniform(0.05, 1.2))
         return True
     if kind != "migrations":  # let it live a while: later walks, reconciles, deliveries
+        # counted from the end of its start-up, which a busy machine can make take seconds
+        await until(watch.daemon_started, SURE_MOMENT_TIMEOUT_S["migrations"], interval=0.01)
         await asyncio.sleep(rng.uniform(0.0, ARM_AFTER_MAX_S))
         watch.arm()
     probe = {
@@ -143,9 +181,12 @@ async def _wait_moment(kind: str, watch: _Watch, rng: random.Random) -> bool:
         "detail": lambda: watch.request(detail=True),
         "commit": watch.wal_written,
         "delivery": watch.delivered,
+        "cursor": watch.cursor_walk,
     }[kind]
-    hit = await until(probe, MOMENT_TIMEOUT_S, interval=0.001) is not None
-    jitter = {"walk": 0.04, "delivery": 0.03, "commit": 0.005}.get(kind, 0.0)
+    interval = 0.003 if kind == "cursor" else 0.001  # a query, not a stat: a little slower
+    timeout = SURE_MOMENT_TIMEOUT_S.get(kind, MOMENT_TIMEOUT_S)
+    hit = await until(probe, timeout, interval=interval) is not None
+    jitter = {"walk": 0.04, "delivery": 0.03, "commit": 0.005, "cursor": 0.03}.get(kind, 0.0)
     if hit and jitter:
         await asyncio.sleep(rng.uniform(0, jitter))
     return hit
@@ -165,14 +206,24 @@ def daemon_config(tmp: Path, sim: Simulator, db: Path, out: Path) -> Path:
     return write_config(tmp / "botasync.toml", sections)
 
 
+def _moment(i: int, dialect: Dialect, rng: random.Random) -> str:
+    """The kind of moment the i-th kill waits for; a deployed run's second waits for a cursor."""
+    if i == 0:
+        return "migrations"
+    if dialect != "deployed":
+        return rng.choice(MOMENTS)
+    return "cursor" if i == 1 else rng.choice(CURSOR_MOMENTS)
+
+
 async def run_kill9(
     tmp: Path, *, kills: int, seed: int = 1, recordings: int = 150, move_every_s: float = 0.05,
+    dialect: Dialect = "documented",
 ) -> Kill9Result:
     """Kill `botasync run` `kills` times at random moments, then check everything."""
     started = time.monotonic()
-    result = Kill9Result()
+    result = Kill9Result(dialect=dialect)
     rng = random.Random(seed)
-    world = World(seed=seed, recordings=recordings)
+    world = World(seed=seed, recordings=recordings, dialect=dialect)
     logs = tmp / "logs"
     logs.mkdir(exist_ok=True)
     async with serve(world, api_keys=API_KEYS, rate_limit=None, latency_s=0.002) as sim:
@@ -180,9 +231,9 @@ async def run_kill9(
         cfg = daemon_config(tmp, sim, db, out)
         sim.start_moving(move_every_s, 1)
         for i in range(kills):
-            kind = "migrations" if i == 0 else rng.choice(MOMENTS)
-            watch = _Watch(sim, db, out)
+            kind = _moment(i, dialect, rng)
             log = logs / f"run-{i:03d}.log"
+            watch = _Watch(sim, db, out, log)
             result.outputs.append(log)
             proc = await spawn("run", "--config", str(cfg), log_to=log)
             try:
@@ -192,8 +243,12 @@ async def run_kill9(
                 await proc.wait()
             result.kills += 1
             result.moments[kind if hit else f"{kind} (none came: killed at timeout)"] += 1
+            result.cursor_kills += watch.cursor_walk()  # read after the kill: what it left
         await _last_run(tmp, sim, cfg, db, result)
         result.requests = len(sim.requests)
+        result.cursor_pages = sum(1 for r in sim.requests if r.path == "/v1/recordings"
+                                  and "cursor=" in r.query)
+        result.cursor_resumes = sum(_resumed_by_cursor(p) for p in result.outputs)
         result.recordings = len(sim.world)
         _check(db, out, sim, result)
     result.seconds = round(time.monotonic() - started, 1)
@@ -225,6 +280,14 @@ def _keep(path: Path, run: Run, result: Kill9Result) -> None:
     result.outputs.append(path)
 
 
+def _resumed_by_cursor(log: Path) -> int:
+    """How many walks a process's log says it resumed from a saved cursor."""
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if '"walk_resumed"' in line and '"by_cursor": true' in line)
+
+
 def _ticks(db: Path) -> int:
     got = rows(db, "SELECT count(*) FROM sync_runs WHERE kind = 'hot' AND ended_at IS NOT NULL")
     return int(got[0][0]) if got else 0
@@ -237,6 +300,8 @@ def _check(db: Path, out: Path, sim: Simulator, result: Kill9Result) -> None:
     events = {r[0]: (r[1], r[2], r[3]) for r in rows(
         db, "SELECT id, type, recording_id, seq FROM events")}
     got = delivered_lines(out)
+    total = rows(db, "SELECT count(*) FROM events")
+    result.shared_ids = (int(total[0][0]) if total else 0) - len(events)
     result.events, result.deliveries = len(events), len(got)
     got_ids = {g[0] for g in got}
     result.duplicates = len(got) - len(got_ids)

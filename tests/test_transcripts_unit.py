@@ -1,0 +1,356 @@
+"""Transcripts, the parts that need no API: reading either dialect's objects, the queue's
+SQL, the one-transaction write with its FTS index and events, and the ETA arithmetic.
+
+Real SQLite files throughout; `fts_matches_rows` proves the index holds exactly what the
+segments table holds (SQLite's own integrity-check does not compare an external-content
+index with its content before 3.44).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from botasync.events import EVENT_TYPES, EventIds, utc_now
+from botasync.models import parse_recording
+from botasync.store import Mirror, PageWrite, Store, Upsert
+from botasync.transcripts import queue
+from botasync.transcripts import store as tstore
+from botasync.transcripts.admin import eta_seconds, eta_text, human_duration
+from botasync.transcripts.model import (
+    InvalidObject,
+    error_text,
+    parse_segments,
+    parse_summary,
+    parse_transcription,
+)
+from botasync.transcripts.progress import time_left
+
+NOW = "2026-11-25T10:00:00.000Z"
+
+
+def fts_matches_rows(db: str | Path) -> None:
+    """The FTS index passes its integrity-check and equals an index rebuilt from the rows."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO transcript_fts(transcript_fts) VALUES('integrity-check')")
+        conn.execute("CREATE VIRTUAL TABLE temp.fv USING fts5vocab(main, 'transcript_fts', "
+                     "'instance')")
+        sql = "SELECT term, doc, col, offset FROM temp.fv ORDER BY 1, 2, 3, 4"
+        kept = conn.execute(sql).fetchall()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO transcript_fts(transcript_fts) VALUES('rebuild')")
+        rebuilt = conn.execute(sql).fetchall()
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    assert kept == rebuilt
+
+
+def search(db: str | Path, words: str) -> list[str]:
+    """Transcription ids whose segments match an FTS query."""
+    conn = sqlite3.connect(db)
+    try:
+        return [r[0] for r in conn.execute(
+            "SELECT DISTINCT s.transcription_id FROM transcript_fts f "
+            "JOIN transcript_segments s ON s.id = f.rowid WHERE transcript_fts MATCH ?",
+            (words,))]
+    finally:
+        conn.close()
+
+
+def txn(tid: str, rec: str, status: str = "completed", words: str = "hello there",
+        dialect: str = "documented", **extra: Any) -> dict[str, Any]:
+    """A transcription object of either dialect with two speakers' segments."""
+    segments = [{"start": 0.0, "end": 1.5, "text": f"{words} one", "speaker": "A"},
+                {"start": 1.5, "end": 3.25, "text": f"{words} two", "speaker": "B",
+                 "confidence": 0.9}]
+    body: dict[str, Any] = {
+        "id": tid, "recording_id": rec, "status": status, "language": "en",
+        "provider": "deepgram", "segments": segments if status == "completed" else None,
+        "word_count": 6, "error": None, "created_at": "2026-11-25T09:00:00Z",
+        "updated_at": "2026-11-25T09:01:00Z", "completed_at": None, **extra}
+    text = " ".join(s["text"] for s in segments) if status == "completed" else None
+    if dialect == "documented":
+        body.update(text=text, summary_id=None)
+    else:
+        body.update(full_text=text)
+    return body
+
+
+# --- reading either dialect -------------------------------------------------------------
+
+
+def test_documented_and_deployed_transcriptions_read_alike() -> None:
+    """`text` or `full_text`, an error object or a string: the same columns."""
+    doc = parse_transcription(txn("txn_a", "rec_1", error={"code": "x", "message": "y"}))
+    dep = parse_transcription(txn("txn_a", "rec_1", dialect="deployed", error="y"))
+    assert doc.text == dep.text == "hello there one hello there two"
+    assert (doc.error, dep.error) == ("x: y", "y")
+    assert (doc.links_summary, dep.links_summary) == (True, False)
+    assert doc.segments == dep.segments
+    assert doc.segments is not None and doc.segments[1].confidence == 0.9
+    assert doc.terminal and doc.created_at == "2026-11-25T09:00:00Z"
+
+
+@pytest.mark.parametrize(("value", "want"), [
+    (None, None), ("", None), ("boom", "boom"), ({"code": "c", "message": "m"}, "c: m"),
+    ({"message": "m"}, "m"), ({"code": "c"}, "c"), ({"other": 1}, '{"other":1}'), (5, "5"),
+])
+def test_error_text(value: Any, want: str | None) -> None:
+    """Every form of error becomes one text, or null."""
+    assert error_text(value) == want
+
+
+def test_liberal_reading() -> None:
+    """Decimal strings, wrong types, odd segments and a missing status never drop an object."""
+    t = parse_transcription({"id": "txn_b", "word_count": "12", "language": ["en"],
+                             "segments": [{"start": "1.5", "end": "x", "text": None},
+                                          "junk", {"start": True, "speaker": 2, "text": "hi"}]})
+    assert (t.status, t.word_count, t.language, t.text, t.recording_id) == (
+        "unknown", 12, None, None, None)
+    assert [(s.position, s.start_s, s.end_s, s.speaker, s.text) for s in t.segments or ()] == [
+        (0, 1.5, None, None, ""), (2, None, None, "2", "hi")]
+    assert parse_segments(None) is None and parse_segments({}) is None
+    for bad in ({"id": "rec_1"}, {"id": "txn_../x"}, {}, [], "txn_a"):
+        with pytest.raises(InvalidObject):
+            parse_transcription(bad)
+
+
+def test_summaries_read_alike() -> None:
+    """`output` is kept as JSON text; the error in either form."""
+    s = parse_summary({"id": "sum_1", "transcription_id": "txn_a", "status": "completed",
+                       "output": {"bullets": ["a", "b"]}, "error": None,
+                       "template_id": "tpl_1", "started_at": "2026-11-25T09:00:00+01:00"})
+    assert (s.output, s.started_at, s.terminal) == (
+        '{"bullets":["a","b"]}', "2026-11-25T08:00:00Z", True)
+    assert parse_summary({"id": "sum_2", "error": {"code": "e", "message": "m"}}).error == "e: m"
+    with pytest.raises(InvalidObject):
+        parse_summary({"id": "txn_1"})
+
+
+def test_event_types_include_botas_names() -> None:
+    """The four event types carry Bota's own webhook names."""
+    for name in ("transcription.completed", "transcription.failed", "summary.completed",
+                 "summary.failed"):
+        assert name in EVENT_TYPES
+
+
+# --- what is queued ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("item", "want"), [
+    ({"status": "completed", "transcription_id": "txn_1"}, queue.BY_ID),
+    ({"status": "processing", "transcription_id": "txn_1"}, queue.BY_ID),
+    ({"status": "completed", "transcription_id": None}, None),  # documented, none yet
+    ({"status": "completed"}, queue.COMPLETED),  # deployed: ask the list
+    ({"status": "processing"}, None),
+    ({"status": "integrity_failure"}, None),
+])
+def test_reason_for(item: dict[str, Any], want: str | None) -> None:
+    """A recording can have a transcript when it names one, or is completed naming none."""
+    raw = {"id": "rec_1", **item}
+    assert queue.reason_for(parse_recording(raw), raw) == want
+
+
+# --- the ETA ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "rpm", "summaries", "want"), [
+    (100_000, 10, False, "100,000 at 10 a minute: about 7 days"),
+    (100_000, 10, True, "100,000 (2 requests each) at 10 a minute: about 14 days"),
+    (30, 10, False, "30 at 10 a minute: about 3 min"),
+    (1_000, 10, False, "1,000 at 10 a minute: about 2 h"),
+    (0, 10, False, "0 at 10 a minute: about 0 s"),
+])
+def test_eta_text(n: int, rpm: int, summaries: bool, want: str) -> None:
+    """The backfill's length at the budget, as `transcripts status` says it."""
+    assert eta_text(n, rpm, summaries) == want
+
+
+def test_eta_and_time_left() -> None:
+    """The budget's pace is a floor: a fast start does not promise a short wait."""
+    assert eta_seconds(10, 10, False) == 60.0
+    assert human_duration(89) == "89 s" and human_duration(3 * 86400) == "3 days"
+    assert time_left(10, 5, 1.0, 10, False) == 60.0  # measured 2 s, budget 60 s
+    assert time_left(10, 5, 500.0, 10, False) == 1000.0  # measured slower than the budget
+    assert time_left(0, 5, 1.0, 10, False) == 0.0
+
+
+# --- the write, the index and the queue in SQLite ---------------------------------------
+
+
+async def put_recordings(store: Store, *items: dict[str, Any], backfill: bool = False) -> None:
+    """Write recordings through the sync's own page write (which also queues them)."""
+    raws = [{"created_at": f"2026-11-2{i}T00:00:00Z", **item} for i, item in enumerate(items)]
+
+    def build(old: dict[str, Any], newer: set[str]) -> PageWrite:
+        return PageWrite(upserts=[Upsert(parse_recording(r), r, None, r["id"] not in old)
+                                  for r in raws], backfill=backfill)
+
+    await Mirror(store).apply([r["id"] for r in raws], build, NOW)
+
+
+IDS = EventIds()
+
+
+async def write(store: Store, rec: str, *objs: dict[str, Any],
+                summaries: dict[str, list[dict[str, Any]]] | None = None) -> tstore.Written:
+    fetched = tstore.Fetched(rec, [parse_transcription(o) for o in objs], {
+        k: [parse_summary(s) for s in v] for k, v in (summaries or {}).items()})
+    async with store.transaction() as conn:
+        return await tstore.write(conn, fetched, now=NOW, new_id=lambda: IDS.new(utc_now()))
+
+
+def rows(db: Path, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Any:
+    async with await Store.open(tmp_path / "botasync.db") as s:
+        yield s
+
+
+async def test_write_stores_rows_segments_index_and_one_event(store: Store) -> None:
+    """A completed transcription: its row, its segments, their index, one event; again: nothing."""
+    await put_recordings(store, {"id": "rec_1", "status": "completed"})
+    obj = txn("txn_a", "rec_1", words="zebra")
+    w = await write(store, "rec_1", obj)
+    assert (w.transcriptions, w.segments, w.done) == (1, 2, True)
+    assert [(e.type, e.recording_id, e.data, e.previous) for e in w.events] == [
+        ("transcription.completed", "rec_1", obj, {})]
+    assert rows(store.path, "SELECT position, start_s, end_s, speaker, text, confidence "
+                            "FROM transcript_segments ORDER BY position") == [
+        (0, 0.0, 1.5, "A", "zebra one", None), (1, 1.5, 3.25, "B", "zebra two", 0.9)]
+    assert search(store.path, "zebra") == ["txn_a"]
+    assert search(store.path, "speaker:B") == ["txn_a"]
+    again = await write(store, "rec_1", obj)
+    assert (again.transcriptions, again.events) == (0, [])
+    fts_matches_rows(store.path)
+
+
+async def test_pending_then_completed_then_failed(store: Store) -> None:
+    """No event while pending; completed once; a later change of status is reported with it."""
+    await put_recordings(store, {"id": "rec_1", "status": "processing"})
+    w = await write(store, "rec_1", txn("txn_a", "rec_1", status="processing"))
+    assert (w.done, w.events, w.segments) == (False, [], 0)
+    w = await write(store, "rec_1", txn("txn_a", "rec_1"))
+    assert [(e.type, e.previous["status"]) for e in w.events] == [
+        ("transcription.completed", "processing")]
+    w = await write(store, "rec_1", txn("txn_a", "rec_1", status="failed", error="gone bad"))
+    assert [(e.type, e.previous["status"], e.previous["error"]) for e in w.events] == [
+        ("transcription.failed", "completed", None)]
+    assert rows(store.path, "SELECT count(*) FROM transcript_segments") == [(0,)]
+    fts_matches_rows(store.path)
+
+
+async def test_replacement_waits_for_its_replacement_to_finish(store: Store) -> None:
+    """A re-run: the old one stays while the new one runs, then goes with an event naming it."""
+    await put_recordings(store, {"id": "rec_1", "status": "completed"},
+                         {"id": "rec_2", "status": "completed"})
+    await write(store, "rec_1", txn("txn_old", "rec_1", words="aardvark"))
+    await write(store, "rec_2", txn("txn_other", "rec_2", words="aardvark"))
+    w = await write(store, "rec_1", txn("txn_new", "rec_1", status="processing"))
+    assert (w.replaced, w.events, w.done) == ([], [], False)
+    assert sorted(search(store.path, "aardvark")) == ["txn_old", "txn_other"]
+    w = await write(store, "rec_1", txn("txn_new", "rec_1", words="buffalo"))
+    assert w.replaced == ["txn_old"]
+    assert [(e.type, e.data["id"], e.previous) for e in w.events] == [
+        ("transcription.completed", "txn_new", {"id": "txn_old", "status": "processing", "text": None})]
+    assert search(store.path, "aardvark") == ["txn_other"]
+    assert search(store.path, "buffalo") == ["txn_new"]
+    assert rows(store.path, "SELECT id FROM transcriptions ORDER BY id") == [
+        ("txn_new",), ("txn_other",)]
+    fts_matches_rows(store.path)
+
+
+async def test_summaries_stored_with_events_and_removed_with_their_transcription(
+    store: Store,
+) -> None:
+    """Summaries: stored and announced once terminal; gone when their transcription is replaced."""
+    await put_recordings(store, {"id": "rec_1", "status": "completed"})
+    pending = {"id": "sum_1", "transcription_id": "txn_a", "status": "processing", "output": None}
+    done = {**pending, "status": "completed", "output": {"summary": "short"}}
+    w = await write(store, "rec_1", txn("txn_a", "rec_1"), summaries={"txn_a": [pending]})
+    assert w.done is False and [e.type for e in w.events] == ["transcription.completed"]
+    w = await write(store, "rec_1", txn("txn_a", "rec_1"), summaries={"txn_a": [done]})
+    assert (w.done, [(e.type, e.data, e.previous) for e in w.events]) == (
+        True, [("summary.completed", done, {"status": "processing", "output": None})])
+    assert rows(store.path, "SELECT id, transcription_id, recording_id, output FROM summaries") == [
+        ("sum_1", "txn_a", "rec_1", '{"summary":"short"}')]
+    await write(store, "rec_1", txn("txn_b", "rec_1"))
+    assert rows(store.path, "SELECT count(*) FROM summaries") == [(0,)]
+
+
+async def test_nothing_is_queued_before_transcripts_are_on(store: Store) -> None:
+    """The sync queues nothing until `enable`; `enable` queues what is stored, once."""
+    await put_recordings(
+        store, {"id": "rec_1", "status": "completed"},  # deployed: ask the list
+        {"id": "rec_2", "status": "completed", "transcription_id": "txn_2"},
+        {"id": "rec_3", "status": "processing"},
+        {"id": "rec_4", "status": "completed", "transcription_id": None},
+        {"id": "rec_5", "status": "completed"})
+    async with store.transaction() as conn:
+        await conn.execute("UPDATE recordings SET deleted_at = ? WHERE id = 'rec_5'", (NOW,))
+    assert rows(store.path, "SELECT count(*) FROM transcript_queue") == [(0,)]
+    async with store.transaction() as conn:
+        assert await queue.enable(conn, NOW, summaries=False) == 2
+        assert await queue.enable(conn, NOW, summaries=False) == 0
+    assert rows(store.path, "SELECT recording_id, reason FROM transcript_queue ORDER BY 1") == [
+        ("rec_1", "backfill"), ("rec_2", "backfill")]
+    await put_recordings(store, {"id": "rec_3", "status": "completed", "created_at": "2026-12-01"},
+                         {"id": "rec_6", "status": "processing", "transcription_id": "txn_6",
+                          "created_at": "2026-12-02"})
+    assert rows(store.path, "SELECT recording_id, reason FROM transcript_queue ORDER BY 1") == [
+        ("rec_1", "backfill"), ("rec_2", "backfill"), ("rec_3", "completed"),
+        ("rec_6", "transcription_id")]
+    async with store.read() as conn:  # newest first; a tombstoned one never
+        assert [j.recording_id for j in await queue.due(conn, NOW, 10)] == [
+            "rec_6", "rec_3", "rec_2", "rec_1"]
+
+
+async def test_a_row_queued_again_while_fetched_is_not_finished(store: Store) -> None:
+    """The sync queues a recording again while it is being fetched: the fetch leaves it queued."""
+    async with store.transaction() as conn:
+        await queue.enable(conn, NOW, summaries=False)
+    await put_recordings(store, {"id": "rec_1", "status": "completed", "transcription_id": "t"})
+    async with store.read() as conn:
+        (job,) = await queue.due(conn, NOW, 10)
+    assert job.by_id and job.transcription_id == "t"
+    async with store.transaction() as conn:
+        await conn.execute("UPDATE transcript_queue SET queued_at = 'later'")
+        assert not await queue.finish(conn, job)
+        assert not await queue.again(conn, job, None, "x", 1)
+    assert rows(store.path, "SELECT queued_at, last_error FROM transcript_queue") == [
+        ("later", None)]
+
+
+async def test_stored_terminal_transcription_is_not_queued_again(store: Store) -> None:
+    """A recording naming a transcription stored terminal is not queued by its next write."""
+    async with store.transaction() as conn:
+        await queue.enable(conn, NOW, summaries=False)
+    await put_recordings(store, {"id": "rec_1", "status": "completed", "transcription_id": "txn_a"})
+    await write(store, "rec_1", txn("txn_a", "rec_1"))
+    async with store.transaction() as conn:
+        await conn.execute("DELETE FROM transcript_queue")
+    await put_recordings(store, {"id": "rec_1", "status": "completed", "transcription_id": "txn_a",
+                                 "name": "renamed"})
+    assert rows(store.path, "SELECT count(*) FROM transcript_queue") == [(0,)]
+    async with store.transaction() as conn:  # summaries turned on later: it is queued for them
+        assert await queue.enable(conn, NOW, summaries=True) == 1
+
+
+async def test_first_sync_queues_as_backfill(store: Store) -> None:
+    """Rows written by the first sync are queued as a backfill (their events are one too)."""
+    async with store.transaction() as conn:
+        await queue.enable(conn, NOW, summaries=False)
+    await put_recordings(store, {"id": "rec_1", "status": "completed"}, backfill=True)
+    assert rows(store.path, "SELECT reason FROM transcript_queue") == [("backfill",)]
