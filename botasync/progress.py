@@ -60,24 +60,35 @@ class WalkProgress:
         self.budget: RequestBudget | None = None
         self.eta_s: float | None = None
         self.eta_at = self.started
+        self.pages_seen = False
 
     def watch_budget(self, budget: RequestBudget) -> None:
         """The budget the walk's requests wait for, to say when it is what they wait for."""
         self.budget = budget
 
-    def __call__(self, stats: PassStats, position: int, total: int | None) -> None:
+    def begin(self) -> None:
+        """Show the bar before the first page: the first requests may wait for the budget."""
         if self.task is None:
-            self.task = self.progress.add_task(stats.kind, total=None)
+            self.task = self.progress.add_task("starting", total=None)
+
+    def __call__(self, stats: PassStats, position: int, total: int | None) -> None:
+        if self.task is None or not self.pages_seen:
+            self.begin()
             self.started = self.clock()
+            self.pages_seen = True
+        assert self.task is not None
         now = self.clock()
+        if total is not None and total < position:
+            total = None  # an estimate the walk already passed is no estimate: show none
         if total:
             left_pages = math.ceil(max(0, total - position) / self.page_size)
             self.eta_s = eta_seconds(0, left_pages, 0.0, self.rpm) if not stats.pages else (
                 left_pages * max(60.0 / self.rpm, (now - self.started) / stats.pages))
             self.eta_at = now
-            self.progress.update(self.task, total=max(total, position), completed=position)
+            self.progress.update(self.task, total=total, completed=position)
             what = f"{stats.kind}: {position:,} of ~{total:,} recordings"
         else:
+            self.eta_s = None  # no total, no time left: only what was walked
             what = f"{stats.kind}: {_plural(stats.pages, 'page')}, {position or stats.seen:,} " \
                    "recordings"
         self.progress.update(self.task, description=what)
@@ -123,4 +134,5 @@ def walk_progress(
     # redirect_stderr: log lines (JSON or pretty) print above the bar, not across it
     with Progress(*columns, console=console, transient=True, redirect_stderr=True) as progress:
         holder.append(WalkProgress(progress, requests_per_minute, page_size))
+        holder[0].begin()
         yield holder[0]

@@ -66,6 +66,14 @@ def test_a_resumed_walk_shows_the_whole_archive() -> None:
     assert walk.status() == "10 s left"  # counts down between pages
 
 
+def test_a_total_the_walk_has_passed_is_dropped() -> None:
+    """An estimate below the position is wrong: the bar shows what was walked, no end."""
+    progress, walk = bar(Clock())
+    walk(PassStats("full", pages=8, seen=800), 1300, 500)
+    assert progress.tasks[0].description == "full: 8 pages, 1,300 recordings"
+    assert walk.status() == ""
+
+
 def test_by_cursor_there_is_no_guessed_end() -> None:
     """Without a total the bar shows pages and items walked, and no time left."""
     progress, walk = bar(Clock())
