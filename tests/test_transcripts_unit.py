@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from botasync.budget import RequestBudget
 from botasync.events import EVENT_TYPES, EventIds, utc_now
 from botasync.models import parse_recording
 from botasync.store import Mirror, PageWrite, Store, Upsert
 from botasync.transcripts import queue
 from botasync.transcripts import store as tstore
 from botasync.transcripts.admin import eta_seconds, eta_text, human_duration
+from botasync.transcripts.fetcher import RESERVE_NAP_S, room_wait, sync_reserve
 from botasync.transcripts.model import (
     InvalidObject,
     error_text,
@@ -354,3 +356,23 @@ async def test_first_sync_queues_as_backfill(store: Store) -> None:
         await queue.enable(conn, NOW, summaries=False)
     await put_recordings(store, {"id": "rec_1", "status": "completed"}, backfill=True)
     assert rows(store.path, "SELECT reason FROM transcript_queue") == [("backfill",)]
+
+
+async def test_worker_leaves_the_sync_its_reserve() -> None:
+    """The worker sends nothing while only the sync's reserve of the overall budget is free,
+    nor while its own share is spent; an unlimited overall budget reserves nothing."""
+    now = [0.0]
+    overall = RequestBudget(10, clock=lambda: now[0])
+    share = RequestBudget(2, clock=lambda: now[0])
+    assert (sync_reserve(90), sync_reserve(10), sync_reserve(None)) == (9, 1, 0)
+    for _ in range(8):
+        overall.release(await overall.acquire())
+    assert room_wait(overall, share) == 0
+    overall.release(await overall.acquire())  # 9 of 10 used: 1 free, the reserve
+    assert room_wait(overall, share) == RESERVE_NAP_S
+    now[0] = 61.0  # the window passed: all free again
+    assert room_wait(overall, share) == 0
+    for _ in range(2):
+        share.release(await share.acquire())
+    assert room_wait(overall, share) == 60.0
+    assert room_wait(RequestBudget(None), None) == 0

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import structlog
 
 from botasync.backoff import backoff_delay
+from botasync.budget import RequestBudget
 from botasync.client import BotaClient, Page
 from botasync.config import TranscriptsConfig
 from botasync.errors import ApiError, AuthError, BotasyncError, NotFound
@@ -60,7 +61,11 @@ RETRY_MAX_S = 3600.0
 IDLE_RECHECK_S = 60.0  # with nothing due, look again this often even without a notify
 ERROR_PAUSE_S = 1.0  # after an unexpected error (the database), before trying again
 BUDGET_NAP_S = 5.0  # the longest sleep while a budget is full (a shutdown ends it sooner)
+RESERVE_NAP_S = 0.25  # while the sync's reserve is all that is free: look again this soon
 MAX_PAGES = 100  # pages of one recording's transcriptions (or summaries) before giving up
+# the share of the overall budget left free for the sync: the worker sends nothing while
+# fewer slots than this are free, so a tick never waits behind a transcript backlog
+SYNC_RESERVE_SHARE = 0.1
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -88,6 +93,19 @@ class FetchStats:
     failures: int = 0
     gave_up: int = 0
     in_flight: int = 0
+
+
+def sync_reserve(limit: int | None) -> int:
+    """Slots of an overall budget of `limit` a minute that the worker leaves to the sync."""
+    return 0 if not limit else max(1, math.ceil(limit * SYNC_RESERVE_SHARE))
+
+
+def room_wait(overall: RequestBudget, share: RequestBudget | None) -> float:
+    """Seconds before the worker may send (0: now; a guess when only time frees a slot)."""
+    wait = max(overall.delay(), share.delay() if share is not None else 0.0)
+    if overall.limit and overall.limit - overall.used() <= sync_reserve(overall.limit):
+        wait = max(wait, RESERVE_NAP_S)
+    return wait
 
 
 class _Failure(Exception):
@@ -358,11 +376,11 @@ class TranscriptFetcher(AsyncClosing):
         return await call(*args)
 
     async def _budget_room(self) -> None:
-        """Wait until the transcripts budget and the overall one would both start a request:
-        waiting in the overall budget's queue would hold back the sync behind it."""
-        budgets = [b for b in (self.client.transcripts_budget, self.client.budget) if b]
+        """Wait until the transcripts budget would start a request and the overall one has
+        more than the sync's reserve free: waiting in the overall budget's queue, or taking
+        its last slots, would hold back the sync."""
         while True:
-            wait = max(b.delay() for b in budgets)
+            wait = room_wait(self.client.budget, self.client.transcripts_budget)
             if wait <= 0:
                 return
             await asyncio.sleep(min(wait, BUDGET_NAP_S) if math.isfinite(wait) else 0.05)
