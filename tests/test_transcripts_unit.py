@@ -148,12 +148,13 @@ def test_event_types_include_botas_names() -> None:
     ({"status": "completed", "transcription_id": "txn_1"}, queue.BY_ID),
     ({"status": "processing", "transcription_id": "txn_1"}, queue.BY_ID),
     ({"status": "completed", "transcription_id": None}, None),  # documented, none yet
-    ({"status": "completed"}, queue.COMPLETED),  # deployed: ask the list
+    ({"status": "completed"}, queue.FINISHED),  # deployed: ask the list
+    ({"status": "failed"}, queue.FINISHED),  # a failed transcription may be why
     ({"status": "processing"}, None),
     ({"status": "integrity_failure"}, None),
 ])
 def test_reason_for(item: dict[str, Any], want: str | None) -> None:
-    """A recording can have a transcript when it names one, or is completed naming none."""
+    """A recording can have a transcript when it names one, or has finished naming none."""
     raw = {"id": "rec_1", **item}
     assert queue.reason_for(parse_recording(raw), raw) == want
 
@@ -312,7 +313,7 @@ async def test_nothing_is_queued_before_transcripts_are_on(store: Store) -> None
                          {"id": "rec_6", "status": "processing", "transcription_id": "txn_6",
                           "created_at": "2026-12-02"})
     assert rows(store.path, "SELECT recording_id, reason FROM transcript_queue ORDER BY 1") == [
-        ("rec_1", "backfill"), ("rec_2", "backfill"), ("rec_3", "completed"),
+        ("rec_1", "backfill"), ("rec_2", "backfill"), ("rec_3", "finished"),
         ("rec_6", "transcription_id")]
     async with store.read() as conn:  # newest first; a tombstoned one never
         assert [j.recording_id for j in await queue.due(conn, NOW, 10)] == [

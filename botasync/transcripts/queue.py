@@ -1,9 +1,10 @@
 """The transcript queue: which recordings still need their transcript fetched, as SQL.
 
 A recording is queued (a `transcript_queue` row) when it can have a transcript: it
-names a transcription (`transcription_id`, the documented dialect), or it is
-`completed` and names none because the API never sends that field (the deployed
-dialect: its transcriptions are found with `GET /transcriptions?recording_id=`). The
+names a transcription (`transcription_id`, the documented dialect), or it has finished
+processing (`completed`, or `failed`: a failed transcription may be why) and names none
+because the API never sends that field (the deployed dialect: its transcriptions are
+found with `GET /transcriptions?recording_id=`). The
 sync queues it in the same transaction as the recording's row (`enqueue_rows`, called
 by the page write), so a crash can never leave a written recording unqueued.
 
@@ -37,12 +38,15 @@ FROM = "FROM transcript_queue q JOIN recordings r ON r.id = q.recording_id"
 
 # reasons a row is queued for (the `reason` column)
 BY_ID = "transcription_id"  # the recording names a transcription (documented)
-COMPLETED = "completed"  # a completed recording that names none: ask the list (deployed)
+FINISHED = "finished"  # completed (or failed) and names none: ask the list (deployed)
 BACKFILL = "backfill"  # queued when transcripts were turned on, or by the first sync
+# a recording that names no transcription is asked for its list once it has finished
+# processing: completed, or failed (a failed transcription may be why)
+FINISHED_STATUSES = ("completed", "failed")
 
 # a recording that can have a transcript and has no terminal one stored yet
 _CAN_HAVE = ("(r.transcription_id IS NOT NULL OR (json_type(r.raw, '$.transcription_id') "
-             "IS NULL AND r.status = 'completed'))")
+             "IS NULL AND r.status IN ('completed', 'failed')))")
 _NONE_TERMINAL = ("NOT EXISTS (SELECT 1 FROM transcriptions t WHERE t.recording_id = r.id "
                   "AND t.status IN ('completed', 'failed'))")
 _UPSERT = """
@@ -65,14 +69,14 @@ class WrittenRecording(Protocol):
 def reason_for(recording: Recording, raw: dict[str, Any]) -> str | None:
     """Why a written recording is queued, or None when it cannot have a transcript (pure).
 
-    Every write of a completed recording without `transcription_id` queues it: the
+    Every write of a finished recording without `transcription_id` queues it: the
     deployed API says nothing of a re-run transcription on the recording, and a write
     means the recording changed.
     """
     if recording.transcription_id is not None:
         return BY_ID
-    if "transcription_id" not in raw and recording.status == "completed":
-        return COMPLETED
+    if "transcription_id" not in raw and recording.status in FINISHED_STATUSES:
+        return FINISHED
     return None
 
 
