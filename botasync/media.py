@@ -74,7 +74,10 @@ USER_AGENT = f"botasync/{__version__}"
 _CHUNK_IDS = 500  # ids per `IN (...)` query
 
 FORM_KEY = "download_form"  # the `state` row naming the download-url form the API speaks
-SHA256_MISMATCH = "sha256 mismatch"  # how a download whose bytes fail the API's hash begins
+# Bota's examples warn that `content_sha256` is not promised to be the hash of the object
+# the download URL serves (it "may return an encrypted container"): a file that hashes
+# otherwise is kept, its own sha256 recorded, and the difference said once
+SHA256_DIFFERS = "media.sha256_differs"
 
 Form = Literal["GET", "POST"]
 
@@ -195,13 +198,12 @@ class _Failure(Exception):
     """
 
     def __init__(self, reason: str, *, discard_part: bool = False, count: bool = True,
-                 retry_in: float | None = None, event: str = "media.download_failed") -> None:
+                 retry_in: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.discard_part = discard_part
         self.count = count
         self.retry_in = retry_in
-        self.event = event  # the warning it is logged as (once, for a sha256 mismatch)
 
 
 class _Refused(Exception):
@@ -286,6 +288,7 @@ class Downloader(AsyncClosing):
         self._retry = (retry_base_s, retry_max_s)
         self._sweep_every_s = sweep_every_s
         self._ids = EventIds()
+        self._differs_said: set[str] = set()  # files whose sha256 difference was said
         self._lock = fs.DirLock(self.root)
         self._session: aiohttp.ClientSession | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -482,9 +485,7 @@ class Downloader(AsyncClosing):
         hasher, size = await self._transfer_with_retries(job, url, part, expected)
         digest = hasher.hexdigest()
         if job.sha256 is not None and digest != job.sha256:
-            raise _Failure(f"{SHA256_MISMATCH}: the {size} bytes received hash to {digest}, "
-                           f"the API says {job.sha256}", discard_part=True,
-                           event="media.sha256_mismatch")
+            self._sha256_differs(job, digest, size)
         # the mirror's type names the file; the answer's where the mirror has none (a
         # recording's own file): `.bin` when neither says, or says something unknown
         final = fs.final_path(self.root, job.recording_id, job.media_id,
@@ -501,14 +502,28 @@ class Downloader(AsyncClosing):
         if job.size is None and job.sha256 is None:
             return False
         found = await asyncio.to_thread(fs.finals, self.root, job.recording_id, job.media_id)
+        fits: list[tuple[Path, str, int]] = []  # the right size; first the one that hashes right
         for path in found:
             if job.size is not None and await asyncio.to_thread(fs.size_of, path) != job.size:
                 continue
             hasher, size = await asyncio.to_thread(fs.hash_file, path)
-            if job.sha256 is None or hasher.hexdigest() == job.sha256:
-                await self._commit(job, path, hasher.hexdigest(), size)
-                return True
+            fits.append((path, hasher.hexdigest(), size))
+        fits.sort(key=lambda f: f[1] != job.sha256)
+        # botasync published it only after its size checked: without a hash that matches
+        # (the object may be an encrypted container), a file of the right size is it
+        if fits and (fits[0][1] == job.sha256 or (job.size is not None and len(fits) == 1)):
+            await self._commit(job, *fits[0])
+            return True
         return False
+
+    def _sha256_differs(self, job: Job, digest: str, size: int) -> None:
+        """Say once per file that its bytes do not hash to the API's `content_sha256`."""
+        if job.media_id in self._differs_said:
+            return
+        self._differs_said.add(job.media_id)
+        log.warning(SHA256_DIFFERS, media_id=job.media_id, recording_id=job.recording_id,
+                    bytes=size, sha256=digest, content_sha256=job.sha256,
+                    note="kept: the stored object may be an encrypted container")
 
     async def _transfer_with_retries(
         self, job: Job, url: DownloadUrl, part: Path, expected: int | None
@@ -762,12 +777,9 @@ class Downloader(AsyncClosing):
             log.error("media.download_gave_up", media_id=job.media_id, attempts=attempts,
                       error=f.reason)
             return
-        # a file whose bytes keep failing the API's hash is said once, not at every retry
-        repeated = f.event == "media.sha256_mismatch" and (job.last_error or "").startswith(
-            SHA256_MISMATCH)
-        (log.debug if repeated else log.warning)(
-            f.event, media_id=job.media_id, recording_id=job.recording_id, attempt=attempts,
-            error=f.reason, retry_in_s=round(delay, 1))
+        log.warning("media.download_failed", media_id=job.media_id,
+                    recording_id=job.recording_id, attempt=attempts, error=f.reason,
+                    retry_in_s=round(delay, 1))
 
     # --- orphans ---------------------------------------------------------------------
 
