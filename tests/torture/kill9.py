@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from botasync.simulator import Dialect, Simulator, World, serve
 from tests.mirror import mirror_diff
@@ -337,9 +338,21 @@ def _unexplained(db: Path, delivered: set[str]) -> list[str]:
                       in LIFECYCLE]
         if not status_evs or status_evs[-1]["data"].get("status") != status:
             problems.append(f"{rec_id}: stored status {status} not in its last status event")
-        if not evs or evs[-1][1]["data"] != json.loads(raw):
+        if not evs or _unsigned(evs[-1][1]["data"]) != _unsigned(json.loads(raw)):
             problems.append(f"{rec_id}: stored row differs from its last event's data")
     return problems
+
+
+def _unsigned(data: dict[str, Any]) -> dict[str, Any]:
+    """A recording with its signed `audio_url` cut to the address.
+
+    The deployed dialect signs the URL anew on every answer; a pass that writes a row
+    for no other change refreshes it without an event (it is no change worth one).
+    """
+    url = data.get("audio_url")
+    if not isinstance(url, str):
+        return data
+    return {**data, "audio_url": urlsplit(url)._replace(query="").geturl()}
 
 
 def _impossible(db: Path, delivered: set[str]) -> list[str]:
