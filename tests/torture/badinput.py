@@ -5,6 +5,11 @@ synced from it), breaks one thing, runs `python -m botasync ...` as a real proce
 then checks that the process said what went wrong in one line (no traceback), exited
 with the documented code, and that nothing stored was lost or corrupted. The table
 also says what is kept, what is retried and what is dead-lettered.
+
+A case runs against the documented dialect unless it names the deployed one: odd items
+in the deployed shape that must still be mirrored (an unknown status, numbers as
+strings, nulls, missing fields, wrong types) and ids that must never be (they become
+file names and URL paths).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from aiohttp import web
 
 from botasync import config, migrations
 from botasync.app import App
-from botasync.simulator import Simulator, World, serve
+from botasync.simulator import Dialect, Simulator, World, serve
 from tests.mirror import mirror_diff
 from tests.torture.harness import (
     API_KEYS,
@@ -163,6 +168,8 @@ class Case:
     check: Check
     presync: bool = True
     command_run: Callable[[Ctx], Awaitable[Run]] | None = None
+    dialect: Dialect = "documented"
+    lines: int = 1  # how many lines `line` matches (one per bad item, when there are several)
 
 
 @dataclass
@@ -211,6 +218,48 @@ def exact(ctx: Ctx, run: Run) -> list[str]:
     stored = {r[0] for r in rows(ctx.db, "SELECT id FROM recordings")}
     out += [f"{i} was stored" for i in ctx.exclude & stored]
     return out + ([] if integrity(ctx.db) == "ok" else ["integrity check failed"])
+
+
+def kept(media: list[tuple[Any, ...]] | None = None, **columns: Any) -> Check:
+    """The odd item is mirrored, live: these columns, its raw as sent, one created event,
+    these media rows (id, file_size_bytes, status); everything else exact."""
+    def check(ctx: Ctx, run: Run) -> list[str]:
+        odd = ctx.data["odd"]
+        rid = odd["id"]
+        others = [i for i in ctx.sim.world.all() if i.get("id") != rid]
+        out = [f"mirror: {d}" for d in mirror_diff(ctx.db, others)
+               if not d.startswith(f"{rid}:")][:3]
+        names = sorted(columns)
+        got = rows(ctx.db, f"SELECT {', '.join([*names, 'raw', 'deleted_at'])} "
+                           "FROM recordings WHERE id = ?", (rid,))
+        if not got:
+            return [*out, f"{rid} was not stored"]
+        *values, raw, deleted_at = got[0]
+        if dict(zip(names, values, strict=True)) != columns:
+            out.append(f"stored {dict(zip(names, values, strict=True))}, not {columns}")
+        out += [] if json.loads(raw) == odd else [f"raw {raw[:200]} is not the item as sent"]
+        out += [] if deleted_at is None else ["tombstoned"]
+        created = rows(ctx.db, "SELECT count(*) FROM events WHERE recording_id = ? AND "
+                               "type = 'recording.created'", (rid,))
+        out += [] if created == [(1,)] else [f"{created} created events"]
+        if media is not None:
+            got_media = rows(ctx.db, "SELECT id, file_size_bytes, status FROM media WHERE "
+                                     "recording_id = ? ORDER BY position", (rid,))
+            out += [] if got_media == media else [f"media {got_media} != {media}"]
+        return out + ([] if integrity(ctx.db) == "ok" else ["integrity check failed"])
+
+    return check
+
+
+def skipped(ctx: Ctx, run: Run) -> list[str]:
+    """The items with unusable ids left no trace (no row, media or event); the rest exact."""
+    out = exact(ctx, run)
+    for rec_id in sorted(ctx.exclude):
+        traces = rows(ctx.db, "SELECT (SELECT count(*) FROM media WHERE id = ?1 OR "
+                              "recording_id = ?1) + (SELECT count(*) FROM events WHERE "
+                              "recording_id = ?1)", (rec_id,))
+        out += [] if traces == [(0,)] else [f"{rec_id[:40]}: {traces[0][0]} media rows or events"]
+    return out
 
 
 def _deliveries(ctx: Ctx) -> list[tuple[Any, ...]]:
@@ -338,13 +387,21 @@ async def _unreachable(ctx: Ctx) -> None:
     ctx.sections["api"]["base_url"] = f"http://127.0.0.1:{ctx.servers.closed_port}/v1"
 
 
+def _odd_item(ctx: Ctx, fields: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the newest item with its own id (and media ids), `fields` laid over it."""
+    base = dict(ctx.sim.world.all()[0])
+    base["id"] = f"rec_torture{ctx.name.replace('_', '')}"
+    if isinstance(base.get("media"), list):  # ids of its own: two recordings never share one
+        base["media"] = [{**m, "id": f"med_torture{ctx.name.replace('_', '')}{i}"}
+                         for i, m in enumerate(base["media"])]
+    base.update(fields)
+    return {k: v for k, v in base.items() if v is not _DROP}
+
+
 def _item(**fields: Any) -> Setup:
     """Serve an item botasync cannot mirror at the top of the list."""
     async def setup(ctx: Ctx) -> None:
-        base = dict(ctx.sim.world.all()[0])
-        base["id"] = f"rec_torture{ctx.name.replace('_', '')}"
-        base.update(fields)
-        base = {k: v for k, v in base.items() if v is not _DROP}
+        base = _odd_item(ctx, fields)
         ctx.sim.world.put_raw(base, 0)
         if isinstance(base.get("id"), str):
             ctx.exclude.add(base["id"])
@@ -352,15 +409,43 @@ def _item(**fields: Any) -> Setup:
     return setup
 
 
+def _odd(**fields: Any) -> Setup:
+    """Serve an odd item at the top of the list that botasync must still mirror."""
+    async def setup(ctx: Ctx) -> None:
+        ctx.data["odd"] = ctx.sim.world.put_raw(_odd_item(ctx, fields), 0)
+
+    return setup
+
+
+def _bare(**fields: Any) -> Setup:
+    """Serve an item holding nothing but `fields` (every other field missing)."""
+    async def setup(ctx: Ctx) -> None:
+        ctx.data["odd"] = ctx.sim.world.put_raw(
+            {"id": f"rec_torture{ctx.name.replace('_', '')}", **fields}, 0)
+
+    return setup
+
+
+# ids that would escape a directory or break a URL path, and one just too long; beside
+# them one exactly as long as allowed, which must be mirrored
+UNSAFE_IDS = ("rec_abc/def", "rec_../../escape", "rec_with space", "rec_" + "a" * 129)
+LONGEST_ID = "rec_" + "b" * 128
+
+
+async def _unsafe_ids(ctx: Ctx) -> None:
+    for i, rec_id in enumerate(UNSAFE_IDS):
+        ctx.sim.world.put_raw(_odd_item(ctx, {"id": rec_id}), i * 3)
+        ctx.exclude.add(rec_id)
+    ctx.sim.world.put_raw(_odd_item(ctx, {"id": LONGEST_ID}), 1)
+
+
 _DROP = object()
 
 
 async def _stored_item_turns_bad(ctx: Ctx) -> None:
-    """A stored recording's list item comes back with a string duration: keep the last good one."""
+    """A stored recording's list item comes back with a duration that is no number."""
     victim = ctx.sim.world.ids()[5]
-    raw = rows(ctx.db, "SELECT raw FROM recordings WHERE id = ?", (victim,))[0][0]
-    ctx.data["kept"] = {victim: json.loads(raw)}
-    ctx.sim.world.update(victim, duration_ms="forty minutes")
+    ctx.data["odd"] = ctx.sim.world.update(victim, duration_ms="forty minutes")
 
 
 def _handler(**handler: Any) -> Setup:
@@ -439,7 +524,7 @@ def _surrogate_replaced(ctx: Ctx, run: Run) -> list[str]:
 
 
 def _requests_to(mode: str, expected: int) -> Check:
-    """The odd API saw exactly `expected` requests (a 400 is not retried; the rest are)."""
+    """The odd API saw exactly `expected` requests (a 400 or an empty page is not retried)."""
     def check(ctx: Ctx, run: Run) -> list[str]:
         got = ctx.servers.count(f"/api/{mode}/{ctx.name}/v1/recordings")
         return untouched(ctx, run) + ([] if got == expected else [f"{got} requests, not {expected}"])
@@ -548,6 +633,10 @@ HANDLER_RETRY = "the delivery, with backoff, up to [events] max_attempts"
 HANDLER_DEAD = "the event (dead delivery, in the outbox: `botasync events replay`)"
 HANDLER_KEPT = "the mirror, exact; the event in the outbox"
 ITEM_KEPT = "every other item (exact); the bad one is skipped and counted in sync_runs.invalid"
+ODD_KEPT = "the item, mirrored with its raw as sent; every other item exact"
+DEPLOYED_OPTIONAL = ("name", "device_id", "end_user_id", "duration_seconds", "recorded_at",
+                     "file_size_bytes", "content_sha256", "content_sha256_verified_at",
+                     "source", "audio_url", "metadata", "updated_at", "project_id")
 
 CASES: tuple[Case, ...] = (
     Case("bad_toml", "the config file is not TOML", 2,
@@ -596,7 +685,7 @@ CASES: tuple[Case, ...] = (
          "rolled back", "the walk, from its checkpoint, on the next run", NO_DEAD,
          _disk_full, _disk_full_check, command_run=_disk_full_then_recover),
     Case("key_rejected_401", "a key the API rejects (401)", 3,
-         r"^error: GET /recordings .*API key rejected \(401 unauthorized\)$", KEEP_ALL,
+         r"^error: GET /recordings: API key rejected \(401 unauthorized\)$", KEEP_ALL,
          "nothing: the daemon stops (systemd does not restart on exit 3)", NO_DEAD,
          _set("api", api_key=WRONG_KEY), untouched),
     Case("key_rejected_daemon", "`botasync run` with a key the API rejects (401)", 3,
@@ -604,60 +693,98 @@ CASES: tuple[Case, ...] = (
          "nothing: the daemon stops at its first pass (exit 3, not restarted)", NO_DEAD,
          _daemon_with(api_key=WRONG_KEY), untouched),
     Case("key_lacks_scope_403", "a key without the recordings:read scope (403)", 3,
-         r"^error: GET /recordings .*lacks the recordings:read scope \(403 forbidden\)$",
+         r"^error: GET /recordings: API key lacks the recordings:read scope \(403 forbidden\)$",
          KEEP_ALL, "nothing (exit 3)", NO_DEAD, _set("api", api_key=NOSCOPE_KEY), untouched),
     Case("bad_request_400", "the API answers 400 invalid_request", 1,
-         r"^error: GET /recordings .*bad request \(400\) parameter 'limit': limit must be",
+         r"^error: GET /recordings: bad request \(400\) parameter 'limit': limit must be",
          KEEP_ALL, "nothing: a 400 is a bug or a bad setting", NO_DEAD, _odd_api("bad400"),
          _requests_to("bad400", 1)),
     Case("html_200", "a 200 whose body is an HTML page (a captive portal)", 1,
-         r"^error: GET /recordings .*200 response body is not JSON \(text/html", KEEP_ALL,
+         r"^error: GET /recordings: 200 response body is not JSON \(text/html", KEEP_ALL,
          API_RETRY, NO_DEAD, _odd_api("html200"), _requests_to("html200", 3)),
     Case("empty_page_has_more", "an empty page that says more follow (has_more), forever",
-         1, r"^error: GET /recordings .*an empty page that says more follow", KEEP_ALL,
-         API_RETRY, NO_DEAD, _odd_api("emptymore"), _requests_to("emptymore", 3)),
+         1, r"^error: GET /recordings: an empty page that says more follow", KEEP_ALL,
+         "nothing: the walk stops at once; the next pass tries again", NO_DEAD,
+         _odd_api("emptymore"), _requests_to("emptymore", 1)),
     Case("offset_ignored", "a server (or proxy) ignoring `offset`: every page is the first",
          1, r"^error: GET /recordings returned the same 5 items for 5 pages in a row", KEEP_ALL,
          "nothing: the next pass resumes where the repeat began", NO_DEAD, _ignore_offset,
          untouched),
     Case("non_utf8_body", "a 200 whose body is not UTF-8", 1,
-         r"^error: GET /recordings .*response body is not UTF-8", KEEP_ALL, API_RETRY, NO_DEAD,
+         r"^error: GET /recordings: 200 response body is not UTF-8", KEEP_ALL, API_RETRY, NO_DEAD,
          _faults("non_utf8"), untouched),
     Case("malformed_json", "a 200 whose JSON is cut short", 1,
-         r"^error: GET /recordings .*response body is not JSON", KEEP_ALL, API_RETRY, NO_DEAD,
+         r"^error: GET /recordings: 200 response body is not JSON", KEEP_ALL, API_RETRY, NO_DEAD,
          _faults("malformed"), untouched),
     Case("html_502", "a proxy's HTML 502 page", 1,
-         r"^error: GET /recordings .*server error 502 \(not the API: text/html\)", KEEP_ALL,
+         r"^error: GET /recordings: server error 502 \(not the API: text/html\)", KEEP_ALL,
          API_RETRY, NO_DEAD, _faults("html_502"), untouched),
     Case("server_error_5xx", "the API keeps answering 500/503", 1,
-         r"^error: GET /recordings .*server error 50[03] internal_error", KEEP_ALL, API_RETRY,
+         r"^error: GET /recordings: server error 50[03] internal_error", KEEP_ALL, API_RETRY,
          NO_DEAD, _faults("server_error"), untouched),
     Case("dropped_connections", "the API drops every connection", 1,
-         r"^error: GET /recordings .*connection dropped by the server", KEEP_ALL, API_RETRY,
+         r"^error: GET /recordings: connection dropped by the server", KEEP_ALL, API_RETRY,
          NO_DEAD, _faults("drop"), untouched),
     Case("slower_than_timeout", "answers slower than [api] timeout_s", 1,
-         r"^error: GET /recordings .*no complete answer within 0\.3 s", KEEP_ALL, API_RETRY,
+         r"^error: GET /recordings: no complete answer within 0\.3 s", KEEP_ALL, API_RETRY,
          NO_DEAD, _faults("slow", timeout_s=0.3), untouched),
     Case("api_unreachable", "nothing listens at base_url", 1,
-         r"^error: GET /recordings .*cannot connect to 127\.0\.0\.1:\d+", KEEP_ALL, API_RETRY,
+         r"^error: GET /recordings: cannot connect to 127\.0\.0\.1:\d+", KEEP_ALL, API_RETRY,
          NO_DEAD, _unreachable, untouched),
     Case("item_without_id", "a list item without `id`", 0,
-         log_line("invalid_item", r'"reason": "id: Field required"'), ITEM_KEPT,
+         log_line("invalid_item", r'"reason": "no id"'), ITEM_KEPT,
          "nothing (every walk skips it again)", NO_DEAD, _item(id=_DROP), exact),
     Case("item_wrong_type", "a list item with a wrong-typed field (metadata a string)", 0,
-         log_line("invalid_item", r'"reason": "metadata: Input should be a valid dictionary'),
-         ITEM_KEPT, "nothing (every walk skips it again)", NO_DEAD,
-         _item(metadata="not an object"), exact),
+         None, ODD_KEPT + "; metadata null", "nothing", NO_DEAD,
+         _odd(metadata="not an object"), kept(metadata=None)),
     Case("item_unknown_status", "a list item with an unknown status (\"archived\")", 0,
-         log_line("invalid_item", r"\"reason\": \"status: Input should be 'pending'"), ITEM_KEPT,
-         "nothing (every walk skips it again)", NO_DEAD, _item(status="archived"), exact),
+         log_line("unknown_status", r'"status": "archived"'),
+         ODD_KEPT + ", its status as sent, watched like an in-flight one", "nothing",
+         NO_DEAD, _odd(status="archived"), kept(status="archived")),
     Case("item_lone_surrogate", "a list item whose name holds an escaped lone surrogate", 0,
          None, "the item, the unrepresentable character stored as U+FFFD", "nothing",
          NO_DEAD, _odd_api("surrogate"), _surrogate_replaced, presync=False),
     Case("stored_item_turns_bad", "a stored recording comes back with a string duration_ms", 0,
-         log_line("invalid_item", r'"reason": "duration_ms: Input should be a valid integer'),
-         "its last good row, live (not tombstoned); everything else exact",
-         "nothing (every walk skips it again)", NO_DEAD, _stored_item_turns_bad, exact),
+         None, "the recording, live, its raw as sent and duration_ms null; everything else "
+         "exact", "nothing", NO_DEAD, _stored_item_turns_bad, kept(duration_ms=None)),
+    Case("deployed_unknown_status", "deployed: an item with an unknown status (\"archived\")",
+         0, log_line("unknown_status", r'"status": "archived"'),
+         ODD_KEPT + ", its status as sent, watched like an in-flight one", "nothing", NO_DEAD,
+         _odd(status="archived"), kept(status="archived"), dialect="deployed"),
+    Case("deployed_numbers_as_strings", "deployed: duration_seconds \"125\" and "
+         "file_size_bytes \" 2048 \" as strings", 0, None, ODD_KEPT + "; the numbers read",
+         "nothing", NO_DEAD, _odd(status="completed", duration_seconds="125",
+                                  file_size_bytes=" 2048 "),
+         kept(duration_ms=125_000, file_size_bytes=2048,
+              media=[("rec_torturedeployednumbersasstrings", 2048, "uploaded")]),
+         dialect="deployed"),
+    Case("deployed_nulls", "deployed: null where every optional value was", 0, None,
+         ODD_KEPT + "; the columns null, the file pending", "nothing", NO_DEAD,
+         _odd(**dict.fromkeys(DEPLOYED_OPTIONAL)),
+         kept(**dict.fromkeys(("name", "device_id", "end_user_id", "duration_ms",
+                               "recorded_at", "updated_at", "source", "project_id",
+                               "file_size_bytes", "content_sha256", "metadata")),
+              media=[("rec_torturedeployednulls", None, "pending")]), dialect="deployed"),
+    Case("deployed_missing_fields", "deployed: an item holding nothing but its id", 0,
+         log_line("unknown_status", r'"status": "unknown"'),
+         ODD_KEPT + "; status \"unknown\", the rest null, no media row", "nothing", NO_DEAD,
+         _bare(), kept(status="unknown", name=None, created_at=None, file_size_bytes=None,
+                       media=[]), dialect="deployed"),
+    Case("deployed_wrong_types", "deployed: values of the wrong type or unreadable", 0, None,
+         ODD_KEPT + "; each unreadable value null, a number where text was expected as text",
+         "nothing", NO_DEAD,
+         _odd(status="completed", metadata="not an object", duration_seconds="forty",
+              file_size_bytes="12 MB", recorded_at="yesterday", device_id=12345,
+              name=["not", "text"], source={"kind": "device"}),
+         kept(metadata=None, duration_ms=None, file_size_bytes=None, recorded_at=None,
+              device_id="12345", name=None, source=None, status="completed"),
+         dialect="deployed"),
+    Case("deployed_unsafe_ids", "deployed: ids with `/`, `..`, a space, over 128 characters",
+         0, log_line("invalid_item", r'"reason": "an id that is not rec_ followed by'),
+         "every other item (exact), one of exactly 128 characters too; the four skipped, "
+         "counted in sync_runs.invalid, no row, media or event", "nothing (every walk skips "
+         "them again)", NO_DEAD, _unsafe_ids, skipped, dialect="deployed",
+         lines=len(UNSAFE_IDS)),
     Case("handler_not_found", "a command handler that does not exist", 2,
          r'^error: handler "h": command /nonexistent/torture-handler does not exist', KEEP_ALL,
          FIX_CONFIG, NO_DEAD,
@@ -728,7 +855,7 @@ def judge(case: Case, run: Run) -> list[str]:
         problems += [f"unexpected: {ln[:200]}" for ln in noisy[:2]]
     else:
         hits = [ln for ln in lines if re.search(case.line, ln)]
-        if len(hits) != 1:
+        if len(hits) != case.lines:
             problems.append(f"{len(hits)} lines match {case.line!r}; stderr: {run.err[-600:]!r}")
     return problems
 
@@ -743,7 +870,8 @@ async def run_case(case: Case, tmp: Path, servers: Servers, seed: int) -> Outcom
     """Prepare, break, run and judge one case."""
     started = time.monotonic()
     tmp.mkdir(parents=True, exist_ok=True)
-    async with serve(World(seed=seed, recordings=40), api_keys=API_KEYS, rate_limit=None) as sim:
+    world = World(seed=seed, recordings=40, dialect=case.dialect)
+    async with serve(world, api_keys=API_KEYS, rate_limit=None) as sim:
         db = tmp / "botasync.db"
         ctx = Ctx(case.name, tmp, sim, servers, db, base_sections(sim.url, db))
         if case.presync:

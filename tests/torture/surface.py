@@ -5,6 +5,11 @@ events, `status`, `config show`, error messages); the database file is 0600; a w
 signature verifies with an HMAC computed here from scratch, and fails for a tampered
 body or a stale timestamp; a command handler gets no shell, so a recording named
 `; rm -rf x` or `$(touch pwned)` is inert.
+
+Ids become file names and URL paths: against the deployed dialect, with files mirrored,
+recordings whose ids would climb out of the files directory (`..`, `/`, `\\`, a NUL, an
+absolute path) are never stored, asked for or written, and every file that is written
+lands at `<files_dir>/<id>/<id>.<ext>` with the sha256 the API gave.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import hmac
 import json
 import signal
+import sqlite3
 import stat
 import sys
 import time
@@ -22,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from botasync.simulator import World, serve
+from botasync.simulator import Simulator, World, serve
 from botasync.store import Store
 from tests.torture.harness import (
     API_KEYS,
@@ -41,6 +47,10 @@ from tests.torture.harness import (
 
 CMD_HANDLER = Path(__file__).resolve().parents[1] / "helpers" / "cmd_handler.py"
 HOSTILE_NAMES = ("; rm -rf x", "$(touch pwned)", "`touch pwned-too`", "x && rm -rf x | sh")
+# each would, used as a path under the files directory, land outside it (`escape` marks them)
+HOSTILE_IDS = ("rec_../../escape1", "rec_sub/../../../escape2", "rec_..", "../../escape3",
+               "rec_back\\..\\..\\escape4", "rec_nul\x00escape5", "/tmp/botasync-escape6",
+               "rec_%2e%2e%2fescape7")
 TOLERANCE_S = 300
 
 
@@ -208,3 +218,80 @@ def _check_hostile(result: SurfaceResult, out: Path, sandbox: Path) -> None:
     spawned = [p.name for p in sandbox.iterdir() if p.name.startswith("pwned")]
     spawned += [p.name for p in Path.cwd().iterdir() if p.name.startswith("pwned")]
     result.hostile_inert = untouched and not spawned
+
+
+# --- ids that would be paths (deployed dialect, files mirrored) ------------------------------
+
+
+@dataclass
+class PathsResult:
+    """What the hostile-ids run found."""
+
+    recordings: int = 0
+    files_expected: int = 0
+    files: list[str] = field(default_factory=list)  # relative to files_dir
+    stored_hostile: list[str] = field(default_factory=list)
+    asked_hostile: list[str] = field(default_factory=list)
+    escaped: list[str] = field(default_factory=list)
+    hash_wrong: list[str] = field(default_factory=list)
+    exit_codes: dict[str, int] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        out = [f"stored: {i!r}" for i in self.stored_hostile]
+        out += [f"requested: {p!r}" for p in self.asked_hostile]
+        out += [f"outside files_dir: {p}" for p in self.escaped]
+        out += [f"sha256 differs: {p}" for p in self.hash_wrong]
+        if len(self.files) != self.files_expected:
+            out.append(f"{len(self.files)} files, not {self.files_expected}")
+        bad = {k: v for k, v in self.exit_codes.items() if v != 0}
+        return out + ([f"exit codes {bad}"] if bad else [])
+
+
+async def run_hostile_ids(tmp: Path) -> PathsResult:
+    """Mirror a deployed world, files included, with hostile ids at the top of its list."""
+    result = PathsResult()
+    work, files_dir = tmp / "cwd", tmp / "deep" / "files"
+    work.mkdir(parents=True)
+    async with serve(World(seed=62, recordings=12, dialect="deployed"), api_keys=API_KEYS,
+                     rate_limit=None, download_rate_limit=None) as sim:
+        donor = next(i for i in sim.world.all() if i.get("audio_url"))
+        for n, rec_id in enumerate(HOSTILE_IDS):  # each with a working file URL
+            sim.world.put_raw({**donor, "id": rec_id}, n)
+        db = tmp / "botasync.db"
+        cfg = write_config(tmp / "botasync.toml", base_sections(
+            sim.url, db, media={"download": True, "files_dir": str(files_dir),
+                                "requests_per_minute": 100_000, "concurrency": 4}))
+        for name, args in {"sync": ["sync"],
+                           "download": ["files", "download", "--timeout", "60"]}.items():
+            run = await botasync(*args, "--config", str(cfg), cwd=work, timeout=90)
+            result.exit_codes[name] = run.code
+        _check_paths(result, sim, db, files_dir, tmp)
+    return result
+
+
+def _check_paths(result: PathsResult, sim: Simulator, db: Path, files_dir: Path,
+                 tmp: Path) -> None:
+    """Nothing of a hostile id stored or asked for; every file where it belongs, intact."""
+    world = {i["id"]: i for i in sim.world.all() if i.get("id") not in HOSTILE_IDS}
+    result.recordings = len(world)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM recordings UNION "
+                                             "SELECT recording_id FROM media")}
+    result.stored_hostile = sorted(stored & set(HOSTILE_IDS))
+    result.asked_hostile = sorted({r.path for r in sim.requests if "escape" in r.path
+                                   or "/.." in r.path or r.path.endswith("/rec_..")})
+    with_file = [i for i in world.values() if i.get("audio_url")]
+    result.files_expected = len(with_file)
+    root = files_dir.resolve()
+    lock = files_dir / ".botasync.lock"  # the downloader's own, one per files directory
+    for path in sorted(p for p in files_dir.rglob("*") if p.is_file() and p != lock):
+        rel = path.relative_to(files_dir)
+        result.files.append(str(rel))
+        item = world.get(rel.parts[0])
+        if not path.resolve().is_relative_to(root) or item is None or len(rel.parts) != 2 \
+                or not rel.name.startswith(f"{item['id']}."):
+            result.escaped.append(str(rel))
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != item.get("content_sha256"):
+            result.hash_wrong.append(str(rel))
+    result.escaped += [str(p) for p in (*tmp.rglob("*escape*"), *Path("/tmp").glob(
+        "botasync-escape*"))]

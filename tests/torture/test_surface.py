@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.torture.surface import HOSTILE_NAMES, run_surface
+from tests.torture.surface import HOSTILE_NAMES, run_hostile_ids, run_surface
 
 pytestmark = [pytest.mark.torture]
 
@@ -22,3 +22,12 @@ async def test_no_secret_anywhere_and_a_narrow_surface(tmp_path: Path) -> None:
         result.webhooks
     assert result.hostile_delivered == len(HOSTILE_NAMES) and result.hostile_inert
     assert result.problems() == []
+
+
+async def test_hostile_ids_never_become_paths(tmp_path: Path) -> None:
+    """Deployed dialect, files mirrored: ids with `..`, `/`, `\\`, NUL are never stored or used."""
+    result = await run_hostile_ids(tmp_path)
+    assert result.problems() == []
+    assert result.stored_hostile == [] and result.asked_hostile == [] and result.escaped == []
+    assert result.files_expected >= 5 and len(result.files) == result.files_expected
+    assert result.hash_wrong == []
