@@ -510,7 +510,8 @@ def test_step_moves_recordings_forward_only() -> None:
     words = [c.split()[0] if c.startswith(("created", "deleted")) else c.split()[1]
              for c in changes]
     kinds = {"->" if "->" in w else w for w in words}
-    assert kinds == {"created", "deleted", "->", "media", "name", "metadata"}
+    # "transcription": a re-run transcription ("rec_... transcription replaced by txn_...")
+    assert kinds == {"created", "deleted", "->", "media", "name", "metadata", "transcription"}
     for item in after:
         old = before.get(item["id"])
         if old is not None:

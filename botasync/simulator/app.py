@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from botasync.simulator import admin, api, api_deployed
+from botasync.simulator import admin, api, api_deployed, api_transcripts
 from botasync.simulator.faults import Faults
 from botasync.simulator.files import sign
 from botasync.simulator.ratelimit import RateLimiter
@@ -59,6 +59,7 @@ class Simulator:
         rate_limit: int | None = 100, download_rate_limit: int | None = 30,
         latency_s: float = 0.0, faults: Faults | None = None, range_requests: bool = True,
         url_ttl_s: float = 3600.0, secret: bytes | None = None,
+        transcription_rate_limit: int | None = 10,
     ) -> None:
         self.world = world
         self.faults = faults if faults is not None else Faults()
@@ -68,6 +69,8 @@ class Simulator:
         self.api_keys = {key: frozenset(scopes) for key, scopes in keys.items()}
         self.limiter = RateLimiter(rate_limit, world.clock)
         self.download_limiter = RateLimiter(download_rate_limit, world.clock)
+        # the transcription and summary endpoints' own bucket, besides the overall limit
+        self.transcription_limiter = RateLimiter(transcription_rate_limit, world.clock)
         self.range_requests = range_requests
         self.url_ttl_s = url_ttl_s
         self.secret = secret if secret is not None else secrets.token_bytes(32)
@@ -123,6 +126,17 @@ class Simulator:
         self.limiter.limit = value
         self.limiter.reset()
 
+    @property
+    def transcription_rate_limit(self) -> int | None:
+        """Transcription and summary requests per minute per key (None: off); setting it
+        starts a new window."""
+        return self.transcription_limiter.limit
+
+    @transcription_rate_limit.setter
+    def transcription_rate_limit(self, value: int | None) -> None:
+        self.transcription_limiter.limit = value
+        self.transcription_limiter.reset()
+
     def openapi_text(self) -> bytes:
         """The OpenAPI contract shipped in the package."""
         if self._openapi is None:
@@ -158,6 +172,7 @@ class Simulator:
             "by_status_code": {str(code): n for code, n in sorted(self.status_counts.items())},
             "faults": self.faults.snapshot(),
             "rate_limit": self.rate_limit,
+            "transcription_rate_limit": self.transcription_rate_limit,
             "moving": self.moving,
         }
 
@@ -196,6 +211,7 @@ class Simulator:
         app = web.Application(middlewares=[api.log_requests, api.api_gate])
         app[api.SIM_KEY] = self
         (api_deployed if self.world.deployed else api).add_routes(app)
+        api_transcripts.add_routes(app, deployed=self.world.deployed)
         admin.add_routes(app)
         return app
 
@@ -239,11 +255,13 @@ async def serve(
     api_keys: Mapping[str, Iterable[str]] | None = None, rate_limit: int | None = 100,
     download_rate_limit: int | None = 30, latency_s: float = 0.0, faults: Faults | None = None,
     range_requests: bool = True, url_ttl_s: float = 3600.0,
+    transcription_rate_limit: int | None = 10,
 ) -> AsyncIterator[Simulator]:
     """Serve `world` on host:port (0 = any free port) for the duration of the block."""
     sim = Simulator(world, api_keys=api_keys, rate_limit=rate_limit,
                     download_rate_limit=download_rate_limit, latency_s=latency_s, faults=faults,
-                    range_requests=range_requests, url_ttl_s=url_ttl_s)
+                    range_requests=range_requests, url_ttl_s=url_ttl_s,
+                    transcription_rate_limit=transcription_rate_limit)
     await sim.start(host, port)
     try:
         yield sim
@@ -265,16 +283,18 @@ async def run_forever(
     download_rate_limit: int | None = 30, latency_s: float = 0.0, faults: Faults | None = None,
     range_requests: bool = True, url_ttl_s: float = 3600.0, move_every_s: float | None = None,
     changes_per_move: int = 1, on_ready: Callable[[Simulator], None] | None = None,
-    max_logged: int | None = LONG_RUN_LOG,
+    max_logged: int | None = LONG_RUN_LOG, transcription_rate_limit: int | None = 10,
 ) -> None:
     """Serve until cancelled (Ctrl-C); `on_ready` (default: print the URL) runs once bound.
 
     The dialect is the world's (`World(..., dialect=...)`). The request log keeps the
-    newest `max_logged` entries (None: all of them).
+    newest `max_logged` entries (None: all of them). `transcription_rate_limit` is the
+    transcription and summary endpoints' own limit per key and minute (None: off).
     """
     async with serve(world, host=host, port=port, api_keys=api_keys, rate_limit=rate_limit,
                      download_rate_limit=download_rate_limit, latency_s=latency_s,
-                     faults=faults, range_requests=range_requests, url_ttl_s=url_ttl_s) as sim:
+                     faults=faults, range_requests=range_requests, url_ttl_s=url_ttl_s,
+                     transcription_rate_limit=transcription_rate_limit) as sim:
         sim.max_logged = max_logged
         if move_every_s:
             sim.start_moving(move_every_s, changes_per_move)

@@ -27,11 +27,12 @@ from typing import Any, Literal
 
 import orjson
 
-from botasync.simulator import archive, deployed
+from botasync.simulator import archive, deployed, speech
 from botasync.simulator.archive import IN_FLIGHT, STATUSES, Cast
 from botasync.simulator.clock import Clock, SystemClock, iso_ms, parse_iso_ms
 from botasync.simulator.deployed import InvalidCursor, decode_cursor, encode_cursor
 from botasync.simulator.files import file_chunks, recording_chunks, sign
+from botasync.simulator.transcripts import Transcripts
 
 Item = dict[str, Any]
 Dialect = Literal["documented", "deployed"]
@@ -44,6 +45,8 @@ RAW_PREFIX = "\x00raw"  # keys of put_raw items that cannot be reached by id
 MOVE_WEIGHTS = {"create": 3.0, "advance": 6.0, "media": 1.5, "edit": 1.0, "delete": 0.5}
 DEPLOYED_MOVE_WEIGHTS = {"create": 3.0, "advance": 6.0, "edit": 1.5, "delete": 0.5}
 MARK_JSON = orjson.dumps(deployed.AUDIO_MARK)
+RETRANSCRIBE_RATE = 0.01  # the share of `step()` moves that re-run a transcription
+NO_AUDIO = ("pending", "streaming")  # nothing to transcribe yet
 
 
 def _clone(value: Any) -> Any:
@@ -93,7 +96,14 @@ class World:
         self._order: list[str] = []
         self._index: dict[tuple[str, str], list[str]] = {}
         self._media_owner: dict[str, str] = {}
+        self._txn_owner: dict[str, str] = {}  # documented: transcription_id -> recording key
         self._raw_count = 0
+        # Transcriptions have their own generator, so the recordings a seed makes (and the
+        # moves `step` picks for them) stay what they were before there were transcripts.
+        self._talk_rng = random.Random(f"{seed}:transcripts")
+        self.transcripts = Transcripts(
+            seed, dialect, self.project_id or speech.derived_id("proj_", f"{seed}:project", 10),
+            load=self._recording_or_none, now_ms=self._now_ms, owner=self._txn_owner)
         if start is None:
             start_s = self.clock.now()
         else:
@@ -130,6 +140,8 @@ class World:
                 self._index.setdefault(ikey, []).append(key)
             for media_id in self._media_ids(item):
                 self._media_owner[media_id] = key
+            if isinstance(txn_id := item.get("transcription_id"), str):
+                self._txn_owner[txn_id] = key
             created_ms -= self._rng.randint(30, 1800) * 1000
         self._order = newest_first[::-1]
         for keys in self._index.values():
@@ -179,6 +191,8 @@ class World:
             self._sorted_insert(self._index.setdefault(ikey, []), key)
         for media_id in self._media_ids(item):
             self._media_owner[media_id] = key
+        if isinstance(item, dict) and isinstance(txn_id := item.get("transcription_id"), str):
+            self._txn_owner[txn_id] = key
 
     def _detach(self, key: str) -> Item:
         """Remove an item from the store and the indices (not from the order)."""
@@ -188,6 +202,9 @@ class World:
         for media_id in self._media_ids(item):
             if self._media_owner.get(media_id) == key:
                 del self._media_owner[media_id]
+        txn_id = item.get("transcription_id") if isinstance(item, dict) else None
+        if isinstance(txn_id, str) and self._txn_owner.get(txn_id) == key:
+            del self._txn_owner[txn_id]
         return item
 
     def _add(self, key: str, item: Item, rank: int) -> None:
@@ -196,12 +213,21 @@ class World:
         self._attach(key, item)
 
     def _replace(self, key: str, item: Item) -> None:
-        self._detach(key)
+        old = self._detach(key)
         self._attach(key, item)
+        if isinstance(old, dict) and isinstance(item, dict):
+            self.transcripts.recording_changed(key, old, item)
 
     def _load(self, key: str) -> Item:
         item: Item = orjson.loads(self._items[key])
         return item
+
+    def _recording_or_none(self, rec_id: str) -> Item | None:
+        """A recording as stored (a dict), or None: what the transcripts read."""
+        if rec_id not in self:
+            return None
+        item = self._load(rec_id)
+        return item if isinstance(item, dict) else None
 
     def _key(self, rec_id: str) -> str:
         if rec_id not in self._items or rec_id.startswith(RAW_PREFIX):
@@ -518,6 +544,7 @@ class World:
         item = self._detach(key)
         self._sorted_remove(self._order, key)
         del self._rank[key]
+        self.transcripts.recording_removed(key)
         return item
 
     def put_raw(self, item: Item, position: int = 0) -> Item:
@@ -535,6 +562,68 @@ class World:
         self._add(key, raw, self._rank_at(position))
         return _clone(raw)  # type: ignore[no-any-return]
 
+    # -- transcriptions and summaries ---------------------------------------------------------
+
+    def transcriptions_of(self, rec_id: str) -> list[Item]:
+        """A recording's transcriptions as served, newest first (KeyError: no such recording).
+
+        Documented: the one its `transcription_id` names, if any. Deployed: its own once it
+        is processing, completed or failed, and any added with `add_transcription`.
+        """
+        items = self.transcripts.of_recording(self._key(rec_id))
+        if items is None:
+            raise KeyError(rec_id)
+        return items
+
+    def transcription(self, txn_id: str) -> Item | None:
+        """One transcription as `GET /transcriptions/{id}` serves it, or None (a 404)."""
+        return self.transcripts.get(txn_id)
+
+    def summaries_of(self, txn_id: str) -> list[Item]:
+        """A transcription's summaries as served, newest first (KeyError: no such one)."""
+        items = self.transcripts.summaries_of(txn_id)
+        if items is None:
+            raise KeyError(txn_id)
+        return items
+
+    def summary(self, sum_id: str) -> Item | None:
+        """One summary as `GET /summaries/{id}` serves it, or None (a 404).
+
+        Its id is known once its transcription was read (`summary_id`, or `summaries_of`).
+        """
+        return self.transcripts.summary(sum_id)
+
+    def retranscribe(self, rec_id: str, status: str = "completed") -> Item:
+        """Re-run a recording's transcription: a new one (in `status`, made now) replaces it
+        under a new id, and the old id is gone (404). Documented: the recording's
+        `transcription_id` changes. ValueError while the recording has no audio."""
+        key = self._key(rec_id)
+        if self._load(key).get("status") in NO_AUDIO:
+            raise ValueError(f"{rec_id} has no audio to transcribe yet")
+        new_id = self.transcripts.next_own_id(key)
+        if not self.deployed:
+            self.update(key, transcription_id=new_id)
+        return self.transcripts.served(self.transcripts.replace_own(key, new_id, status))
+
+    def fail_transcription(self, rec_id: str, message: str | None = None) -> Item:
+        """Make a recording's transcription fail now (with `message`); ValueError if it has none."""
+        state = self.transcripts.own_state(self._key(rec_id))
+        if state is None:
+            raise ValueError(f"{rec_id} has no transcription")
+        self.transcripts.force(state, "failed", message)
+        return self.transcripts.served(state)
+
+    def update_transcription(self, txn_id: str, **fields: Any) -> Item:
+        """Force a transcription's `status` (and `error`); any other field is served as given
+        (e.g. `segments=None`). KeyError when there is no such transcription."""
+        return self.transcripts.served(self.transcripts.update(txn_id, _clone(fields)))
+
+    def add_transcription(self, rec_id: str, status: str = "completed") -> Item:
+        """Deployed: another transcription of a recording (made now), listed beside its own."""
+        if not self.deployed:
+            raise ValueError("the documented dialect links one transcription per recording")
+        return self.transcripts.served(self.transcripts.add(self._key(rec_id), status))
+
     # -- the world moving ------------------------------------------------------------------
 
     def step(self, n: int = 1) -> list[str]:
@@ -545,7 +634,23 @@ class World:
         }
         table = DEPLOYED_MOVE_WEIGHTS if self.deployed else MOVE_WEIGHTS
         names, weights = list(table), list(table.values())
-        return [moves[self._rng.choices(names, weights)[0]]() for _ in range(n)]
+        changes = []
+        for _ in range(n):
+            if self._talk_rng.random() < RETRANSCRIBE_RATE and (
+                    rerun := self._move_retranscribe()) is not None:
+                changes.append(rerun)
+            else:
+                changes.append(moves[self._rng.choices(names, weights)[0]]())
+        return changes
+
+    def _move_retranscribe(self) -> str | None:
+        """Re-run the transcription of a completed recording that has one (None: none found)."""
+        keys = self._index.get(("status", "completed"), [])
+        for _ in range(5 if keys else 0):
+            key = self._talk_rng.choice(keys)
+            if self.deployed or isinstance(self._load(key).get("transcription_id"), str):
+                return f"{key} transcription replaced by {self.retranscribe(key)['id']}"
+        return None
 
     def _move_create(self) -> str:
         return f"created {self.create()['id']}"
