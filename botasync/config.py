@@ -158,6 +158,9 @@ class TranscriptsConfig(_Section):
     summaries: bool = False
     requests_per_minute: int = Field(10, ge=1)  # Bota allows 10 a minute for these endpoints
     concurrency: int = Field(2, ge=1, le=16)
+    # re-list a finished recording's transcriptions this long after they were last fetched:
+    # the deployed API says nothing on the recording when a transcription is re-run; 0: never
+    refresh_every_s: float = Field(30 * 86400, ge=0)
 
 
 class LoggingConfig(_Section):

@@ -377,3 +377,35 @@ async def test_worker_leaves_the_sync_its_reserve() -> None:
         share.release(await share.acquire())
     assert room_wait(overall, share) == 60.0
     assert room_wait(RequestBudget(None), None) == 0
+
+
+async def test_refresh_queues_stale_finished_recordings_naming_no_transcription(
+    store: Store,
+) -> None:
+    """A deployed recording whose transcriptions were fetched before the cutoff is queued
+    again, stalest first; one naming its transcription (documented), a tombstoned one, one
+    already queued, and a fresh one are not."""
+    async with store.transaction() as conn:
+        await queue.enable(conn, NOW, summaries=False)
+    await put_recordings(store, {"id": "rec_1", "status": "completed"},
+                         {"id": "rec_2", "status": "completed"},
+                         {"id": "rec_3", "status": "completed", "transcription_id": "txn_3"},
+                         {"id": "rec_4", "status": "completed"},
+                         {"id": "rec_5", "status": "completed"})
+    for n in (1, 2, 3, 4, 5):
+        await write(store, f"rec_{n}", txn(f"txn_{n}", f"rec_{n}"))
+    async with store.transaction() as conn:
+        await conn.execute("DELETE FROM transcript_queue WHERE recording_id != 'rec_5'")
+        await conn.executemany("UPDATE transcriptions SET fetched_at = ? WHERE id = ?", [
+            ("2026-01-02", "txn_1"), ("2026-01-01", "txn_2"), ("2026-01-01", "txn_3"),
+            ("2026-01-01", "txn_4"), ("2026-01-01", "txn_5"), ])
+        await conn.execute("UPDATE recordings SET deleted_at = ? WHERE id = 'rec_4'", (NOW,))
+        assert await queue.refresh(conn, "2026-06-01", NOW, 1) == 1
+        assert await queue.refresh(conn, "2026-06-01", NOW, 10) == 1
+        assert await queue.refresh(conn, "2026-06-01", NOW, 10) == 0
+    assert rows(store.path, "SELECT recording_id, reason FROM transcript_queue "
+                            "WHERE reason = 'refresh' ORDER BY queued_at, rowid") == [
+        ("rec_2", "refresh"), ("rec_1", "refresh")]
+    await write(store, "rec_1", txn("txn_1", "rec_1"))  # fetched again, unchanged: fresh
+    assert rows(store.path, "SELECT fetched_at FROM transcriptions WHERE id = 'txn_1'") == [
+        (NOW,)]

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -154,6 +155,7 @@ class TranscriptFetcher(AsyncClosing):
         self._runner: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._started_jobs = 0
+        self._next_refresh_look = -math.inf
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -244,16 +246,38 @@ class TranscriptFetcher(AsyncClosing):
             return 0, IDLE_RECHECK_S
         async with self.store.read() as conn:
             jobs = await queue.due(conn, iso(self._clock()), free, list(self._inflight))
+        if len(jobs) < free and await self._refresh(free - len(jobs)):
+            async with self.store.read() as conn:
+                busy = [*self._inflight, *(j.recording_id for j in jobs)]
+                jobs += await queue.due(conn, iso(self._clock()), free - len(jobs), busy)
+        async with self.store.read() as conn:
             next_at = await queue.next_due_at(conn)
         for job in jobs:
             self._spawn(job)
         return len(jobs), self._sleep_until(next_at)
 
+    async def _refresh(self, room: int) -> int:
+        """With room to spare, queue the finished recordings whose transcriptions were last
+        fetched `refresh_every_s` ago (see `queue.refresh`); at most one look a while."""
+        every = self.cfg.refresh_every_s
+        if not every or time.monotonic() < self._next_refresh_look:
+            return 0
+        now = self._clock()
+        async with self.store.transaction() as conn:
+            added = await queue.refresh(conn, iso(now - timedelta(seconds=every)), iso(now), room)
+        if not added:  # nothing stale: look again later (a fetch only makes it fresher)
+            self._next_refresh_look = time.monotonic() + min(every, IDLE_RECHECK_S)
+        return added
+
+    def _idle_recheck_s(self) -> float:
+        every = self.cfg.refresh_every_s
+        return min(IDLE_RECHECK_S, max(every, 0.05)) if every else IDLE_RECHECK_S
+
     def _sleep_until(self, when: str | None) -> float:
         if when is None:
-            return IDLE_RECHECK_S
+            return self._idle_recheck_s()
         due = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        return min(max((due - self._clock()).total_seconds(), 0.01), IDLE_RECHECK_S)
+        return min(max((due - self._clock()).total_seconds(), 0.01), self._idle_recheck_s())
 
     def _spawn(self, job: queue.Job) -> None:
         task = asyncio.create_task(self._job(job), name=f"botasync-transcript-{job.recording_id}")

@@ -40,6 +40,7 @@ FROM = "FROM transcript_queue q JOIN recordings r ON r.id = q.recording_id"
 BY_ID = "transcription_id"  # the recording names a transcription (documented)
 FINISHED = "finished"  # completed (or failed) and names none: ask the list (deployed)
 BACKFILL = "backfill"  # queued when transcripts were turned on, or by the first sync
+REFRESH = "refresh"  # asked again after `refresh_every_s`: a re-run the API did not announce
 # a recording that names no transcription is asked for its list once it has finished
 # processing: completed, or failed (a failed transcription may be why)
 FINISHED_STATUSES = ("completed", "failed")
@@ -225,6 +226,21 @@ async def again(
         (attempts, error, next_at, job.recording_id, job.queued_at),
     )
     return bool(cur.rowcount)
+
+
+async def refresh(conn: Any, cutoff: str, now: str, limit: int) -> int:
+    """Queue again, stalest first, finished recordings naming no transcription (deployed)
+    whose transcriptions were last fetched before `cutoff`: a re-run transcription shows
+    only in their list. Inside the caller's transaction; the rows queued."""
+    sql = (f"INSERT INTO transcript_queue (recording_id, reason, queued_at) "  # noqa: S608
+           f"SELECT t.recording_id, '{REFRESH}', ? FROM transcriptions t "
+           "JOIN recordings r ON r.id = t.recording_id "
+           f"WHERE {_LIVE} AND json_type(r.raw, '$.transcription_id') IS NULL "
+           "AND NOT EXISTS (SELECT 1 FROM transcript_queue q WHERE q.recording_id = r.id) "
+           "GROUP BY t.recording_id HAVING max(t.fetched_at) < ? "
+           "ORDER BY max(t.fetched_at) LIMIT ? ON CONFLICT(recording_id) DO NOTHING")
+    cur = await conn.execute(sql, (now, cutoff, limit))
+    return int(cur.rowcount or 0)
 
 
 async def retry_gave_up(conn: Any) -> int:

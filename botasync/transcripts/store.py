@@ -109,6 +109,9 @@ async def write(
             if t.terminal and _news(old, t.raw):
                 was = named.pop() if named else None
                 out.events.append(_event(new_id, now, t, fetched.recording_id, old, was))
+        else:  # unchanged: only the time it was last seen so (what a refresh goes by)
+            await conn.execute("UPDATE transcriptions SET fetched_at = ? WHERE id = ?",
+                               (now, t.id))
         out.done &= t.terminal
     if settles:
         for sid in replaced:
