@@ -593,4 +593,5 @@ def snapshot(path: str) -> None:
 from botasync.cli_files import files  # noqa: E402
 
 main.add_command(files)
+from botasync import cli_export, cli_search  # noqa: E402, F401  (search; transcripts export)
 from botasync.cli_transcripts import transcripts  # noqa: E402, F401  (adds itself to main)
