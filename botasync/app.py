@@ -196,7 +196,8 @@ async def check(cfg: Config) -> list[str]:
     build_handlers(cfg)
     if cfg.handlers:
         names = ", ".join(h.name for h in cfg.handlers)
-        lines.append(f"{len(cfg.handlers)} handler(s) ready: {names}")
+        count = len(cfg.handlers)
+        lines.append(f"{count} handler{'' if count == 1 else 's'} ready: {names}")
     quick = cfg.api.model_copy(update={"max_retries": 1})  # a check answers now, not in a minute
     async with BotaClient(quick, budget=RequestBudget(cfg.api.requests_per_minute),
                           backoff_base=0.2, backoff_cap=1.0) as client:

@@ -114,7 +114,7 @@ def test_events_prune_command_and_sync(sim: ThreadedSim, tmp_path: Path) -> None
     assert len(seqs(db)) == 40
     assert run(["events", "prune", "--days", "100000"], env).stdout.startswith("forgot 0 ")
     done = run(["events", "prune"], env)
-    assert done.exit_code == 0 and done.stdout.startswith("forgot 10 settled event(s)")
+    assert done.exit_code == 0 and done.stdout.startswith("forgot 10 settled events")
     assert seqs(db)[0] == 11
     assert seqs(db, "SELECT count(*) FROM recordings") == [40]
     with sqlite3.connect(db) as conn:
