@@ -1,14 +1,19 @@
 """The torture suite at its full counts, with its figures written into bench/RESULTS.md.
 
-    python bench/torture.py              # 100 kills, the fault mix at a real 60 s window (~4 min)
-    python bench/torture.py --quick      # 10 kills, the window scaled to 0.4 s (~40 s)
+    python bench/torture.py                     # both dialects: 100 kills each, the fault
+                                                # mix at a real 60 s window (~10 min)
+    python bench/torture.py --dialect deployed  # the deployed dialect only (~5 min)
+    python bench/torture.py --quick             # 10 kills, the window scaled to 0.4 s (~2 min)
 
-It runs the scenarios of `tests/torture/` (the same code the tests run): `botasync run`
-killed with SIGKILL at 100 random moments; syncs through the fault mix while recordings
-come and go, at the real `requests_per_minute` against the server's 60 s window; the
-bad-input table; secrets and surface. Only the `## Torture` section of RESULTS.md, between
-its markers, is written; the rest of the file is left as it is. Exit code 1 when a figure
-that must hold does not.
+It runs the scenarios of `tests/torture/` (the same code the tests run), against the
+documented dialect of the API (offset pages) and the deployed one (cursor pages, signed
+URLs, seven statuses, plain-string errors, 429s without headers): `botasync run` killed
+with SIGKILL at 100 random moments, in the deployed dialect largely inside walks holding
+a cursor checkpoint; syncs through the fault mix while recordings come and go, at the
+real `requests_per_minute` against the server's 60 s window; the bad-input table (its
+deployed cases with `--dialect deployed`); secrets and surface, and ids that would be
+paths. Only the `## Torture` section of RESULTS.md, between its markers, is written; the
+rest of the file is left as it is. Exit code 1 when a figure that must hold does not.
 """
 
 from __future__ import annotations
@@ -16,45 +21,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import re
-import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from env import load_average, machine  # noqa: E402
 from sections import markers, replace_section  # noqa: E402
 
 from botasync.logging import configure  # noqa: E402
+from botasync.simulator import Dialect  # noqa: E402
 from tests.torture.badinput import CASES, Outcome, run_table  # noqa: E402
 from tests.torture.faultmix import FAULT_MIX, FaultMixResult, run_fault_mix  # noqa: E402
 from tests.torture.harness import KEY  # noqa: E402
 from tests.torture.kill9 import Kill9Result, leaked, run_kill9  # noqa: E402
-from tests.torture.surface import SurfaceResult, run_surface  # noqa: E402
+from tests.torture.surface import (  # noqa: E402
+    HOSTILE_IDS,
+    PathsResult,
+    SurfaceResult,
+    run_hostile_ids,
+    run_surface,
+)
 
 START, END = markers("torture")
 MIN_CASES = 25
+DIALECTS: tuple[Dialect, ...] = ("documented", "deployed")
 
 
 @dataclass
 class Figures:
     """Everything one torture run measured."""
 
-    kill9: Kill9Result
-    faults: FaultMixResult
+    kill9: dict[str, Kill9Result]  # per dialect
+    faults: dict[str, FaultMixResult]  # per dialect
     table: list[Outcome]
     surface: SurfaceResult
+    paths: PathsResult
     leaks: list[str]
     seconds: float
     quick: bool
+    machine: dict[str, Any]
 
 
 # --- running ---------------------------------------------------------------------------
@@ -64,27 +77,39 @@ def say(text: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {text}", flush=True)
 
 
-async def measure(work: Path, kills: int, quick: bool, seed: int) -> Figures:
-    started = time.monotonic()
-    say(f"kill -9: {kills} kills")
-    kill9 = await run_kill9(_dir(work, "kill9"), kills=kills, seed=seed)
-    say(f"  {kill9.kills} kills in {kill9.seconds} s, {len(kill9.problems())} problems")
-    say("fault mix" + (" (window scaled to 0.4 s)" if quick else " (real 60 s window)"))
-    faults = await run_fault_mix(_dir(work, "faultmix"), **_fault_settings(quick, seed))
-    say(f"  peak {faults.peak}/{faults.budget} in {faults.seconds} s, converged "
-        f"{faults.converged}")
-    say(f"bad input: {len(CASES)} cases")
-    table = await run_table(_dir(work, "badinput"))
+async def measure(
+    work: Path, kills: int, quick: bool, seed: int, dialects: tuple[Dialect, ...],
+) -> Figures:
+    started, host = time.monotonic(), machine()
+    kill9: dict[str, Kill9Result] = {}
+    faults: dict[str, FaultMixResult] = {}
+    for d in dialects:
+        say(f"kill -9, {d} dialect: {kills} kills")
+        k = kill9[d] = await run_kill9(_dir(work, f"kill9-{d}"), kills=kills, seed=seed,
+                                       dialect=d)
+        say(f"  {k.kills} kills in {k.seconds} s ({k.cursor_kills} inside a cursor walk), "
+            f"{len(k.problems())} problems")
+    for d in dialects:
+        say(f"fault mix, {d} dialect" + (" (window scaled to 0.4 s)" if quick
+                                         else " (real 60 s window)"))
+        m = faults[d] = await run_fault_mix(_dir(work, f"faultmix-{d}"), dialect=d,
+                                            **_fault_settings(quick, seed))
+        say(f"  peak {m.peak}/{m.budget} in {m.seconds} s, converged {m.converged}")
+    cases = tuple(c for c in CASES if c.dialect in dialects)
+    say(f"bad input: {len(cases)} cases")
+    table = await run_table(_dir(work, "badinput"), cases)
     say(f"  {sum(not o.problems for o in table)}/{len(table)} as documented")
-    say("secrets and surface")
+    say("secrets and surface; ids that would be paths")
     surface = await run_surface(_dir(work, "surface"))
+    paths = await run_hostile_ids(_dir(work, "paths"))
     # every file of the run but the configs, which hold the key on purpose
     files = [p for p in work.rglob("*") if p.is_file() and p.suffix != ".toml"]
     leaks = leaked(files) + [f"{o.case.name} output" for o in table
                              if KEY in o.run.out + o.run.err]
     say(f"  {len(files)} files grepped for the key, {len(leaks)} leaks")
-    return Figures(kill9, faults, table, surface, leaks, round(time.monotonic() - started, 1),
-                   quick)
+    host["load_end"] = load_average()
+    return Figures(kill9, faults, table, surface, paths, leaks,
+                   round(time.monotonic() - started, 1), quick, host)
 
 
 def _fault_settings(quick: bool, seed: int) -> dict[str, Any]:
@@ -106,24 +131,57 @@ def _dir(work: Path, name: str) -> Path:
 # --- the verdicts ----------------------------------------------------------------------
 
 
-def verdicts(f: Figures, kills: int) -> list[tuple[str, str, str, bool]]:
+Verdict = tuple[str, str, str, bool]
+
+
+def _kill9_verdicts(d: str, k: Kill9Result, kills: int) -> list[Verdict]:
+    out: list[Verdict] = [
+        (f"kill -9 ({d}): kills, each followed by a restart", f"{kills}", f"{k.kills}",
+         k.kills == kills),
+    ]
+    if d == "deployed":
+        out += [
+            ("kill -9 (deployed): kills inside a walk holding a cursor checkpoint",
+             f">= {kills // 3}", f"{k.cursor_kills}", k.cursor_kills >= kills // 3),
+            ("kill -9 (deployed): restarts that resumed a walk from its saved cursor", ">= 1",
+             f"{k.cursor_resumes}", k.cursor_resumes >= 1),
+        ]
+    return [
+        *out,
+        (f"kill -9 ({d}): rows wrong after the final full pass", "0", f"{len(k.rows_wrong)}",
+         not k.rows_wrong),
+        (f"kill -9 ({d}): outbox events that never reached the handler", "0", f"{len(k.lost)}",
+         not k.lost),
+        (f"kill -9 ({d}): outbox events sharing their id with another", "0",
+         f"{k.shared_ids}", not k.shared_ids),
+        (f"kill -9 ({d}): `PRAGMA integrity_check`", "ok", k.integrity, k.integrity == "ok"),
+        (f"kill -9 ({d}): stored states without their events, impossible events", "0",
+         f"{len(k.unexplained) + len(k.invented)}", not (k.unexplained or k.invented)),
+    ]
+
+
+def _fault_verdicts(d: str, m: FaultMixResult) -> list[Verdict]:
+    exact = m.converged and not m.rows_wrong
+    return [
+        (f"fault mix ({d}): exact mirror once the world stops", "yes", "yes" if exact else "no",
+         exact),
+        (f"fault mix ({d}): peak requests in any {m.window_s:g} s window of the server's log",
+         f"<= {m.budget}", f"{m.peak}", m.peak <= m.budget),
+    ]
+
+
+def verdicts(f: Figures, kills: int) -> list[Verdict]:
     """(what must hold, goal, measured, met) for the summary table."""
-    k, m, t = f.kill9, f.faults, f.table
+    t = f.table
     clear = sum(not o.problems for o in t)
     lost = sum(1 for o in t if o.damage)
+    out: list[Verdict] = []
+    for d, k in f.kill9.items():
+        out += _kill9_verdicts(d, k, kills)
+    for d, m in f.faults.items():
+        out += _fault_verdicts(d, m)
     return [
-        ("kill -9: kills, each followed by a restart", f"{kills}", f"{k.kills}", k.kills == kills),
-        ("kill -9: rows wrong after the final full pass", "0", f"{len(k.rows_wrong)}",
-         not k.rows_wrong),
-        ("kill -9: outbox events that never reached the handler", "0", f"{len(k.lost)}",
-         not k.lost),
-        ("kill -9: `PRAGMA integrity_check`", "ok", k.integrity, k.integrity == "ok"),
-        ("kill -9: stored states without their events, impossible events", "0",
-         f"{len(k.unexplained) + len(k.invented)}", not (k.unexplained or k.invented)),
-        ("fault mix: exact mirror once the world stops", "yes",
-         "yes" if m.converged and not m.rows_wrong else "no", m.converged and not m.rows_wrong),
-        (f"fault mix: peak requests in any {m.window_s:g} s window of the server's log",
-         f"<= {m.budget}", f"{m.peak}", m.peak <= m.budget),
+        *out,
         ("bad input: cases", f">= {MIN_CASES}", f"{len(t)}", len(t) >= MIN_CASES),
         ("bad input: one clear line, the documented exit code", f"{len(t)}/{len(t)}",
          f"{clear}/{len(t)}", clear == len(t)),
@@ -133,6 +191,9 @@ def verdicts(f: Figures, kills: int) -> list[tuple[str, str, str, bool]]:
         ("surface: database 0600, signatures, no shell", "all",
          "all" if not f.surface.problems() else "; ".join(f.surface.problems()),
          not f.surface.problems()),
+        ("surface (deployed): ids that would be paths stored, asked for or written; files "
+         "not where they belong or not their sha256", "0",
+         f"{len(f.paths.problems())}", not f.paths.problems()),
     ]
 
 
@@ -154,62 +215,102 @@ def _commit() -> str:
     return head + (" (+ uncommitted changes in botasync/)" if dirty else "")
 
 
+def _command(f: Figures) -> str:
+    args = " --quick" if f.quick else ""
+    if len(f.kill9) == 1:
+        args += f" --dialect {next(iter(f.kill9))}"
+    return f"python bench/torture.py{args}"
+
+
 def render(f: Figures, kills: int) -> str:
     """The `## Torture` section, markers included."""
+    m = f.machine
     lines = [START, "## Torture", ""]
-    lines += [f"Written by `python bench/torture.py{' --quick' if f.quick else ''}` on "
-              f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; the run took {f.seconds / 60:.1f} min. "
-              "Every figure below was measured in this run, by the scenarios of "
-              "`tests/torture/` (the tests run the same code at smaller counts).", ""]
-    lines += [f"- machine: {os.cpu_count()} cores; {platform.system()} {platform.release()}; "
-              f"Python {platform.python_version()}; SQLite {sqlite3.sqlite_version}",
+    lines += [f"Written by `{_command(f)}` on {m['date']}; the run took "
+              f"{f.seconds / 60:.1f} min. Every figure below was measured in this run, by the "
+              "scenarios of `tests/torture/` (the tests run the same code at smaller counts), "
+              f"against the {' and the '.join(f.kill9)} dialect{'s' if len(f.kill9) > 1 else ''}"
+              " of the API.", ""]
+    lines += [f"- machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_gib']} GiB; Linux "
+              f"{m['kernel']}; Python {m['python']}; SQLite {m['sqlite']}; load average "
+              f"{m['load_start']} at the start, {m['load_end']} at the end (the machine may be "
+              "shared: durations drift with it, the counts do not)",
               f"- botasync commit: `{_commit()}`", ""]
     lines += ["| must hold | goal | measured |  |", "|---|---|---|---|"]
     lines += [f"| {_cell(w)} | {_cell(g)} | {_cell(m)} | {'met' if ok else '**missed**'} |"
               for w, g, m, ok in verdicts(f, kills)]
     lines += _kill9_md(f.kill9) + _faults_md(f.faults) + _table_md(f.table)
-    lines += _surface_md(f.surface, f.leaks)
+    lines += _surface_md(f.surface, f.paths, f.leaks)
     return "\n".join([*lines, "", END]) + "\n"
 
 
-def _kill9_md(k: Kill9Result) -> list[str]:
-    moments = ", ".join(f"{name} {n}" for name, n in sorted(k.moments.items()))
+def _columns(names: list[str], rows: list[tuple[str, list[Any]]]) -> list[str]:
+    """A figure table with one value column per dialect."""
+    out = [f"| figure | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    return out + [f"| {what} | {' | '.join(_cell(v) for v in values)} |" for what, values in rows]
+
+
+def _kill9_md(ks: dict[str, Kill9Result]) -> list[str]:
+    k = list(ks.values())
+    cursor = ["-" if x.dialect != "deployed" else
+              f"{x.cursor_kills} / {x.cursor_resumes} / {x.cursor_pages}" for x in k]
     return ["", "### 1. kill -9 anywhere", "",
             "`botasync run` (ticks every 0.2 s, a reconcile walk every second, pages of 20, a "
             "shell command handler taking every event, backfill delivered) against a world of "
             "150 recordings changing every 50 ms; SIGKILL at a moment of each kind, then a "
             "restart. After the last one: the world frozen, SIGTERM, and full passes; then the "
             "database is compared with the world field by field and the outbox with what the "
-            "handler got.", "",
-            "| figure | value |", "|---|---|",
-            f"| kills (by moment) | {k.kills} ({moments}) |",
-            f"| recordings at the end / requests served | {k.recordings} / {k.requests} |",
-            f"| outbox events / deliveries / repeated deliveries (same id) | {k.events} / "
-            f"{k.deliveries} / {k.duplicates} |",
-            f"| events lost / invented / dead | {len(k.lost)} / {len(k.invented)} / {k.dead} |",
-            f"| rows wrong / unexplained states | {len(k.rows_wrong)} / {len(k.unexplained)} |",
-            f"| integrity / SIGTERM exit / final syncs | {k.integrity} / {k.final_exit} / "
-            f"{k.final_syncs} |",
-            f"| seconds | {k.seconds} |"]
+            "handler got. The deployed dialect walks by cursor: half its kills wait for a walk "
+            "that has checkpointed a cursor (`sync_runs.cursor`), and after each kill the "
+            "database shows whether one was open (a restart resumes it from that cursor).", "",
+            *_columns(list(ks), [
+                ("kills (by moment)", [f"{x.kills} ({_moments(x)})" for x in k]),
+                ("kills inside a walk holding a cursor / walks resumed from their cursor / "
+                 "pages asked by cursor", cursor),
+                ("recordings at the end / requests served",
+                 [f"{x.recordings} / {x.requests}" for x in k]),
+                ("outbox events / deliveries / repeated deliveries (same id)",
+                 [f"{x.events} / {x.deliveries} / {x.duplicates}" for x in k]),
+                ("events lost / invented / dead / sharing an id",
+                 [f"{len(x.lost)} / {len(x.invented)} / {x.dead} / {x.shared_ids}" for x in k]),
+                ("rows wrong / unexplained states",
+                 [f"{len(x.rows_wrong)} / {len(x.unexplained)}" for x in k]),
+                ("integrity / SIGTERM exit / final syncs",
+                 [f"{x.integrity} / {x.final_exit} / {x.final_syncs}" for x in k]),
+                ("seconds", [x.seconds for x in k]),
+            ])]
 
 
-def _faults_md(m: FaultMixResult) -> list[str]:
+def _moments(k: Kill9Result) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(k.moments.items()))
+
+
+def _faults_md(ms: dict[str, FaultMixResult]) -> list[str]:
     mix = ", ".join(f"{int(r * 100)}% {k}" for k, r in FAULT_MIX.items())
-    injected = ", ".join(f"{k} {n}" for k, n in sorted(m.injected.items()))
+    m = list(ms.values())
+    first = m[0]
     return ["", "### 2. Fault mix", "",
             f"Full passes and daemon ticks through {mix} (plus one of each kind queued), while "
-            f"recordings were inserted ({m.inserted}) and deleted ({m.deleted}); then passes "
-            f"over the frozen world until the mirror was exact. Client budget {m.budget} per "
-            f"{m.window_s:g} s, the server's limit the same.", "",
-            "| figure | value |", "|---|---|",
-            f"| requests (retries included) | {m.requests} |",
-            f"| faults injected | {injected} |",
-            f"| peak requests in any {m.window_s:g} s window / budget | {m.peak} / {m.budget} |",
-            f"| 429s from the server's own limiter | {m.genuine_429} |",
-            f"| passes (failed after retries) / frozen passes to exact | {len(m.passes)} "
-            f"({m.failed_passes}) / {m.frozen_passes} |",
-            f"| rows wrong / integrity | {len(m.rows_wrong)} / {m.integrity} |",
-            f"| recordings at the end / seconds | {m.recordings} / {m.seconds} |"]
+            "recordings were inserted and deleted; then passes over the frozen world until the "
+            f"mirror was exact. Client budget {first.budget} per {first.window_s:g} s, the "
+            "server's limit the same. The deployed dialect answers every fault in its own "
+            "shape (errors as plain strings, a 429 without `Retry-After`, no `X-RateLimit-*` "
+            "header on any answer) and pages by cursor.", "",
+            *_columns(list(ms), [
+                ("requests (retries included) / pages asked by cursor",
+                 [f"{x.requests} / {x.cursor_pages}" for x in m]),
+                ("faults injected",
+                 [", ".join(f"{k} {n}" for k, n in sorted(x.injected.items())) for x in m]),
+                ("recordings inserted / deleted while walking",
+                 [f"{x.inserted} / {x.deleted}" for x in m]),
+                (f"peak requests in any {first.window_s:g} s window / budget",
+                 [f"{x.peak} / {x.budget}" for x in m]),
+                ("429s from the server's own limiter", [x.genuine_429 for x in m]),
+                ("passes (failed after retries) / frozen passes to exact",
+                 [f"{len(x.passes)} ({x.failed_passes}) / {x.frozen_passes}" for x in m]),
+                ("rows wrong / integrity", [f"{len(x.rows_wrong)} / {x.integrity}" for x in m]),
+                ("recordings at the end / seconds", [f"{x.recordings} / {x.seconds}" for x in m]),
+            ])]
 
 
 def _table_md(table: list[Outcome]) -> list[str]:
@@ -241,8 +342,9 @@ def _the_line(o: Outcome) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _surface_md(s: SurfaceResult, leaks: list[str]) -> list[str]:
+def _surface_md(s: SurfaceResult, p: PathsResult, leaks: list[str]) -> list[str]:
     modes = ", ".join(f"{k} {v}" for k, v in sorted(s.modes.items()))
+    shown = ", ".join(f"`{i!r}`" for i in HOSTILE_IDS)
     return ["", "### 4. Secrets and surface", "",
             "| figure | value |", "|---|---|",
             f"| outputs and files grepped for the key (whole run) | {s.outputs_checked} + "
@@ -252,7 +354,12 @@ def _surface_md(s: SurfaceResult, leaks: list[str]) -> list[str]:
             f"timestamp rejected | {s.signature_ok} / {s.tampered_rejected} / "
             f"{s.stale_rejected} of {s.webhooks} |",
             f"| hostile recording names delivered as data / any of them ran | "
-            f"{s.hostile_delivered} / {'no' if s.hostile_inert else 'yes'} |"]
+            f"{s.hostile_delivered} / {'no' if s.hostile_inert else 'yes'} |",
+            f"| deployed, files mirrored: hostile ids ({shown}) stored / asked for / written "
+            f"outside the files directory | {len(p.stored_hostile)} / {len(p.asked_hostile)} / "
+            f"{len(p.escaped)} |",
+            f"| deployed: files written / expected / not hashing to `content_sha256` | "
+            f"{len(p.files)} / {p.files_expected} / {len(p.hash_wrong)} |"]
 
 
 def write_section(results: Path, section: str) -> None:
@@ -261,9 +368,16 @@ def write_section(results: Path, section: str) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    usage = __doc__.split("\n\n")[1]  # the example command lines
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="examples:\n" + usage,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="10 kills and a scaled window")
-    p.add_argument("--kills", type=int, help="how many SIGKILLs (default 100, --quick 10)")
+    p.add_argument("--kills", type=int,
+                   help="how many SIGKILLs per dialect (default 100, --quick 10)")
+    p.add_argument("--dialect", choices=[*DIALECTS, "both"], default="both",
+                   help="the API dialect to torture: documented (offset pages), deployed "
+                        "(cursor pages, signed URLs, seven statuses, plain errors, 429s "
+                        "without headers) or both (default)")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     p.add_argument("--work", type=Path, help="scratch directory (default bench/work/torture-*)")
@@ -273,7 +387,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     with (work / "in-process.log").open("w") as log:
         configure("info", "json", stream=log)  # the in-process syncs log here, grepped too
-        figures = asyncio.run(measure(work, kills, args.quick, args.seed))
+        dialects = DIALECTS if args.dialect == "both" else (args.dialect,)
+        figures = asyncio.run(measure(work, kills, args.quick, args.seed, dialects))
     write_section(args.results, render(figures, kills))
     missed = [w for w, _, _, ok in verdicts(figures, kills) if not ok]
     say(f"wrote {args.results}; scratch in {work}")
