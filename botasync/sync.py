@@ -638,8 +638,8 @@ class Syncer:
         Only with a progress bar.
         """
         known = await self.mirror.count()
-        if known:
-            return known
+        if known and await self._backfill_done():
+            return known  # a resumed first sync has a part of the archive only
         if self.learned.paging == "cursor":
             return None
         size = self.cfg.sync.page_size
