@@ -39,7 +39,8 @@ from results_md import render
 from sections import markers
 from steady import steady
 
-KEPT_SECTIONS = ("torture", "media", "retention", "dialects")  # written by the scripts named alike
+# written by the scripts named alike
+KEPT_SECTIONS = ("torture", "media", "retention", "dialects", "search")
 
 
 def write_results_md(path: Path, text: str) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import sqlite3
 import string
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ from botasync.transcripts.search import (
     time_label,
 )
 from botasync.transcripts.store import Fetched, write
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- fixture rows --------------------------------------------------------------------------------
 # Files are filled as botasync fills them: recording rows by SQL (as a sync writes them),
@@ -365,3 +370,15 @@ async def test_limit_and_stable_order(db: Path) -> None:
     assert len(first) == 2
     assert first == (await run_search(db, "the", limit=10))[:2]
     assert await run_search(db, "the", limit=10) == await run_search(db, "the", limit=10)
+
+
+def test_search_bench_runs(tmp_path: Path) -> None:
+    """`bench/search.py` builds its database, times its queries and one process, small."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "search.py"), "--segments", "1000", "--queries",
+         "20", "--e2e-runs", "1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["build"]["segments"] == 1000 and result["measured"]["queries"] >= 20
+    assert result["measured"]["no_hits"] < result["measured"]["queries"]
+    assert result["end_to_end"]["runs"] == 1
