@@ -102,7 +102,8 @@ def threaded_simulator(dialect: Dialect) -> Iterator[Simulator]:
 
     async def main() -> None:
         async with serve(World(seed=3, recordings=200, dialect=dialect), rate_limit=1_000_000,
-                         download_rate_limit=1_000_000) as sim:
+                         download_rate_limit=1_000_000,
+                         transcription_rate_limit=1_000_000) as sim:
             box.update(sim=sim, loop=asyncio.get_running_loop(), stop=asyncio.Event())
             ready.set()
             await box["stop"].wait()
@@ -171,6 +172,9 @@ def test_the_generated_run_reached_the_server(
     statuses = {r.status for r in sim.requests}
     assert {200, 400, 401, 404} <= statuses
     assert 500 not in statuses
+    for prefix in ("/v1/transcriptions", "/v1/summaries"):
+        assert {r.status for r in sim.requests if r.path.startswith(prefix)} >= (
+            {200, 404} if dialect == "deployed" else {404})
 
 
 # -- recorded answers against the spec's schemas -------------------------------------------------
@@ -211,6 +215,8 @@ def _response_schema(path: str, method: str) -> jsonschema.Draft202012Validator:
 
 RECORDING = validator("#/components/schemas/Recording")  # either dialect
 LIST_PAGE = _response_schema("/recordings", "get")
+TRANSCRIPTION = _response_schema("/transcriptions/{id}", "get")  # either dialect
+SUMMARY = _response_schema("/summaries/{id}", "get")
 ERROR = validator("#/components/schemas/Error")
 SHAPES = {  # what each dialect must send, more strictly than the union
     "documented": {
@@ -218,6 +224,8 @@ SHAPES = {  # what each dialect must send, more strictly than the union
         "page": validator("#/components/schemas/DocumentedPage"),
         "error": validator("#/components/schemas/ErrorEnvelope"),
         "download": _response_schema("/recordings/{id}/download-url", "post"),
+        "transcription": validator("#/components/schemas/DocumentedTranscription"),
+        "summary": validator("#/components/schemas/DocumentedSummary"),
     },
     "deployed": {
         "recording": validator("#/components/schemas/DeployedRecording"),
@@ -225,6 +233,10 @@ SHAPES = {  # what each dialect must send, more strictly than the union
         "error": validator("#/components/schemas/PlainError"),
         "message": validator("#/components/schemas/PlainMessage"),
         "download": _response_schema("/recordings/{id}/download-url", "get"),
+        "transcription": validator("#/components/schemas/DeployedTranscription"),
+        "summary": validator("#/components/schemas/DeployedSummary"),
+        "transcription_page": _response_schema("/transcriptions", "get"),
+        "summary_page": _response_schema("/summaries", "get"),
     },
 }
 CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -393,3 +405,110 @@ async def test_error_answers_are_documented(
     assert_rate_headers(dialect, headers)
     if not deployed:
         assert headers["X-RateLimit-Remaining"] == "0"
+
+
+# -- transcriptions and summaries ---------------------------------------------------------------
+
+
+def _varied(world: World) -> None:
+    """Give a world transcriptions in every status: failed, re-run in flight, new in flight."""
+    completed = [t for r in world.ids()[:60] for t in world.transcriptions_of(r)
+                 if t["status"] == "completed"]
+    world.fail_transcription(completed[0]["recording_id"], "Audio could not be decoded")
+    world.retranscribe(completed[1]["recording_id"], status="processing")
+    world.retranscribe(completed[2]["recording_id"], status="pending")
+    if world.deployed:
+        world.add_transcription(completed[3]["recording_id"])
+        world.create(status="processing")
+
+
+async def _fetch_transcripts(
+    http: aiohttp.ClientSession, sim: Simulator,
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """(transcriptions, summaries, list pages) of the first 80 recordings, as a client gets
+    them in the dialect: linked ids (documented) or lists by recording (deployed)."""
+    found, summaries, pages = [], [], []
+    for rec_id in sim.world.ids()[:80]:
+        if sim.world.deployed:
+            status, page, _ = await fetch(http, "GET", f"{sim.url}/transcriptions",
+                                          params={"recording_id": rec_id, "limit": 1})
+            assert status == 200
+            pages.append(page)
+            ids = [t["id"] for t in sim.world.transcriptions_of(rec_id)]
+        else:
+            ids = [t for t in [sim.world.get(rec_id)["transcription_id"]] if t]  # type: ignore[index]
+        for txn_id in ids:
+            status, txn, headers = await fetch(http, "GET", f"{sim.url}/transcriptions/{txn_id}")
+            assert status == 200
+            assert_rate_headers(sim.dialect, headers)
+            found.append(txn)
+            if sim.world.deployed:
+                status, page, _ = await fetch(http, "GET", f"{sim.url}/summaries",
+                                              params={"transcription_id": txn_id})
+                pages.append(page)
+                sum_ids = [s["id"] for s in page["data"]]
+            else:
+                sum_ids = [txn["summary_id"]] if txn["summary_id"] else []
+            for sum_id in sum_ids:
+                status, summary, headers = await fetch(http, "GET", f"{sim.url}/summaries/{sum_id}")
+                assert status == 200
+                assert_rate_headers(sim.dialect, headers)
+                summaries.append(summary)
+    return found, summaries, pages
+
+
+async def test_transcriptions_and_summaries_match_the_schema(
+    simulator_factory: SimulatorFactory, http: aiohttp.ClientSession, dialect: Dialect,
+) -> None:
+    """Transcriptions in every status, their summaries and (deployed) their list pages are
+    valid for the contract and for the dialect's own shapes; documented answers carry the
+    transcription limit's headers, deployed ones none."""
+    world = World(seed=7, recordings=150, dialect=dialect, clock=ManualClock())
+    sim = await simulator_factory(world, rate_limit=1_000_000,
+                                  transcription_rate_limit=1_000_000)
+    _varied(world)
+    world.step(100)
+    transcriptions, summaries, pages = await _fetch_transcripts(http, sim)
+    shapes = SHAPES[dialect]
+    for txn in transcriptions:
+        assert_valid(TRANSCRIPTION, txn)
+        assert_valid(shapes["transcription"], txn)
+    for summary in summaries:
+        assert_valid(SUMMARY, summary)
+        assert_valid(shapes["summary"], summary)
+    for page in pages:
+        kind = "transcription_page" if page["data"] and "recording_id" in page["data"][0] else (
+            "summary_page")
+        assert_valid(shapes[kind], page)
+    assert {t["status"] for t in transcriptions} == {"pending", "processing", "completed",
+                                                     "failed"}
+    assert {"completed", "failed"} <= {s["status"] for s in summaries}
+    assert dialect == "documented" or any(p["has_more"] for p in pages)
+
+
+async def test_transcript_error_answers_are_documented(
+    simulator_factory: SimulatorFactory, http: aiohttp.ClientSession, dialect: Dialect,
+) -> None:
+    """404, 400 (deployed lists) and the transcription limit's 429 take the dialect's form."""
+    clock = ManualClock()
+    sim = await simulator_factory(World(seed=4, recordings=30, clock=clock, dialect=dialect),
+                                  rate_limit=1000, transcription_rate_limit=100)
+    deployed = dialect == "deployed"
+    cases: list[tuple[str, dict[str, Any], int]] = [
+        (f"{sim.url}/transcriptions/txn_gone", {}, 404),
+        (f"{sim.url}/summaries/sum_gone", {}, 404),
+        (f"{sim.url}/transcriptions", {"recording_id": "rec_x"}, 200 if deployed else 404),
+    ]
+    if deployed:
+        cases += [(f"{sim.url}/transcriptions", {}, 400),
+                  (f"{sim.url}/summaries", {"transcription_id": "txn_x", "cursor": "x"}, 400)]
+    for url, params, expected in cases:
+        status, body, headers = await fetch(http, "GET", url, params=params)
+        if expected != 200:
+            assert_error(dialect, status, body, headers, expected)
+        assert_rate_headers(dialect, headers)
+    sim.transcription_rate_limit = 1  # a new window: one more answer, then the 429
+    await fetch(http, "GET", f"{sim.url}/transcriptions/txn_gone")
+    status, body, headers = await fetch(http, "GET", f"{sim.url}/transcriptions/txn_gone")
+    assert_error(dialect, status, body, headers, 429)
+    assert_rate_headers(dialect, headers)

@@ -6,6 +6,7 @@ left out of the request log so they never disturb what a test measures.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,6 +18,7 @@ from botasync.simulator.faults import KINDS
 
 if TYPE_CHECKING:
     from botasync.simulator.app import Simulator
+    from botasync.simulator.world import World
 
 BATCH = 1000  # items per write when streaming the whole world
 # fields only one dialect's recordings have: the other dialect's admin calls refuse them
@@ -230,13 +232,143 @@ async def clock(request: web.Request) -> web.Response:
 
 
 async def rate_limit(request: web.Request) -> web.Response:
-    """POST /_sim/rate-limit?limit=N|off: change the per-minute limit (a fresh window)."""
+    """POST /_sim/rate-limit?limit=N|off[&bucket=transcriptions]: change the per-minute limit
+    (a fresh window): the overall one, or the transcription and summary endpoints' own."""
     sim = _sim(request)
     raw = request.query.get("limit", "")
     if raw != "off" and not raw.isdigit():
         return _bad("limit must be a whole number or 'off'")
+    bucket = request.query.get("bucket", "all")
+    if bucket == "transcriptions":
+        sim.transcription_rate_limit = None if raw == "off" else int(raw)
+        return _json({"transcription_rate_limit": sim.transcription_rate_limit})
+    if bucket != "all":
+        return _bad("bucket must be 'all' or 'transcriptions'")
     sim.rate_limit = None if raw == "off" else int(raw)
     return _json({"rate_limit": sim.rate_limit})
+
+
+# -- transcriptions and summaries ------------------------------------------------------------
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of a request body (empty: {}), or ValueError."""
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        raise ValueError("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+def _answer(make: Callable[[], Any], missing: str, status: int = 200) -> web.Response:
+    """`make()` as JSON; its KeyError a 404 naming `missing`, its ValueError a 400."""
+    try:
+        result = make()
+    except KeyError:
+        return _json({"error": f"no such {missing}"}, status=404)
+    except (ValueError, TypeError) as exc:
+        return _bad(str(exc))
+    if result is None:
+        return _json({"error": f"no such {missing}"}, status=404)
+    return _json(result, status=status)
+
+
+async def recording_transcriptions(request: web.Request) -> web.Response:
+    """GET /_sim/recordings/{id}/transcriptions: its transcriptions as served, newest first.
+    POST: (deployed) add another one beside its own, `{"status"}` (default completed)."""
+    world, rec_id = _sim(request).world, request.match_info["id"]
+    if request.method == "GET":
+        return _answer(lambda: {"data": world.transcriptions_of(rec_id)}, "recording")
+    try:
+        body = await _body(request)
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _answer(lambda: world.add_transcription(rec_id, str(body.get("status", "completed"))),
+                   "recording", status=201)
+
+
+async def retranscribe(request: web.Request) -> web.Response:
+    """POST /_sim/recordings/{id}/retranscribe: replace its transcription under a new id
+    (body `{"status"}`, default completed); returns the new one. The old id 404s."""
+    world, rec_id = _sim(request).world, request.match_info["id"]
+    try:
+        body = await _body(request)
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _answer(lambda: world.retranscribe(rec_id, str(body.get("status", "completed"))),
+                   "recording")
+
+
+async def fail_transcription(request: web.Request) -> web.Response:
+    """POST /_sim/recordings/{id}/fail-transcription: its transcription fails now (body
+    `{"message"}` optional); returns it."""
+    world, rec_id = _sim(request).world, request.match_info["id"]
+    try:
+        message = (await _body(request)).get("message")
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _answer(lambda: world.fail_transcription(
+        rec_id, None if message is None else str(message)), "recording")
+
+
+async def transcription(request: web.Request) -> web.Response:
+    """GET /_sim/transcriptions/{id}: one as served. PATCH: force `status` (and `error`);
+    other fields of the body are served as given."""
+    world, txn_id = _sim(request).world, request.match_info["id"]
+    if request.method == "GET":
+        return _answer(lambda: world.transcription(txn_id), "transcription")
+    try:
+        fields = await _body(request)
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _answer(lambda: world.update_transcription(txn_id, **fields), "transcription")
+
+
+async def transcription_summaries(request: web.Request) -> web.Response:
+    """GET /_sim/transcriptions/{id}/summaries: its summaries as served, newest first."""
+    world, txn_id = _sim(request).world, request.match_info["id"]
+    return _answer(lambda: {"data": world.summaries_of(txn_id)}, "transcription")
+
+
+async def summary(request: web.Request) -> web.Response:
+    """GET /_sim/summaries/{id}: one summary as served."""
+    world, sum_id = _sim(request).world, request.match_info["id"]
+    return _answer(lambda: world.summary(sum_id), "summary")
+
+
+def _every(world: World, summaries: bool) -> Iterator[dict[str, Any]]:
+    """Every transcription (or summary) of the world, newest recording first."""
+    for rec_id in world.ids():
+        try:
+            items = world.transcriptions_of(rec_id)
+        except KeyError:
+            continue  # deleted meanwhile
+        for item in items:
+            yield from world.summaries_of(item["id"]) if summaries else (item,)
+
+
+async def every_transcription(request: web.Request) -> web.StreamResponse:
+    """GET /_sim/transcriptions (or /_sim/summaries): all of them as served, newest recording
+    first (streamed; it makes every transcript there is: meant for worlds of thousands)."""
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    await response.prepare(request)
+    await response.write(b'{"data":[')
+    summaries = request.path.rstrip("/").endswith("/summaries")
+    batch: list[bytes] = []
+    first = True
+    for item in _every(_sim(request).world, summaries):
+        batch.append(orjson.dumps(item))
+        if len(batch) == BATCH // 10:
+            await response.write((b"" if first else b",") + b",".join(batch))
+            batch, first = [], False
+    if batch:
+        await response.write((b"" if first else b",") + b",".join(batch))
+    await response.write(b"]}")
+    await response.write_eof()
+    return response
 
 
 def add_routes(app: web.Application) -> None:
@@ -254,3 +386,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/_sim/requests", requests_log)
     app.router.add_post("/_sim/clock", clock)
     app.router.add_post("/_sim/rate-limit", rate_limit)
+    app.router.add_get("/_sim/recordings/{id}/transcriptions", recording_transcriptions)
+    app.router.add_post("/_sim/recordings/{id}/transcriptions", recording_transcriptions)
+    app.router.add_post("/_sim/recordings/{id}/retranscribe", retranscribe)
+    app.router.add_post("/_sim/recordings/{id}/fail-transcription", fail_transcription)
+    app.router.add_get("/_sim/transcriptions", every_transcription)
+    app.router.add_get("/_sim/transcriptions/{id}", transcription)
+    app.router.add_patch("/_sim/transcriptions/{id}", transcription)
+    app.router.add_get("/_sim/transcriptions/{id}/summaries", transcription_summaries)
+    app.router.add_get("/_sim/summaries", every_transcription)
+    app.router.add_get("/_sim/summaries/{id}", summary)

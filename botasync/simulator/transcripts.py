@@ -87,6 +87,10 @@ class Transcripts:
         self._txn_of_summary: dict[str, str] = {}
         self._found: dict[str, str] = {}  # deployed: ids handed out -> recording id
 
+    def __len__(self) -> int:
+        """How many transcriptions are held (made when first read or changed)."""
+        return len(self._states)
+
     @property
     def deployed(self) -> bool:
         """Whether the world speaks the deployed dialect."""
