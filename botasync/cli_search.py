@@ -74,7 +74,16 @@ def search_command(query: str, speaker: str | None, since: str | None, limit: in
     if as_json:
         _print_json([h.as_dict() for h in hits])
         return
+    if not hits and not run_async(_with_store(cfg, any_transcript)):
+        out.print("no matches: no transcript is mirrored yet ([transcripts] download = true "
+                  "fetches them; see `botasync transcripts status`)", soft_wrap=True)
+        return
     _render(hits, limit, rich=out.is_terminal)
+
+
+async def any_transcript(store: Store) -> bool:
+    """Whether the mirror holds any transcript segment at all."""
+    return await store.fetchone("SELECT 1 FROM transcript_segments LIMIT 1") is not None
 
 
 def _render(hits: list[Hit], limit: int, *, rich: bool) -> None:

@@ -267,6 +267,8 @@ def test_past_the_cap_the_newest_matches_that_pass_the_filters_are_ranked() -> N
         assert texts(5000)[0] == "budget budget"
         assert sorted(texts(2)) == ["a budget for the trip", "the budget is fine"]
         assert texts(2, speaker="alice") == ["budget budget", "the budget is fine"]
+        _, params = search_sql(SearchRequest(query="budget", limit=5000))
+        assert params["cap"] == 5000  # a --limit past the cap widens it
     finally:
         conn.close()
 

@@ -149,6 +149,21 @@ def test_search_no_match_and_no_database(db: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "no database" in one_line(missing)
 
 
+@pytest.fixture
+async def no_transcripts(tmp_path: Path) -> Path:
+    """A mirror of one recording, without transcripts."""
+    path = tmp_path / "empty.db"
+    async with await Store.open(path) as store:
+        await put_recording(store, "rec_a")
+    return path
+
+
+def test_search_without_any_transcript_says_so(no_transcripts: Path) -> None:
+    """A mirror without transcripts says why nothing matches, and how to get them."""
+    result = invoke(main, ["search", "budget"], no_transcripts)
+    assert result.exit_code == 0 and "no transcript is mirrored yet" in result.stdout
+
+
 def test_search_help_says_deleted_recordings_are_searched() -> None:
     """--help names the query syntax and that deleted recordings' transcripts are searched."""
     result = CliRunner().invoke(main, ["search", "--help"])

@@ -240,9 +240,10 @@ def match_expression(request: SearchRequest) -> str:
 def search_sql(request: SearchRequest) -> tuple[str, dict[str, Any]]:
     """The one SELECT a search runs, and its named parameters (raises `QuerySyntaxError`).
 
-    Hits are the best by bm25 among the newest `RANK_CAP` matching segments that pass
-    the filters (all of them when fewer match), so a query for the commonest words costs
-    a bounded time. Tombstoned recordings are searched too: they keep their transcripts.
+    Hits are the best by bm25 among the newest `RANK_CAP` (or `limit`, if more) matching
+    segments that pass the filters (all of them when fewer match), so a query for the
+    commonest words costs a bounded time. Tombstoned recordings are searched too: they
+    keep their transcripts.
     """
     # the subquery joins only what its filters read: without filters it reads the index alone
     inner = _JOINS.format(s="s2", t="t2", r="r2", fts="f").splitlines()
@@ -252,9 +253,10 @@ def search_sql(request: SearchRequest) -> tuple[str, dict[str, Any]]:
         filters=_filters(request, "s", "r"),
         inner_joins="".join(f"\n    {join}" for join in inner),
         inner_filters=_filters(request, "s2", "r2").replace("\n", "\n    "))
+    limit = max(1, min(request.limit, MAX_LIMIT))
     params = {"mark_open": MARK_OPEN, "mark_close": MARK_CLOSE, "ellipsis": ELLIPSIS,
-              "tokens": SNIPPET_TOKENS, "query": match_expression(request), "cap": RANK_CAP,
-              "limit": max(1, min(request.limit, MAX_LIMIT))}
+              "tokens": SNIPPET_TOKENS, "query": match_expression(request),
+              "cap": max(RANK_CAP, limit), "limit": limit}
     if request.speaker is not None:
         params["speaker"] = _utf8(request.speaker)
     if request.since is not None:
