@@ -557,14 +557,19 @@ def _is_loopback(host: str) -> bool:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--move-every", type=click.FloatRange(0.1, None), default=1.5, show_default=True,
               help="Seconds between changes in the simulated world.")
+@click.option("--dialect", type=click.Choice(["documented", "deployed"]), default="deployed",
+              show_default=True,
+              help="The API the simulator plays: as deployed (cursor pages, seven statuses) or "
+                   "as Bota's reference pages document it.")
 @handle_errors
-def demo(seconds: float | None, db_path: str, n: int, seed: int, move_every: float) -> None:
+def demo(seconds: float | None, db_path: str, n: int, seed: int, move_every: float,
+         dialect: Literal["documented", "deployed"]) -> None:
     """Mirror a simulated, moving Bota project and print its events live. No key needed."""
     from botasync.demo import next_steps, run_demo
 
     configure("warning", "auto")
     printer = run_async(run_demo(out, db=Path(db_path), seconds=seconds, recordings=n,
-                                 seed=seed, move_every_s=move_every))
+                                 seed=seed, move_every_s=move_every, dialect=dialect))
     out.print(f"\n[bold]{_plural(printer.count, 'event')} delivered[/bold] "
               f"({_plural(printer.status_changes, 'status change')}). Try next:", soft_wrap=True)
     for line in next_steps(Path(db_path)):

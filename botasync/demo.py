@@ -16,7 +16,7 @@ import contextlib
 import signal
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
@@ -39,6 +39,9 @@ class NotADemoDatabase(BotasyncError):
     exit_code = 2
 
 DEMO_KEY = "sk_test_demo"
+# the demo plays the API as deployed: what a new user's project answers today (Bota's
+# examples record it); `--dialect documented` plays the reference pages' API
+DEMO_DIALECT: Literal["documented", "deployed"] = "deployed"
 STYLE = {
     "recording.created": "green", "recording.completed": "bold green",
     "recording.failed": "bold red", "recording.deleted": "red", "recording.updated": "yellow",
@@ -136,14 +139,15 @@ async def prepare(db: Path) -> ExclusiveLock:
 
 
 async def run_demo(console: Console, *, db: Path, seconds: float | None, recordings: int,
-                   seed: int, move_every_s: float) -> PrintHandler:
+                   seed: int, move_every_s: float,
+                   dialect: Literal["documented", "deployed"] = DEMO_DIALECT) -> PrintHandler:
     """Serve a moving simulated project and mirror it until Ctrl-C or `seconds`."""
     lock = await prepare(db)
-    world = World(seed=seed, recordings=recordings)
+    world = World(seed=seed, recordings=recordings, dialect=dialect)
     printer = PrintHandler(console)
     async with serve(world, api_keys={DEMO_KEY: {"recordings:read"}}, rate_limit=500) as sim:
-        console.print(f"[bold]simulated Bota project[/bold]: {recordings} recordings at {sim.url}",
-                      soft_wrap=True)
+        console.print(f"[bold]simulated Bota project[/bold]: {recordings} recordings at {sim.url}"
+                      f" ({dialect} dialect)", soft_wrap=True)
         console.print(f"[bold]mirror[/bold]: {db}  (events of the first sync are kept, "
                       "not delivered; live ones print below)", soft_wrap=True)
         daemon = Daemon(demo_config(sim.url, db), handle_signals=False, lock=lock,

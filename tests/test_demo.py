@@ -1,4 +1,4 @@
-"""`botasync demo --for 20`: a fresh user's first command works and shows live events."""
+"""`botasync demo --for 12`: a fresh user's first command works and shows live events."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from botasync.demo import describe
 from botasync.progress import eta_seconds, human_seconds
 
 
-def test_demo_runs_mirrors_and_prints_events(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dialect", ["deployed", "documented"])
+def test_demo_runs_mirrors_and_prints_events(tmp_path: Path, dialect: str) -> None:
     """It exits 0, leaves recordings and media, and printed status changes and next steps."""
     out = subprocess.run(
-        [sys.executable, "-m", "botasync", "demo", "--for", "20", "--move-every", "0.3"],
+        [sys.executable, "-m", "botasync", "demo", "--for", "12", "--move-every", "0.3",
+         "--dialect", dialect],
         cwd=tmp_path, capture_output=True, text=True, timeout=90,
         env={**os.environ, "BOTASYNC_CONFIG": "", "COLUMNS": "200"},
     )
@@ -30,6 +34,7 @@ def test_demo_runs_mirrors_and_prints_events(tmp_path: Path) -> None:
         delivered = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'"
                                  ).fetchone()[0]
     assert delivered > 0
+    assert f"({dialect} dialect)" in out.stdout
 
 
 def test_describe_reads_like_a_sentence() -> None:
