@@ -1,4 +1,5 @@
-"""A standalone simulator of the Bota recordings API, for tests, the demo and benchmarks.
+"""A standalone simulator of the Bota API (recordings, their files, transcriptions and
+summaries), for tests, the demo and benchmarks.
 
 It imports nothing from the rest of botasync: the client and the simulator share only
 the OpenAPI contract (`botasync/openapi.yaml`), so a bug in one cannot hide the same

@@ -14,6 +14,11 @@ answer, seven statuses, `updated_at`): its stored items hold `deployed.AUDIO_MAR
 place of the URL, and every read that serves them (`page_body`, `cursor_page_body`,
 `detail_body`, `get`, `all`, `iter_bodies`) swaps in a URL from a signer, so a page
 costs one HMAC per item on top of the join.
+
+Transcriptions and summaries live in `transcripts.Transcripts` (`world.transcripts`):
+made when first read, and told of every change to a recording through `_replace` and
+`_remove_key`. They draw on a generator of their own, so the recordings a seed builds
+are the same as without them.
 """
 
 from __future__ import annotations
