@@ -233,7 +233,11 @@ class Syncer:
         recordings of that status are then asked for by id instead.
         """
         try:
-            return await self._walk(walk, status=status, depth=1)
+            listed = await self._walk(walk, status=status, depth=1)
+            if self.learned.filter_ignored_at is not None:
+                log.info("status_filter_works", status=status)
+                await self._learn(self.learned.filter_works())
+            return listed
         except BadRequest as e:
             log.warning("status_filter_refused", status=status, error=str(e))
             await self._learn(self.learned.refused(status))

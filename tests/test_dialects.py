@@ -156,6 +156,16 @@ async def test_an_ignored_status_filter_is_noticed_and_worked_around(tmp_path: P
             mark = len(sim.requests)
             await app.syncer.quick()
             assert not any("status=" in r.query for r in sim.requests[mark:])
+            # the API mends its ways: after reconcile_every_s the filter is tried again
+            sim.ignore_status_filter = False
+            stale = dict(learned, filter_ignored_at="2000-01-01T00:00:00Z")
+            await app.syncer.mirror.set_state("dialect", json.dumps(stale))
+            await app.syncer.mirror.set_state("hot_full_at", "2000-01-01T00:00:00Z")
+            mark = len(sim.requests)
+            await app.syncer.quick()
+            assert any("status=" in r.query for r in sim.requests[mark:])
+            learned = json.loads(await app.syncer.mirror.get_state("dialect") or "{}")
+            assert learned["filter_ignored_at"] is None
         assert table_rows(db, f"SELECT status FROM recordings WHERE id = '{deep}'") == [
             ("completed",)]
 
