@@ -1,0 +1,544 @@
+"""Transcripts and summaries mirrored: the queue against the simulator over loopback, in
+both dialects (`dialect` fixture), on real SQLite files.
+
+What the world serves is the truth: after a run, every transcription (and summary) the
+API shows for a recording that can have one is stored exactly as served, its segments
+row by row, the FTS index equal to the rows, and one event per terminal object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import botasync.cli  # noqa: F401 - first, so cli_transcripts finds its helpers
+from botasync import config, status
+from botasync.budget import RequestBudget
+from botasync.cli_transcripts import transcripts as transcripts_cli
+from botasync.client import BotaClient
+from botasync.daemon import Daemon
+from botasync.simulator import Dialect, Simulator, World
+from botasync.store import Store
+from botasync.sync import Syncer
+from botasync.transcripts.fetcher import TranscriptFetcher
+from tests.conftest import SimulatorFactory, wait_for
+from tests.test_daemon import Collect
+from tests.test_transcripts_unit import fts_matches_rows
+
+KEY = "sk_test_botasync"
+REPO = Path(__file__).resolve().parent.parent
+FINISHED = ("completed", "failed")
+TRANSCRIPT_PATHS = ("/v1/transcriptions", "/v1/summaries")
+
+
+@dataclass
+class Rig:
+    """A simulator, a store, a client, a syncer and a transcript fetcher wired as the app does."""
+
+    sim: Simulator
+    cfg: config.Config
+    store: Store
+    client: BotaClient
+    syncer: Syncer
+    fetcher: TranscriptFetcher
+
+    @property
+    def db(self) -> str:
+        return self.cfg.database.path
+
+    async def mirror(self, timeout: float = 60.0) -> None:
+        """Sync every recording, then fetch every transcript that is due."""
+        await self.syncer.full()
+        await self.fetcher.start()
+        assert await self.fetcher.drain(timeout)
+
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+def make_cfg(url: str, db: Path, **transcripts: Any) -> config.Config:
+    return config.load(env={}, overrides={
+        "api": {"base_url": url, "api_key": KEY, "requests_per_minute": 100_000},
+        "database": {"path": str(db)},
+        "transcripts": {"download": True, "concurrency": 4, "refresh_every_s": 0,
+                        **transcripts},
+    })
+
+
+@pytest.fixture
+async def rig_factory(
+    tmp_path: Path, simulator_factory: SimulatorFactory
+) -> AsyncIterator[RigFactory]:
+    """Build rigs; everything they opened is closed at teardown, newest first."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(world: World, *, budget: RequestBudget | None = None,
+                       share: RequestBudget | None = None, sim: dict[str, Any] | None = None,
+                       **transcripts: Any) -> Rig:
+            served = await simulator_factory(world, **{"transcription_rate_limit": None,
+                                                       **(sim or {})})
+            cfg = make_cfg(served.url, tmp_path / "botasync.db", **transcripts)
+            store = await Store.open(cfg.database.path)
+            stack.push_async_callback(store.aclose)
+            client = BotaClient(cfg.api, budget=budget or RequestBudget(None),
+                                transcripts_budget=share or RequestBudget(None),
+                                backoff_base=0.01, backoff_cap=0.05)
+            stack.push_async_callback(client.aclose)
+            fetcher = TranscriptFetcher(store, client, cfg.transcripts, poll=(0.05, 0.2),
+                                        retry=(0.05, 0.2))
+            stack.push_async_callback(fetcher.aclose)
+            syncer = Syncer(cfg, client, store, on_commit=fetcher.notify)
+            return Rig(served, cfg, store, client, syncer, fetcher)
+
+        yield make
+
+
+@pytest.fixture(params=["documented", "deployed"])
+def dialect(request: pytest.FixtureRequest) -> Dialect:
+    """Each test that takes it runs against a world of each dialect."""
+    return request.param  # type: ignore[no-any-return]
+
+
+# --- what the world serves, and what the mirror holds -------------------------------------
+
+
+def served(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
+    """txn id -> (recording id, the transcription as served) for every live recording that
+    can have a transcript: it names one (documented), or it finished (deployed)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for rec in world.all():
+        if world.deployed:
+            items = world.transcriptions_of(rec["id"]) if rec["status"] in FINISHED else []
+        else:
+            one = world.transcription(rec["transcription_id"]) if rec.get(
+                "transcription_id") else None
+            items = [one] if one is not None else []
+        out.update({t["id"]: (rec["id"], t) for t in items})
+    return out
+
+
+def served_summaries(world: World, txns: dict[str, tuple[str, dict[str, Any]]]
+                     ) -> dict[str, tuple[str, dict[str, Any]]]:
+    """sum id -> (transcription id, the summary as served) of the completed transcriptions."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for tid, (_, t) in txns.items():
+        if t["status"] != "completed":
+            continue
+        if world.deployed:
+            items = world.summaries_of(tid)
+        else:
+            one = world.summary(t["summary_id"]) if t["summary_id"] else None
+            items = [one] if one is not None else []
+        out.update({s["id"]: (tid, s) for s in items})
+    return out
+
+
+def rows(db: str | Path, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def assert_mirrored(db: str | Path, want: dict[str, tuple[str, dict[str, Any]]]) -> None:
+    """Exactly these transcriptions are stored, each as served, with its text and segments."""
+    got = {r[0]: (r[1], json.loads(r[2]), r[3]) for r in rows(
+        db, "SELECT id, recording_id, raw, text FROM transcriptions")}
+    assert {k: v[:2] for k, v in got.items()} == want
+    segments: dict[str, list[tuple[Any, ...]]] = {}
+    for r in rows(db, "SELECT transcription_id, start_s, end_s, speaker, text, confidence "
+                      "FROM transcript_segments ORDER BY transcription_id, position"):
+        segments.setdefault(r[0], []).append(r[1:])
+    for tid, (_, t) in want.items():
+        assert got[tid][2] == t.get("text", t.get("full_text"))
+        assert segments.get(tid, []) == [
+            (s["start"], s["end"], s.get("speaker"), s["text"], s.get("confidence"))
+            for s in t["segments"] or []], tid
+    fts_matches_rows(db)
+
+
+def stored(db: str | Path) -> int:
+    """Transcriptions stored; 0 before the database has its tables."""
+    with contextlib.suppress(sqlite3.OperationalError):
+        return int(rows(db, "SELECT count(*) FROM transcriptions")[0][0])
+    return 0
+
+
+def events_of(db: str | Path, prefix: str) -> list[dict[str, Any]]:
+    return [json.loads(r[0]) for r in rows(
+        db, "SELECT payload FROM events WHERE type LIKE ? ORDER BY seq", (f"{prefix}.%",))]
+
+
+def assert_one_event_each(db: str | Path, want: dict[str, tuple[str, dict[str, Any]]],
+                          prefix: str = "transcription") -> None:
+    """One `<prefix>.<status>` event per terminal object, its `data` as served."""
+    got = sorted((e["type"], e["data"]["id"], json.dumps(e["data"], sort_keys=True))
+                 for e in events_of(db, prefix))
+    expect = sorted((f"{prefix}.{o['status']}", oid, json.dumps(o, sort_keys=True))
+                    for oid, (_, o) in want.items() if o["status"] in FINISHED)
+    assert got == expect
+
+
+# --- mirrored exactly ---------------------------------------------------------------------
+
+
+async def test_every_transcript_mirrored_exactly(rig_factory: RigFactory, dialect: Dialect) -> None:
+    """Each recording that can have a transcript gets it: text, segments, index, one event."""
+    world = World(seed=3, recordings=120, dialect=dialect)
+    rig = await rig_factory(world)
+    await rig.mirror()
+    want = served(world)
+    assert len(want) >= 80
+    assert {t["status"] for _, t in want.values()} == {"completed", "failed"}
+    assert_mirrored(rig.db, want)
+    assert_one_event_each(rig.db, want)
+    events = {r[0]: r[1] for r in rows(rig.db, "SELECT json_extract(payload, '$.data.id'), "
+                                               "recording_id FROM events WHERE type LIKE 't%'")}
+    assert events == {tid: rec for tid, (rec, _) in want.items()}
+    assert rows(rig.db, "SELECT count(*) FROM transcript_queue") == [(0,)]
+    per_recording = 1  # one GET by id, or one list page
+    assert rig.fetcher.stats.requests == len(want) * per_recording
+
+
+async def test_summaries_mirrored_with_events(rig_factory: RigFactory, dialect: Dialect) -> None:
+    """With `summaries = true` each completed transcription's summaries are stored as served."""
+    world = World(seed=4, recordings=80, dialect=dialect)
+    rig = await rig_factory(world, summaries=True)
+    await rig.mirror()
+    want = served_summaries(world, served(world))
+    assert len(want) >= 30
+    got = {r[0]: (r[1], json.loads(r[2])) for r in rows(
+        rig.db, "SELECT id, transcription_id, raw FROM summaries")}
+    assert got == want
+    outputs = dict(rows(rig.db, "SELECT id, output FROM summaries"))
+    assert all(json.loads(outputs[k]) == s["output"] for k, (_, s) in want.items()
+               if s["output"] is not None)
+    assert_one_event_each(rig.db, want, "summary")
+
+
+async def test_failed_transcription_is_stored_with_its_error_and_event(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
+    """A failed transcription: its error as text, no segments, `transcription.failed`."""
+    world = World(seed=5, recordings=40, dialect=dialect)
+    rec = next(r["id"] for r in world.all() if r["status"] == "completed")
+    failed = world.fail_transcription(rec, "audio too quiet")
+    rig = await rig_factory(world)
+    await rig.mirror()
+    want_error = "audio too quiet" if world.deployed else "transcription_failed: audio too quiet"
+    assert rows(rig.db, "SELECT status, error, text FROM transcriptions WHERE id = ?",
+                (failed["id"],)) == [("failed", want_error, None)]
+    assert [e["data"] for e in events_of(rig.db, "transcription")
+            if e["data"]["id"] == failed["id"]] == [failed]
+    assert [e["type"] for e in events_of(rig.db, "transcription")
+            if e["data"]["id"] == failed["id"]] == ["transcription.failed"]
+
+
+# --- re-runs, in progress and replaced ------------------------------------------------------
+
+
+def marked(world: World, rec: str, word: str) -> str:
+    """Give a recording's transcription a word no other transcript has; its id."""
+    (own,) = [t for t in world.transcriptions_of(rec) if t["status"] == "completed"]
+    segments = [*own["segments"], {"start": 99.0, "end": 99.5, "text": f"{word} said",
+                                   "speaker": "SPEAKER_0"}]
+    world.update_transcription(own["id"], segments=segments)
+    return str(own["id"])
+
+
+def hits(db: str | Path, words: str) -> list[str]:
+    return [r[0] for r in rows(
+        db, "SELECT DISTINCT s.transcription_id FROM transcript_fts f JOIN transcript_segments s "
+            "ON s.id = f.rowid WHERE transcript_fts MATCH ?", (words,))]
+
+
+async def notice_rerun(rig: Rig) -> None:
+    """What makes botasync look again after a re-run: documented, the recording names a new
+    transcription (a reconcile walk finds it); deployed, the refresh of finished ones."""
+    if rig.sim.world.deployed:
+        rig.fetcher.cfg = rig.cfg.transcripts.model_copy(update={"refresh_every_s": 0.2})
+    else:
+        await rig.syncer.full(kind="reconcile")
+    rig.fetcher.notify()
+
+
+async def test_rerun_replaces_the_stored_transcript_with_an_event(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
+    """A re-run: the old one stays searchable while the new one runs, then is replaced in one
+    transaction whose event names it; the index forgets the old words."""
+    world = World(seed=6, recordings=40, dialect=dialect)
+    rec = next(r["id"] for r in world.all() if r["status"] == "completed"
+               and any(t["status"] == "completed" for t in world.transcriptions_of(r["id"])))
+    old = marked(world, rec, "xylophonics")
+    rig = await rig_factory(world)
+    await rig.mirror()
+    assert hits(rig.db, "xylophonics") == [old]
+
+    new = world.retranscribe(rec, status="processing")
+    await notice_rerun(rig)
+    await wait_for(lambda: rows(rig.db, "SELECT status FROM transcriptions WHERE id = ?",
+                                (new["id"],)) == [("processing",)], timeout=20)
+    assert sorted(r[0] for r in rows(rig.db, "SELECT id FROM transcriptions WHERE "
+                                             "recording_id = ?", (rec,))) == sorted([old, new["id"]])
+    assert hits(rig.db, "xylophonics") == [old]  # still there while the re-run runs
+
+    done = world.update_transcription(new["id"], status="completed")  # found by its polls
+    await wait_for(lambda: not rows(rig.db, "SELECT 1 FROM transcriptions WHERE id = ?", (old,)),
+                   timeout=20)
+    await rig.fetcher.aclose()
+    (event,) = [e for e in events_of(rig.db, "transcription") if e["data"]["id"] == new["id"]]
+    assert (event["type"], event["data"], event["previous"]["id"]) == (
+        "transcription.completed", done, old)
+    assert event["previous"]["status"] == "processing"
+    assert hits(rig.db, "xylophonics") == []
+    assert rows(rig.db, "SELECT count(*) FROM transcript_segments WHERE transcription_id = ?",
+                (old,)) == [(0,)]
+    assert_mirrored(rig.db, served(world))
+
+
+async def test_rerun_completed_at_once_replaces_at_once(
+    rig_factory: RigFactory, dialect: Dialect
+) -> None:
+    """A re-run found completed replaces the stored transcript in the write that finds it."""
+    world = World(seed=8, recordings=30, dialect=dialect)
+    rig = await rig_factory(world)
+    await rig.mirror()
+    rec, (old, *_) = next((r["id"], [t["id"] for t in world.transcriptions_of(r["id"])])
+                          for r in world.all() if r["status"] == "completed"
+                          and world.transcriptions_of(r["id"]))
+    new = world.retranscribe(rec)
+    await notice_rerun(rig)
+    await wait_for(lambda: rows(rig.db, "SELECT id FROM transcriptions WHERE recording_id = ?",
+                                (rec,)) == [(new["id"],)], timeout=20)
+    await rig.fetcher.aclose()
+    (event,) = [e for e in events_of(rig.db, "transcription") if e["data"]["id"] == new["id"]]
+    assert (event["previous"], event["data"]) == ({"id": old}, new)
+    assert_mirrored(rig.db, served(world))
+
+
+async def test_a_tombstoned_recording_keeps_its_transcript(rig_factory: RigFactory) -> None:
+    """A recording deleted remotely is tombstoned; its transcript and segments stay."""
+    world = World(seed=9, recordings=30, dialect="deployed")
+    rig = await rig_factory(world)
+    await rig.mirror()
+    before = rows(rig.db, "SELECT id, raw FROM transcriptions ORDER BY id")
+    rec = rows(rig.db, "SELECT recording_id FROM transcriptions LIMIT 1")[0][0]
+    world.delete(rec)
+    await rig.syncer.full()
+    assert rows(rig.db, "SELECT deleted_at IS NOT NULL FROM recordings WHERE id = ?", (rec,)) == [
+        (1,)]
+    assert rows(rig.db, "SELECT id, raw FROM transcriptions ORDER BY id") == before
+    fts_matches_rows(rig.db)
+
+
+# --- budget and the sync ------------------------------------------------------------------
+
+
+async def test_budget_share_holds_in_every_window(rig_factory: RigFactory, dialect: Dialect) -> None:
+    """No window of the share's length ever holds more transcript requests than it allows,
+    summaries included."""
+    limit, window = 3, 0.25
+    world = World(seed=10, recordings=24, dialect=dialect)
+    rig = await rig_factory(world, share=RequestBudget(limit, window_s=window), summaries=True)
+    await rig.mirror()
+    times = sorted(r.t for r in rig.sim.requests if r.path.startswith(TRANSCRIPT_PATHS))
+    assert len(times) >= 20
+    worst = max(bisect.bisect_left(times, t + window, lo=i) - i for i, t in enumerate(times))
+    assert worst <= limit
+    assert_mirrored(rig.db, served(world))
+
+
+async def test_recording_events_are_not_delayed_by_a_transcript_backlog(
+    rig_factory: RigFactory,
+) -> None:
+    """Ticks while a backlog of transcripts is fetched at its share: no tick waits for the
+    budget, and status changes become events as fast as with transcripts off.
+
+    Budgets are Bota's (90 and 10 a minute) on a window of 1.5 s instead of 60.
+    """
+    window = 1.5
+    world = World(seed=11, recordings=400)
+    moving = [world.create(status="processing")["id"] for _ in range(80)]
+    rig = await rig_factory(world, budget=RequestBudget(90, window_s=window),
+                            share=RequestBudget(10, window_s=window))
+    await rig.syncer.full()
+    await wait_for(lambda: rig.client.budget.used() == 0, timeout=2 * window)  # slots freed
+
+    async def lags(seconds: float) -> tuple[list[float], list[float]]:
+        changed: dict[str, float] = {}
+        lag: list[float] = []
+        ticks: list[float] = []
+        seen = rows(rig.db, "SELECT coalesce(max(seq), 0) FROM events")[0][0]
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if moving:
+                rid = moving.pop()
+                world.update(rid, status="failed")
+                changed[rid] = time.monotonic()
+            started = time.monotonic()
+            await rig.syncer.quick()
+            ticks.append(time.monotonic() - started)
+            for seq, rid in rows(rig.db, "SELECT seq, recording_id FROM events WHERE seq > ? "
+                                         "AND type = 'recording.failed'", (seen,)):
+                seen = max(seen, seq)
+                if rid in changed:
+                    lag.append(time.monotonic() - changed.pop(rid))
+            await asyncio.sleep(0.1)
+        return lag, ticks
+
+    quiet, _ = await lags(4.0)
+    await rig.fetcher.start()
+    busy, busy_ticks = await lags(4.0)
+    fetched = rig.fetcher.stats.recordings
+    backlog = rows(rig.db, "SELECT count(*) FROM transcript_queue")[0][0]
+    assert fetched >= 10 and backlog > 100  # the backlog was there, and being fetched
+    assert len(busy) >= 10 and len(quiet) >= 10
+    p95 = statistics.quantiles(busy, n=20)[-1]
+    p95_quiet = statistics.quantiles(quiet, n=20)[-1]
+    assert p95 <= p95_quiet + 0.25, (p95, p95_quiet)
+    assert max(busy_ticks) < window / 2, busy_ticks  # no tick waited for a slot to free
+    await rig.fetcher.aclose(grace_s=0.1)
+
+
+# --- the daemon, the command line, kill -9 ------------------------------------------------
+
+
+async def test_daemon_mirrors_transcripts_and_status_shows_the_queue(
+    simulator_factory: SimulatorFactory, tmp_path: Path, dialect: Dialect
+) -> None:
+    """`download = true`: the daemon mirrors transcripts (the first sync's as a backfill, not
+    delivered); a recording finished later is delivered; `status` shows the queue."""
+    world = World(seed=12, recordings=60, dialect=dialect)
+    sim = await simulator_factory(world, transcription_rate_limit=None)
+    db = tmp_path / "botasync.db"
+    cfg = config.load(env={}, overrides={
+        "api": {"base_url": sim.url, "api_key": KEY, "requests_per_minute": 100_000},
+        "database": {"path": str(db)}, "sync": {"interval_s": 0.2, "reconcile_every_s": 3600},
+        "transcripts": {"download": True, "concurrency": 4, "requests_per_minute": 100_000}})
+    handler = Collect()
+    daemon = Daemon(cfg, handle_signals=False, extra_handlers=[handler])
+    task = asyncio.create_task(daemon.run())
+    try:
+        want = served(world)
+        await wait_for(lambda: stored(db) == len(want), timeout=30)
+        data = await status.collect(cfg)
+        assert data["transcripts"]["done"]["recordings"] == len(want)
+        assert data["transcripts"]["queued"]["recordings"] == 0
+        assert not [e for e in handler.events if e["type"].startswith("transcription.")]
+        rec = next(r for r in world.all() if r["status"] in ("uploaded", "processing"))
+        named = {} if world.deployed else {"transcription_id": "txn_finishedlater"}
+        world.update(rec["id"], status="completed", **named)
+        txn = await wait_for(lambda: next((e for e in handler.events
+                                           if e["type"].startswith("transcription.")), None),
+                             timeout=30)
+        assert rows(db, "SELECT recording_id FROM events WHERE id = ?", (txn["id"],)) == [
+            (rec["id"],)]
+        assert txn["data"]["recording_id"] == rec["id"]
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(task, 10) == 0
+    assert_mirrored(db, served(world))
+
+
+def write_config(tmp_path: Path, url: str, db: str, **transcripts: Any) -> Path:
+    conf = tmp_path / "botasync.toml"
+    extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in transcripts.items())
+    conf.write_text(textwrap.dedent(f"""
+        [api]
+        base_url = "{url}"
+        api_key = "{KEY}"
+        requests_per_minute = 100000
+        [database]
+        path = "{db}"
+        [logging]
+        level = "error"
+        [transcripts]
+    """) + extra + "\n")
+    return conf
+
+
+async def test_cli_status_download_and_retry(rig_factory: RigFactory, tmp_path: Path) -> None:
+    """`transcripts status --json` before and after `download --limit`, then the rest."""
+    world = World(seed=13, recordings=30, dialect="deployed")
+    rig = await rig_factory(world)
+    await rig.syncer.full()
+    conf = write_config(tmp_path, rig.sim.url, rig.db, requests_per_minute=100_000)
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        return await asyncio.to_thread(runner.invoke, transcripts_cli, [*args, "--config", str(conf)])
+
+    before = await cli("status", "--json")
+    assert before.exit_code == 0, before.output
+    assert json.loads(before.output)["queued"]["recordings"] == 0  # not turned on yet
+    want = served(world)
+    result = await cli("download", "--limit", "5", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["recordings"] == 5
+    mid = json.loads((await cli("status", "--json")).output)
+    assert (mid["done"]["recordings"], mid["queued"]["recordings"]) == (5, len(want) - 5)
+    assert mid["queued"]["eta"] == f"{len(want) - 5} at 100000 a minute: about 0 s"
+    text = (await cli("status")).output
+    assert "queued" in text and "a minute: about" in text
+    result = await cli("download")
+    assert result.exit_code == 0 and f"{len(want) - 5} recordings fetched" in result.output
+    assert_mirrored(rig.db, want)
+    assert "0 recordings re-queued" in (await cli("retry")).output
+
+
+KILL_RUNNER = """
+import sys
+from botasync.cli import main
+sys.exit(main(["--config", sys.argv[1], "transcripts", "download"]))
+"""
+
+
+async def test_sigkill_while_fetching_loses_and_duplicates_nothing(
+    rig_factory: RigFactory, tmp_path: Path, dialect: Dialect
+) -> None:
+    """`transcripts download` killed with SIGKILL twice mid-queue, then run to the end: every
+    transcript exact, one event each, the index equal to the rows, the file sound."""
+    world = World(seed=14, recordings=120, dialect=dialect)
+    rig = await rig_factory(world, sim={"latency_s": 0.03})
+    await rig.syncer.full()
+    want = served(world)
+    conf = write_config(tmp_path, rig.sim.url, rig.db, requests_per_minute=100_000,
+                        concurrency=3, summaries=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = tmp_path / "runner.py"
+    script.write_text(KILL_RUNNER)
+
+    for at in (len(want) // 4, len(want) // 2):
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(conf),
+                                                    env=env)
+        await wait_for(lambda at=at, proc=proc: stored(rig.db) >= at or proc.returncode is not None,
+                       timeout=60)
+        assert proc.returncode is None, "it finished before the kill"
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        assert stored(rig.db) < len(want)
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(conf), env=env)
+    assert await asyncio.wait_for(proc.wait(), 90) == 0
+    assert_mirrored(rig.db, want)
+    assert_one_event_each(rig.db, want)
+    assert_one_event_each(rig.db, served_summaries(world, want), "summary")
+    assert rows(rig.db, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(rig.db, "SELECT count(*) FROM transcript_queue") == [(0,)]
