@@ -292,11 +292,13 @@ def write_section(path: Path, r: dict[str, Any]) -> None:
         "",
         f"Must hold: p95 under {TARGET_P95_MS:.0f} ms over 100,000 segments: **{ok}**. "
         f"Slowest: {slow}.",
+        "",
         f"The worst case, apart: queries of the commonest words only ({', '.join(WORST)}), "
         f"matching up to nine segments in ten: p50 {w['p50_ms']:.1f} ms, max "
         f"{w['max_ms']:.1f} ms (CPU {w['cpu']['p50_ms']:.1f} / {w['cpu']['max_ms']:.1f} ms; a "
         f"query ranks the newest {RANK_CAP:,} of its matches; "
         "what remains is FTS5 counting the words' documents for bm25).",
+        "",
         f"One end-to-end `botasync search \"{e['query']}\" --json` process, spawn to exit: "
         f"{e['median_ms']:.0f} ms (median of {e['runs']}; min {e['min_ms']:.0f} ms), "
         "most of it Python starting and importing.",
