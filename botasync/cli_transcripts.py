@@ -48,11 +48,12 @@ def transcripts_status(as_json: bool) -> None:
 
 def _render_status(data: dict[str, Any]) -> None:
     state = "on" if data["download"] else "off ([transcripts] download = false)"
-    since = f", queue kept since {data['enabled_at']}" if data["enabled_at"] else ""
+    since = (f", queued since {data['enabled_at']}" if data["enabled_at"]
+             else "; nothing queued before transcripts are first turned on")
     out.print(escape(f"transcripts {state}; summaries {'on' if data['summaries'] else 'off'}"
                      f"; {data['requests_per_minute']} requests a minute{since}"))
     done, q, failed = data["done"], data["queued"], data["failed"]
-    table = Table("", "recordings", "", box=None)
+    table = Table(box=None, show_header=False)
     table.add_row("done", f"{done['recordings']:,}",
                   f"{done['transcriptions']:,} transcriptions, {done['segments']:,} segments, "
                   f"{done['summaries']:,} summaries")

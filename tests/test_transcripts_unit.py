@@ -8,11 +8,13 @@ index with its content before 3.44).
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from botasync.budget import RequestBudget
 from botasync.events import EVENT_TYPES, EventIds, utc_now
@@ -21,7 +23,7 @@ from botasync.store import Mirror, PageWrite, Store, Upsert
 from botasync.transcripts import queue
 from botasync.transcripts import store as tstore
 from botasync.transcripts.admin import eta_seconds, eta_text, human_duration
-from botasync.transcripts.fetcher import RESERVE_NAP_S, room_wait, sync_reserve
+from botasync.transcripts.fetcher import RESERVE_NAP_S, FetchStats, room_wait, sync_reserve
 from botasync.transcripts.model import (
     InvalidObject,
     error_text,
@@ -29,7 +31,7 @@ from botasync.transcripts.model import (
     parse_summary,
     parse_transcription,
 )
-from botasync.transcripts.progress import time_left
+from botasync.transcripts.progress import fetch_progress, time_left
 
 NOW = "2026-11-25T10:00:00.000Z"
 
@@ -409,3 +411,19 @@ async def test_refresh_queues_stale_finished_recordings_naming_no_transcription(
     await write(store, "rec_1", txn("txn_1", "rec_1"))  # fetched again, unchanged: fresh
     assert rows(store.path, "SELECT fetched_at FROM transcriptions WHERE id = 'txn_1'") == [
         (NOW,)]
+
+
+def test_progress_bar_counts_recordings_and_says_the_time_left() -> None:
+    """On a terminal the bar counts recordings against the queue (up to --limit) and says
+    how long the rest takes at the budget; elsewhere there is no bar."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=160)
+    with fetch_progress(console, requests_per_minute=10, summaries=False) as bar:
+        assert bar is not None
+        bar.begin({"queued": {"due": 900}}, limit=600)
+        bar(FetchStats(recordings=3, transcriptions=3, segments=120, failures=1))
+        console.print(bar.progress.get_renderable())
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "recordings 4/600, 3 transcripts, 120 segments, 1 failed" in shown
+    assert "about 60 min left" in shown  # 596 at 10 a minute
+    with fetch_progress(Console(file=io.StringIO()), 10, False) as none:
+        assert none is None
