@@ -502,6 +502,10 @@ async def test_cli_status_download_and_retry(rig_factory: RigFactory, tmp_path: 
     assert result.exit_code == 0 and f"{len(want) - 5} recordings fetched" in result.output
     assert_mirrored(rig.db, want)
     assert "0 recordings re-queued" in (await cli("retry")).output
+    await rig.fetcher.start()  # a daemon fetching transcripts for this database
+    refused = await cli("download")
+    assert refused.exit_code == 1
+    assert "another botasync process is fetching transcripts for" in refused.output
 
 
 KILL_RUNNER = """
