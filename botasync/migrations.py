@@ -206,7 +206,7 @@ STEPS: tuple[str, ...] = (
 
     CREATE TABLE transcript_queue (
         recording_id     TEXT PRIMARY KEY REFERENCES recordings(id),
-        reason           TEXT NOT NULL,      -- transcription_id | finished | backfill
+        reason           TEXT NOT NULL,      -- transcription_id | finished | backfill | refresh
         queued_at        TEXT NOT NULL,
         attempts         INTEGER NOT NULL DEFAULT 0,
         last_error       TEXT,
