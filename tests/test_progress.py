@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from botasync.progress import WalkProgress, walk_progress
 from botasync.simulator import World
 from botasync.sync import PassStats
 from tests.conftest import SimulatorFactory, wait_for
+from tests.simproc import simulate
 from tests.test_daemon import daemon_cfg
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -138,23 +138,9 @@ def test_sync_on_a_terminal_reports_each_pass_once() -> None:
 @pytest.fixture
 def slow_simulator() -> Iterator[str]:
     """`botasync simulate` in its own process, 100 ms an answer: a walk long enough to stop."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "botasync", "simulate", "--port", "0", "--recordings", "1000",
-         "--latency-ms", "100", "--no-rate-limit"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "BOTASYNC_CONFIG": ""})
-    try:
-        assert proc.stderr is not None
-        url = ""
-        for line in proc.stderr:
-            found = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url, "the simulator did not start"
+    with simulate(["--recordings", "1000", "--latency-ms", "100", "--no-rate-limit"],
+                  {**os.environ, "BOTASYNC_CONFIG": ""}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_ctrl_c_says_where_the_walk_resumes(slow_simulator: str, tmp_path: Path) -> None:

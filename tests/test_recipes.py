@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from botasync.simulator import World
+from tests.simproc import simulate
 from tests.test_cli import ThreadedSim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,23 +94,9 @@ def test_install_from_a_wheel(tmp_path: Path) -> None:
 @pytest.fixture
 def simulator_process() -> Iterator[str]:
     """`botasync simulate` accepting the recipe's key, in its own process; its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "botasync", "simulate", "--port", "0", "--recordings", "150",
-         "--api-key", KEY, "--no-rate-limit"],
-        stderr=subprocess.PIPE, text=True, env=clean_env(BOTASYNC_CONFIG=""))
-    try:
-        assert proc.stderr is not None
-        url = ""
-        for line in proc.stderr:
-            found = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url
+    with simulate(["--recordings", "150", "--api-key", KEY, "--no-rate-limit"],
+                  clean_env(BOTASYNC_CONFIG="")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,

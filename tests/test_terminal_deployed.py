@@ -20,27 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.simproc import simulate
+
 
 @pytest.fixture
 def deployed_api() -> Iterator[str]:
     """`botasync simulate --dialect deployed`, 20 ms an answer, in its own process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "botasync", "simulate", "--port", "0", "--recordings", "2500",
-         "--dialect", "deployed", "--latency-ms", "20", "--no-rate-limit"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "BOTASYNC_CONFIG": ""})
-    try:
-        assert proc.stderr is not None
-        url = ""
-        for line in proc.stderr:
-            found = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url, "the simulator did not start"
+    with simulate(["--recordings", "2500", "--dialect", "deployed", "--latency-ms", "20",
+                   "--no-rate-limit"], {**os.environ, "BOTASYNC_CONFIG": ""}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _run_on_a_terminal(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
