@@ -338,21 +338,23 @@ def _unexplained(db: Path, delivered: set[str]) -> list[str]:
                       in LIFECYCLE]
         if not status_evs or status_evs[-1]["data"].get("status") != status:
             problems.append(f"{rec_id}: stored status {status} not in its last status event")
-        if not evs or _unsigned(evs[-1][1]["data"]) != _unsigned(json.loads(raw)):
+        if not evs or _comparable(evs[-1][1]["data"]) != _comparable(json.loads(raw)):
             problems.append(f"{rec_id}: stored row differs from its last event's data")
     return problems
 
 
-def _unsigned(data: dict[str, Any]) -> dict[str, Any]:
-    """A recording with its signed `audio_url` cut to the address.
+def _comparable(data: dict[str, Any]) -> dict[str, Any]:
+    """A recording without what changes with no event: `updated_at`, the `audio_url` query.
 
-    The deployed dialect signs the URL anew on every answer; a pass that writes a row
-    for no other change refreshes it without an event (it is no change worth one).
+    The deployed dialect signs the URL anew on every answer, and moves `updated_at` with
+    every change, even one undone before the next poll (a name edited and edited back):
+    a row rewritten for those alone gets no event, since nothing worth one changed.
     """
-    url = data.get("audio_url")
-    if not isinstance(url, str):
-        return data
-    return {**data, "audio_url": urlsplit(url)._replace(query="").geturl()}
+    out = {k: v for k, v in data.items() if k != "updated_at"}
+    url = out.get("audio_url")
+    if isinstance(url, str):
+        out["audio_url"] = urlsplit(url)._replace(query="").geturl()
+    return out
 
 
 def _impossible(db: Path, delivered: set[str]) -> list[str]:
