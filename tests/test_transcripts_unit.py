@@ -427,3 +427,27 @@ def test_progress_bar_counts_recordings_and_says_the_time_left() -> None:
     assert "about 60 min left" in shown  # 596 at 10 a minute
     with fetch_progress(Console(file=io.StringIO()), 10, False) as none:
         assert none is None
+
+
+async def test_a_transcription_without_segments_is_searchable(tmp_path: Any) -> None:
+    """`segments: null` with a text: one segment without times holds the text, indexed."""
+    from botasync.store import Store
+    from botasync.transcripts.model import parse_transcription
+    from botasync.transcripts.store import _put_transcription
+
+    store = await Store.open(tmp_path / "botasync.db")
+    try:
+        async with store.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO recordings (id, status, raw, first_seen_at, synced_at) "
+                "VALUES ('rec_a', 'completed', '{}', 't', 't')")
+            t = parse_transcription({"id": "txn_a", "recording_id": "rec_a",
+                                     "status": "completed", "full_text": "quarterly budget",
+                                     "segments": None})
+            assert await _put_transcription(conn, t, "rec_a", "t") == 1
+        rows = await store.fetchall(
+            "SELECT s.position, s.start_s, s.text FROM transcript_fts f JOIN transcript_segments s "
+            "ON s.id = f.rowid WHERE transcript_fts MATCH 'budget'")
+        assert [tuple(r) for r in rows] == [(0, None, "quarterly budget")]
+    finally:
+        await store.aclose()

@@ -25,7 +25,7 @@ from typing import Any
 from botasync import events as ev
 from botasync.events import Event
 from botasync.jsoncodec import canonical, dumps, loads
-from botasync.transcripts.model import Summary, Transcription
+from botasync.transcripts.model import SegmentRow, Summary, Transcription
 
 _UPSERT_TRANSCRIPTION = """
 INSERT INTO transcriptions (id, recording_id, status, language, provider, text, word_count,
@@ -168,7 +168,7 @@ async def _put_transcription(conn: Any, t: Transcription, recording_id: str, now
         t.id, recording_id, t.status, t.language, t.provider, t.text, t.word_count, t.error,
         t.created_at, t.updated_at, t.completed_at, dumps(t.raw), now))
     await _remove_segments(conn, t.id)
-    segments = t.segments or ()
+    segments = t.segments if t.segments is not None else _whole_text(t)
     await conn.executemany(_INSERT_SEGMENT, [
         (t.id, s.position, s.start_s, s.end_s, s.speaker, s.text, s.confidence)
         for s in segments])
@@ -176,6 +176,15 @@ async def _put_transcription(conn: Any, t: Transcription, recording_id: str, now
         "INSERT INTO transcript_fts (rowid, text, speaker) "
         "SELECT id, text, speaker FROM transcript_segments WHERE transcription_id = ?", (t.id,))
     return len(segments)
+
+
+def _whole_text(t: Transcription) -> tuple[SegmentRow, ...]:
+    """A transcription the API sends without segments: its text as one segment without
+    times or speaker, so that search finds it as it finds every other."""
+    if not t.text or not t.text.strip():
+        return ()
+    return (SegmentRow(position=0, start_s=None, end_s=None, speaker=None, text=t.text,
+                       confidence=None),)
 
 
 async def _remove_segments(conn: Any, transcription_id: str) -> None:
