@@ -22,7 +22,7 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from botasync import __version__, jsoncodec
+from botasync import __version__, jsoncodec, metrics
 from botasync.backoff import backoff_delay, parse_retry_after
 from botasync.budget import RequestBudget, acquire_all
 from botasync.config import ApiConfig
@@ -338,6 +338,7 @@ class BotaClient(AsyncClosing):
                 body = await resp.read()
                 return _Response(resp.status, resp.headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            metrics.api_response(req.path, None)
             raise _transport_error(req, exc, self._api.timeout_s) from exc
 
     def _observe(self, req: _Request, resp: _Response) -> None:
@@ -346,6 +347,7 @@ class BotaClient(AsyncClosing):
         reset = _int_header(resp.headers, "X-RateLimit-Reset")
         for budget in self._server_budgets(req):
             budget.observe(remaining, reset, self._clock())
+        metrics.api_response(req.path, resp.status, remaining if req.bucket == "main" else None)
 
     def _get_session(self) -> aiohttp.ClientSession:
         """The one session, made on first use inside the running loop."""

@@ -8,6 +8,7 @@ the key file; every problem becomes one `ConfigError` line that names the key.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -163,6 +164,63 @@ class TranscriptsConfig(_Section):
     refresh_every_s: float = Field(30 * 86400, ge=0)
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets, `[::1]:9464`) as (host, port); ValueError when it is not.
+
+    Port 0 takes any free port (tests). An empty host is refused: say `0.0.0.0` to mean
+    every address, so that listening beyond this host is never an accident.
+    """
+    expected = f"expected host:port, like 127.0.0.1:9464, got {value!r}"
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not sep or not host or not port.isdigit():
+        raise ValueError(expected)
+    if ":" in host and not bracketed:
+        raise ValueError(f"{expected} (an IPv6 address goes in brackets: [::1]:9464)")
+    if any(c.isspace() or c in "[]/@" for c in host):
+        raise ValueError(expected)
+    if int(port) > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to anything
+
+
+class MetricsConfig(_Section):
+    """Prometheus `/metrics` and the `/livez` `/readyz` probes, served by the daemon."""
+
+    listen: str = ""  # host:port; empty: no listener
+    # `/readyz`: how old the newest successful pass may be; 0: `status --check`'s default
+    max_age_s: float = Field(0.0, ge=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        v = v.strip()
+        if v:
+            parse_listen(v)
+        return v
+
+    def warning(self) -> str | None:
+        """One line when the listener is reachable from beyond this host (it has no auth)."""
+        if not self.listen:
+            return None
+        host, _ = parse_listen(self.listen)
+        if is_loopback(host):
+            return None
+        return (f"[metrics] listen: {self.listen} is not a loopback address: /metrics and "
+                "/readyz answer anyone who reaches it, without authentication")
+
+
 class LoggingConfig(_Section):
     """Log level and format (JSON for services, pretty on a terminal)."""
 
@@ -185,6 +243,7 @@ class Config(_Section):
     handlers: list[HandlerConfig] = Field(default_factory=list)
     media: MediaConfig = Field(default_factory=MediaConfig)
     transcripts: TranscriptsConfig = Field(default_factory=TranscriptsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     _key_base: Path | None = PrivateAttr(default=None)  # where a relative api_key_file is
 
@@ -216,6 +275,10 @@ class Config(_Section):
         names.update(h.secret_env for h in self.handlers
                      if isinstance(h, WebhookHandlerConfig) and h.secret_env)
         return names
+
+    def warnings(self) -> list[str]:
+        """What is valid but probably unwanted, one line each (`config check` shows them)."""
+        return [w for w in (self.metrics.warning(),) if w]
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, the key shown as `***`."""

@@ -16,12 +16,13 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from botasync import metrics
 from botasync.app import App
 from botasync.config import Config
 from botasync.errors import AuthError, BotasyncError
@@ -31,6 +32,9 @@ from botasync.jsoncodec import dumps
 from botasync.locks import ExclusiveLock
 from botasync.store import Mirror
 from botasync.sync import PassStats
+
+if TYPE_CHECKING:
+    from botasync.health_http import MonitorServer
 
 log = structlog.get_logger("botasync.daemon")
 
@@ -103,6 +107,7 @@ class Daemon:
         self._signals = 0
         self._running: set[asyncio.Task[Any]] = set()
         self._scheduler: AsyncIOScheduler | None = None
+        self.monitor: MonitorServer | None = None  # `[metrics] listen`: /metrics /livez /readyz
 
     def stop(self, code: int = 0) -> None:
         """Ask the daemon to shut down cleanly."""
@@ -114,13 +119,18 @@ class Daemon:
         # the lock first: a second daemon must not even open (and migrate) the database
         with self.lock:
             async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
-                await self._serve(app)
+                try:
+                    await self._serve(app)
+                finally:
+                    if self.monitor is not None:  # before the database closes under it
+                        await self.monitor.aclose()
         log.info("daemon_stopped", exit_code=self.exit_code)
         return self.exit_code
 
     async def _serve(self, app: App) -> None:
         """Schedule the passes and serve until stopped, then shut down."""
         self.app = app
+        await self._start_monitor()
         await app.dispatcher.start()
         await app.downloader.start()
         await app.transcripts.start()
@@ -137,6 +147,18 @@ class Daemon:
             self.notifier.send("STOPPING=1")
             watchdog.cancel()
             await self._shutdown()
+
+    async def _start_monitor(self) -> None:
+        """Serve the monitoring endpoints before READY=1: a port in use stops the start."""
+        if not self.cfg.metrics.listen:
+            return
+        warning = self.cfg.metrics.warning()
+        if warning:
+            log.warning("metrics_not_loopback", warning=warning)
+        from botasync.health_http import MonitorServer  # Prometheus code only when asked
+
+        self.monitor = MonitorServer(self.cfg)
+        await self.monitor.start()
 
     def _schedule(self, app: App) -> AsyncIOScheduler:
         sched = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
@@ -180,6 +202,7 @@ class Daemon:
         try:
             result = await body()
             for stats in result if isinstance(result, list) else [result]:
+                metrics.pass_finished(stats.kind, stats.seconds)
                 if self.on_pass:
                     self.on_pass(stats)
         except AuthError as e:

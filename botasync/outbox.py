@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from botasync import metrics
 from botasync.backoff import backoff_delay
 from botasync.config import EventsConfig
 from botasync.errors import BotasyncError, ConfigError, HandlerError
@@ -383,6 +384,7 @@ class Dispatcher(AsyncClosing):
                     failure.next_at,
                 ))
             await conn.execute(_SET_CURSOR, (new_cursor, lane.name))
+        metrics.deliveries_recorded(lane.name, len(done), failure.state if failure else None)
         del lane.done[: len(done)]
         lane.cursor = lane.saved_cursor = max(new_cursor, lane.cursor)
 

@@ -36,6 +36,28 @@ def _alive(pid: Any) -> bool:
     return True
 
 
+async def health_facts(store: Store, cfg: Config) -> dict[str, Any]:
+    """What the health rule (`health.problems`) reads: recordings, passes, walks, dead
+    letters and waiting events per handler. `status --check` and the daemon's `/readyz`
+    both read it here."""
+    patterns = {h.name: list(h.events) for h in cfg.handlers}
+    waiting = await queries.oldest_undelivered(
+        store, patterns, deliver_backfill=cfg.events.deliver_backfill)
+    dead_rows = await store.fetchall(
+        "SELECT handler, count(*) FROM deliveries WHERE state = 'dead' GROUP BY handler")
+    dead_by_handler = {r[0]: int(r[1]) for r in dead_rows}
+    return {
+        "recordings": await queries.counts_by_status(store),
+        "last_walk": await queries.last_run_of(store, ("full", "reconcile")),
+        "last_finished_walk": await queries.last_run_of(
+            store, ("full", "reconcile"), finished=True),
+        "last_ok": await queries.last_finished(store, ok=True),
+        "passes": await queries.last_runs(store, 10),
+        "handlers": {name: {"dead": dead_by_handler.get(name, 0),
+                            "oldest_undelivered_at": waiting.get(name)} for name in patterns},
+    }
+
+
 async def collect(cfg: Config) -> dict[str, Any]:
     """Everything `status` shows, read from the database only (no API request, no key),
     opened read-only: a monitoring user with read access alone can run it."""
@@ -45,11 +67,7 @@ async def collect(cfg: Config) -> dict[str, Any]:
     async with await Store.open_readonly(path) as store:
         patterns = {h.name: list(h.events) for h in cfg.handlers}
         pending = await backlog(store, patterns, deliver_backfill=cfg.events.deliver_backfill)
-        waiting = await queries.oldest_undelivered(
-            store, patterns, deliver_backfill=cfg.events.deliver_backfill)
-        dead_rows = await store.fetchall(
-            "SELECT handler, count(*) FROM deliveries WHERE state = 'dead' GROUP BY handler")
-        dead_by_handler = {r[0]: int(r[1]) for r in dead_rows}
+        facts = await health_facts(store, cfg)
         daemon_raw = await Mirror(store).get_state(DAEMON_STATE)
         daemon = loads(daemon_raw) if daemon_raw else None
         if daemon:
@@ -60,21 +78,16 @@ async def collect(cfg: Config) -> dict[str, Any]:
                        if cfg.transcripts.download else None)
         return {
             "database": {"path": str(path), "bytes": path.stat().st_size},
-            "recordings": await queries.counts_by_status(store),
-            "last_walk": await queries.last_run_of(store, ("full", "reconcile")),
-            "last_finished_walk": await queries.last_run_of(
-                store, ("full", "reconcile"), finished=True),
-            "last_ok": await queries.last_finished(store, ok=True),
-            "passes": await queries.last_runs(store, 10),
+            "recordings": facts["recordings"],
+            "last_walk": facts["last_walk"],
+            "last_finished_walk": facts["last_finished_walk"],
+            "last_ok": facts["last_ok"],
+            "passes": facts["passes"],
             "events": {"total": int(row[0]) if row else 0, "last_seq": row[1] if row else None,
                        "oldest_at": row[2] if row else None,
                        "retention_days": cfg.events.retention_days},
-            "handlers": {
-                name: {"backlog": pending.get(name, 0),
-                       "dead": dead_by_handler.get(name, 0),
-                       "oldest_undelivered_at": waiting.get(name)}
-                for name in patterns
-            },
+            "handlers": {name: {"backlog": pending.get(name, 0), **h}
+                         for name, h in facts["handlers"].items()},
             "daemon": daemon,
             "files": files,
             "transcripts": transcripts,
