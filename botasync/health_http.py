@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from botasync import health, metrics, status
+from botasync import health, metrics, queries, status
 from botasync.config import RECORDING_STATUSES, Config, parse_listen
 from botasync.errors import BotasyncError
 from botasync.events import utc_now
@@ -127,7 +127,7 @@ async def read_snapshot(store: Store, cfg: Config, limits: health.Limits,
     last = {r[0]: datetime.fromisoformat(r[1]).timestamp()
             for r in await store.fetchall(_LAST_SUCCESS)}
     recordings: dict[str, int] = {}
-    for name, count in facts["recordings"].items():
+    for name, count in (await queries.counts_by_status(store)).items():
         label = name if name in STATUS_LABELS else "other"
         recordings[label] = recordings.get(label, 0) + count
     oldest = {name: _age(h["oldest_undelivered_at"], now) for name, h in facts["handlers"].items()}
