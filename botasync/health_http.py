@@ -14,6 +14,7 @@ what `/readyz` checks.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -223,8 +224,9 @@ class MonitorServer(AsyncClosing):
             await web.TCPSite(runner, host, port).start()
         except OSError as e:
             await runner.cleanup()
+            why = os.strerror(e.errno).lower() if e.errno else str(e)
             raise BotasyncError(f"[metrics] listen: cannot listen on {self.cfg.metrics.listen}: "
-                                f"{e.strerror or e}") from None
+                                f"{why}") from None
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         log.info("metrics_listening", listen=self.cfg.metrics.listen, port=self.port)

@@ -441,5 +441,5 @@ async def test_a_port_in_use_stops_the_start(
         cfg = config.load(path, env={}, overrides={"metrics": {"listen": f"127.0.0.1:{port}"}})
         daemon = Daemon(cfg, handle_signals=False)
         with pytest.raises(BotasyncError, match=rf"^\[metrics\] listen: cannot listen on "
-                                                rf"127.0.0.1:{port}: "):
+                                                rf"127.0.0.1:{port}: address already in use$"):
             await daemon.run()
