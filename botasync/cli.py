@@ -465,6 +465,8 @@ def config_check() -> None:
     from botasync.app import check
 
     cfg = _state().load()
+    for warning in cfg.warnings():
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     for line in run_async(check(cfg)):
         out.print(f"[green]ok[/green] {line}")
 

@@ -241,3 +241,14 @@ def test_run_with_rejected_key_is_one_line(env: dict[str, str]) -> None:
     result = run(["run"], {**env, "BOTA_API_KEY": "sk_test_wrong"})
     assert result.exit_code == 3
     assert "API key rejected" in one_clear_line(result)
+
+
+def test_config_check_warns_of_a_metrics_listener_off_loopback(
+    env: dict[str, str], sim: ThreadedSim, tmp_path: Path,
+) -> None:
+    """Valid but probably unwanted: one `warning:` line, and the check still passes."""
+    path = tmp_path / "metrics.toml"
+    path.write_text('[metrics]\nlisten = "0.0.0.0:9464"\n')
+    result = run(["config", "check", "--config", str(path)], env)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith("warning: [metrics] listen: 0.0.0.0:9464 is not a loopback")
