@@ -21,7 +21,7 @@ from botasync.handlers import Handler, build_handler
 from botasync.lifecycle import AsyncClosing
 from botasync.logging import add_secret
 from botasync.media import Downloader
-from botasync.outbox import Dispatcher, ReplayResult
+from botasync.outbox import Dispatcher, ReplayResult, start_handlers
 from botasync.store import Store
 from botasync.sync import PassStats, Progress, Syncer
 from botasync.transcripts.fetcher import TranscriptFetcher
@@ -193,7 +193,12 @@ async def check(cfg: Config) -> list[str]:
     source = ("BOTA_API_KEY / api_key" if not cfg.api.api_key_file
               else f"api_key_file {cfg.api.api_key_file}")
     lines.append(f"API key found ({key[:8]}..., from {source})")
-    build_handlers(cfg)
+    handlers = build_handlers(cfg)
+    try:  # a broker's stream, checked now
+        await start_handlers(handlers, cfg.events, strict=True)
+    finally:
+        for handler in handlers:
+            await handler.aclose()
     if cfg.handlers:
         names = ", ".join(h.name for h in cfg.handlers)
         count = len(cfg.handlers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from botasync.errors import ConfigError
@@ -135,8 +137,85 @@ class LogHandlerConfig(_Handler):
     type: Literal["log"]
 
 
+NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+# a stream name or a subject token: no whitespace, no wildcards, no separators
+_NATS_NAME = re.compile(r"[^\s.*>/\\]+")
+
+
+def redact_userinfo(url: str) -> str:
+    """Server URLs with a password or token in them shown as `nats://user:***@host` (logs)."""
+    out = []
+    for server in url.split(","):
+        scheme, sep, rest = server.partition("://")
+        authority, slash, path = rest.partition("/")
+        if sep and "@" in authority:
+            userinfo, host = authority.rsplit("@", 1)
+            user, colon, _ = userinfo.partition(":")
+            authority = f"{user}:***@{host}" if colon else f"***@{host}"
+        out.append(f"{scheme}{sep}{authority}{slash}{path}" if sep else server)
+    return ",".join(out)
+
+
+class NatsHandlerConfig(_Handler):
+    """Publish each event to a NATS JetStream stream; its ack = delivered (nats_handler.py)."""
+
+    type: Literal["nats"]
+    url: str = "nats://127.0.0.1:4222"  # several servers: comma-separated
+    stream: str = "BOTASYNC"
+    subject_prefix: str = "botasync"
+    create_stream: bool = False
+    # credentials, never in the file itself: a token, a user and its password, or a .creds file
+    token_env: str = ""
+    token_file: str = ""
+    user: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    creds_file: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _nats_url(cls, v: str) -> str:
+        servers = [s.strip() for s in v.split(",")]
+        for s in servers:
+            if not s.startswith(NATS_SCHEMES) or not s.split("://", 1)[1].rsplit("@", 1)[-1]:
+                raise ValueError("must be nats://host:port (or tls://, ws://, wss://), "
+                                 "several separated by commas")
+        return ",".join(servers)
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_name(cls, v: str) -> str:
+        if not _NATS_NAME.fullmatch(v):
+            raise ValueError("a stream name has no spaces, dots, *, >, / or \\")
+        return v
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _subject_prefix(cls, v: str) -> str:
+        if not all(_NATS_NAME.fullmatch(t) for t in v.split(".")):
+            raise ValueError("must be subject tokens separated by dots, without *, > or spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> NatsHandlerConfig:
+        if self.token_env and self.token_file:
+            raise ValueError("token_env and token_file: give one")
+        if self.password_env and self.password_file:
+            raise ValueError("password_env and password_file: give one")
+        if self.user and not (self.password_env or self.password_file):
+            raise ValueError("user needs password_env or password_file")
+        if (self.password_env or self.password_file) and not self.user:
+            raise ValueError("a password needs user")
+        kinds = [k for k, on in (("token", self.token_env or self.token_file),
+                                 ("user", self.user), ("creds_file", self.creds_file)) if on]
+        if len(kinds) > 1:
+            raise ValueError(f"give one kind of credentials, not {' and '.join(kinds)}")
+        return self
+
+
 HandlerConfig = Annotated[
-    CommandHandlerConfig | WebhookHandlerConfig | PythonHandlerConfig | LogHandlerConfig,
+    CommandHandlerConfig | WebhookHandlerConfig | PythonHandlerConfig | LogHandlerConfig
+    | NatsHandlerConfig,
     Field(discriminator="type"),
 ]
 
@@ -274,6 +353,8 @@ class Config(_Section):
         names = {API_KEY_ENV}
         names.update(h.secret_env for h in self.handlers
                      if isinstance(h, WebhookHandlerConfig) and h.secret_env)
+        names.update(name for h in self.handlers if isinstance(h, NatsHandlerConfig)
+                     for name in (h.token_env, h.password_env) if name)
         return names
 
     def warnings(self) -> list[str]:
@@ -285,6 +366,9 @@ class Config(_Section):
         data = self.model_dump(mode="json")
         if data["api"]["api_key"]:
             data["api"]["api_key"] = "***"
+        for handler in data["handlers"]:
+            if handler["type"] == "nats":
+                handler["url"] = redact_userinfo(handler["url"])
         return data
 
 
@@ -306,7 +390,7 @@ def _describe(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key" + _did_you_mean(loc[-1], _known_keys(loc))
     elif first["type"] == "union_tag_invalid" or first["type"] == "union_tag_not_found":
-        msg = "type must be one of command, webhook, python, log"
+        msg = "type must be one of command, webhook, python, log, nats"
     extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{where} {key}: {msg}{extra}" if key else f"{where}: {msg}{extra}"
 

@@ -1,4 +1,5 @@
-"""Handlers: where events go. A command (no shell), a webhook, a Python callable, the log.
+"""Handlers: where events go. A command (no shell), a webhook, a Python callable, the log,
+NATS JetStream (`nats_handler.py`).
 
 Each handler takes one event at a time (`deliver`) and either returns (delivered) or
 raises `HandlerError` with a one-line reason (the outbox records it and retries).
@@ -17,8 +18,9 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Collection, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 import structlog
@@ -28,6 +30,7 @@ from botasync.config import (
     CommandHandlerConfig,
     HandlerConfig,
     LogHandlerConfig,
+    NatsHandlerConfig,
     PythonHandlerConfig,
     WebhookHandlerConfig,
 )
@@ -46,7 +49,13 @@ REASON_MAX = 300
 
 
 class Handler(Protocol):
-    """What the dispatcher needs of a handler."""
+    """What the dispatcher needs of a handler.
+
+    A handler may also offer `deliver_batch` (see `BatchHandler`), and
+    `start(retry_span_s=, strict=)`: checks made once at start (a broker's stream), where
+    a `ConfigError` stops the start; `retry_span_s` is how long the dispatcher may go on
+    retrying one delivery.
+    """
 
     name: str
     patterns: list[str]
@@ -58,6 +67,40 @@ class Handler(Protocol):
     async def aclose(self) -> None:
         """Release what the handler holds (sessions); safe to call twice."""
         ...
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One event of a batch: what `deliver` takes, as one value."""
+
+    payload: bytes
+    event_id: str
+    event_type: str
+
+
+class BatchFailed(HandlerError):
+    """A batch got its first `delivered` events through; the next one failed (the reason)."""
+
+    def __init__(self, delivered: int, reason: str) -> None:
+        super().__init__(reason)
+        self.delivered = delivered
+
+
+@runtime_checkable
+class BatchHandler(Handler, Protocol):
+    """A handler that takes many events at once (a broker's pipelined publishes)."""
+
+    async def deliver_batch(self, events: Sequence[Outgoing]) -> None:
+        """Take the events in order; all delivered, or `BatchFailed` naming how many were.
+
+        Any other exception means none of them was.
+        """
+        ...
+
+
+def batching(handler: Handler) -> BatchHandler | None:
+    """The handler as a `BatchHandler` when it offers `deliver_batch`, else None."""
+    return handler if isinstance(handler, BatchHandler) else None
 
 
 def one_line(text: str, limit: int = REASON_MAX) -> str:
@@ -474,4 +517,8 @@ def build_handler(
         return PythonHandler(cfg.name, patterns, fn, cfg.timeout_s)
     if isinstance(cfg, LogHandlerConfig):
         return LogHandler(cfg.name, patterns)
+    if isinstance(cfg, NatsHandlerConfig):
+        from botasync.nats_handler import build_nats_handler  # nats-py only when configured
+
+        return build_nats_handler(cfg)
     raise ConfigError(f'handler "{cfg.name}": unknown type')  # pragma: no cover

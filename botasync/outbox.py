@@ -26,7 +26,15 @@ from botasync.backoff import backoff_delay
 from botasync.config import EventsConfig
 from botasync.errors import BotasyncError, ConfigError, HandlerError
 from botasync.events import iso, matches, utc_now
-from botasync.handlers import Handler, describe, one_line
+from botasync.handlers import (
+    BatchFailed,
+    BatchHandler,
+    Handler,
+    Outgoing,
+    batching,
+    describe,
+    one_line,
+)
 from botasync.lifecycle import AsyncClosing, wait_set
 from botasync.store import Store
 
@@ -76,6 +84,33 @@ def retry_delay(attempt: int, events: EventsConfig, rand: Callable[[], float]) -
     )
 
 
+def retry_span_s(events: EventsConfig, timeout_s: float) -> float:
+    """The longest time from a delivery's first attempt to its last: `max_attempts` attempts
+    of up to `timeout_s` each, and between them the longest waits `retry_delay` can draw."""
+    waits, attempt = 0.0, 1
+    while attempt < events.max_attempts:
+        wait = retry_delay(attempt, events, lambda: 1.0)
+        if wait >= events.backoff_max_s:  # capped from here on: the rest in one step
+            waits += wait * (events.max_attempts - attempt)
+            break
+        waits += wait
+        attempt += 1
+    return waits + events.max_attempts * timeout_s
+
+
+async def start_handlers(
+    handlers: Sequence[Handler], events: EventsConfig, *, strict: bool = False
+) -> None:
+    """Run the start checks of the handlers that have them (`Handler.start`), each told how
+    long one of its deliveries may be retried. `strict`: a broker that cannot be reached
+    is an error (`config check`), not a warning (`run`, which retries it)."""
+    for handler in handlers:
+        start = getattr(handler, "start", None)
+        if start is not None:
+            span = retry_span_s(events, float(getattr(handler, "timeout_s", 0.0)))
+            await start(retry_span_s=span, strict=strict)
+
+
 def reason(exc: Exception) -> str:
     """What a failed delivery records: a handler's own one-line reason, else `Type: message`."""
     return one_line(str(exc)) if isinstance(exc, HandlerError) else describe(exc)
@@ -116,6 +151,7 @@ class _Lane:
     """One handler's worker state: its cursor and what it delivered but has not recorded."""
 
     handler: Handler
+    batch: BatchHandler | None = None  # the handler, when it takes events in batches
     cursor: int = 0
     saved_cursor: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -162,7 +198,7 @@ class Dispatcher(AsyncClosing):
         self._events = events
         self._clock = clock
         self._rand = rand
-        self._lanes = {h.name: _Lane(h) for h in handlers}
+        self._lanes = {h.name: _Lane(h, batching(h)) for h in handlers}
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[str] = set()
         self._settled = asyncio.Event()
@@ -185,6 +221,7 @@ class Dispatcher(AsyncClosing):
             raise BotasyncError("the dispatcher is closed")
         if self._tasks:
             return
+        await start_handlers([lane.handler for lane in self._lanes.values()], self._events)
         await self._register()
         for lane in self._lanes.values():
             self._set_busy(lane, True)
@@ -297,6 +334,8 @@ class Dispatcher(AsyncClosing):
     async def _step(self, lane: _Lane) -> float | None:
         """Work through one batch; 0 = more now, seconds = a retry is due then, None = idle."""
         rows = await self._store.fetchall(_NEXT_EVENTS, (lane.name, lane.cursor, BATCH))
+        if lane.batch is not None:
+            return await self._step_batch(lane, lane.batch, rows)
         for r in rows:
             if self._stop.is_set():
                 break
@@ -307,6 +346,65 @@ class Dispatcher(AsyncClosing):
                 return wait
         await self._flush(lane)
         return 0.0 if len(rows) == BATCH and not self._stop.is_set() else None
+
+    async def _step_batch(
+        self, lane: _Lane, handler: BatchHandler, rows: Sequence[Any]
+    ) -> float | None:
+        """The batch path: the wanted events among `rows` in one `deliver_batch`, recorded in
+        one transaction with the cursor; a failure is retried from the first event not
+        delivered, in seq order."""
+        batch: list[_Row] = []
+        last = lane.cursor  # where the cursor goes when the whole batch is delivered
+        whole = True
+        for r in rows:
+            row = _Row(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6] or 0, r[7])
+            if self._stop.is_set():
+                whole = False
+                break
+            wanted = self._wanted(lane, row)
+            if wanted and row.next_attempt_at is not None:
+                if batch:  # a retry leads a batch of its own
+                    whole = False
+                    break
+                due = datetime.fromisoformat(row.next_attempt_at)
+                wait = (due - self._clock()).total_seconds()
+                if wait > 0:
+                    await self._flush(lane)
+                    return wait
+            if wanted:
+                batch.append(row)
+            last = row.seq
+        retry = await self._attempt_batch(lane, handler, batch, last) if batch else None
+        if retry is not None:
+            return retry
+        lane.cursor = max(lane.cursor, last)
+        await self._flush(lane)
+        more = len(rows) == BATCH or not whole
+        return 0.0 if more and not self._stop.is_set() else None
+
+    async def _attempt_batch(
+        self, lane: _Lane, handler: BatchHandler, batch: list[_Row], last: int
+    ) -> float | None:
+        """Deliver `batch` at once; record what got through, and the failure of the event
+        after it (seconds to wait for its retry; 0 when it went dead: go on now)."""
+        try:
+            async with lane.lock:
+                await handler.deliver_batch(
+                    [Outgoing(r.payload.encode("utf-8"), r.id, r.type) for r in batch])
+            delivered, error = len(batch), ""
+        except BatchFailed as e:
+            delivered, error = max(0, min(e.delivered, len(batch) - 1)), reason(e)
+        except Exception as e:  # HandlerError, or a bug: none of the batch got through
+            delivered, error = 0, reason(e)
+        at = iso(self._clock())
+        lane.done.extend((lane.name, r.seq, at, at) for r in batch[:delivered])
+        if not error:
+            log.debug("delivered_batch", handler=lane.name, events=len(batch), last_seq=last)
+            return None
+        failed = batch[delivered]
+        lane.cursor = max(lane.cursor, failed.seq - 1)  # everything before it is settled
+        wait = await self._failed(lane, failed, failed.attempts + 1, error)
+        return 0.0 if wait is None else wait
 
     def _wanted(self, lane: _Lane, row: _Row) -> bool:
         if row.state in ("delivered", "dead"):  # settled by a replay ahead of the cursor
