@@ -328,7 +328,7 @@ async def run_outage(
         result.resumed_after_s = round(time.monotonic() - back, 2)
     finally:
         await d.aclose()
-    row = await store.fetchone("SELECT count(*) FROM deliveries WHERE attempts > 1")
+    row = await store.fetchone("SELECT coalesce(sum(attempts - 1), 0) FROM deliveries")
     result.failures = int(row[0]) if row is not None else 0
     outbox = [(int(r[0]), str(r[1])) for r in await store.fetchall(
         "SELECT seq, id FROM events ORDER BY seq")]

@@ -41,7 +41,7 @@ def test_example_handlers_in_comments_are_valid() -> None:
     )
     data = tomllib.loads(text)
     cfg = config.Config.model_validate({"handlers": data["handlers"]})
-    assert [h.type for h in cfg.handlers] == ["command", "webhook", "python", "log"]
+    assert [h.type for h in cfg.handlers] == ["command", "webhook", "python", "log", "nats"]
 
 
 def test_env_overrides_file(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from botasync.nats_handler import (
     duplicate_window_s,
     envelope_facts,
     header_block,
+    message_headers,
     subject_for,
 )
 from botasync.outbox import Dispatcher, retry_span_s, start_handlers
@@ -182,6 +183,24 @@ def test_covers(pattern: str, wanted: str, taken: bool) -> None:
 def test_ack_error(data: bytes, status: str | None, error: str) -> None:
     """A PubAck, a duplicate's too, is delivered; anything else says why not."""
     assert ack_error(data, status) == error
+
+
+@pytest.mark.parametrize(("event_id", "event_type", "project", "created"), [
+    ("evt_01", "recording.completed", "default", "2026-01-02T03:04:05.678Z"),
+    ("evt_02", "media.created", "staging", None),
+    ("evt_03", "recording.x", "odd.project name", "2026-01-02T03:04:05Z"),
+])
+def test_the_fast_encoding_is_the_same_bytes(
+    event_id: str, event_type: str, project: str, created: str | None
+) -> None:
+    """What the handler writes per event equals `header_block(message_headers(...))`."""
+    h = build_handler(nats_cfg("nats://127.0.0.1:1", subject_prefix="acme.bota"))
+    assert isinstance(h, NatsHandler)
+    for _ in range(2):  # made once, then from the cache
+        subject, block = h.encoded(event_id, event_type, project, created)
+        assert subject == subject_for("acme.bota", project, event_type)
+        assert block == header_block(message_headers(event_id, event_type, project, created,
+                                                     "BOTASYNC"))
 
 
 def test_header_block_is_the_nats_wire_format() -> None:
