@@ -152,6 +152,9 @@ class _Lane:
 
     handler: Handler
     batch: BatchHandler | None = None  # the handler, when it takes events in batches
+    ahead: asyncio.Task[list[Any]] | None = None  # the rows after a batch in flight
+    ahead_after: int = 0
+    takes: dict[str, bool] = field(default_factory=dict)  # event type -> its patterns match
     cursor: int = 0
     saved_cursor: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -319,6 +322,11 @@ class Dispatcher(AsyncClosing):
                 await self._sleep(lane, IDLE_POLL_S if wait is None else min(wait, IDLE_POLL_S))
                 self._set_busy(lane, True)
         finally:
+            if lane.ahead is not None:
+                lane.ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await lane.ahead
+                lane.ahead = None
             # record what was delivered before a stop or a cancel, so it is not repeated
             try:
                 await self._flush(lane)
@@ -333,7 +341,7 @@ class Dispatcher(AsyncClosing):
 
     async def _step(self, lane: _Lane) -> float | None:
         """Work through one batch; 0 = more now, seconds = a retry is due then, None = idle."""
-        rows = await self._store.fetchall(_NEXT_EVENTS, (lane.name, lane.cursor, BATCH))
+        rows = await self._next_rows(lane)
         if lane.batch is not None:
             return await self._step_batch(lane, lane.batch, rows)
         for r in rows:
@@ -346,6 +354,18 @@ class Dispatcher(AsyncClosing):
                 return wait
         await self._flush(lane)
         return 0.0 if len(rows) == BATCH and not self._stop.is_set() else None
+
+    async def _next_rows(self, lane: _Lane) -> list[Any]:
+        """The rows after the cursor: read while the batch before them was in flight, when
+        it went through whole, else now."""
+        ahead, lane.ahead = lane.ahead, None
+        if ahead is not None:
+            if lane.ahead_after == lane.cursor:
+                return await ahead
+            ahead.cancel()
+            with contextlib.suppress(BaseException):
+                await ahead
+        return list(await self._store.fetchall(_NEXT_EVENTS, (lane.name, lane.cursor, BATCH)))
 
     async def _step_batch(
         self, lane: _Lane, handler: BatchHandler, rows: Sequence[Any]
@@ -374,6 +394,10 @@ class Dispatcher(AsyncClosing):
             if wanted:
                 batch.append(row)
             last = row.seq
+        if whole and len(rows) == BATCH and batch:  # read on while the handler works
+            lane.ahead_after = last
+            lane.ahead = asyncio.create_task(
+                self._store.fetchall(_NEXT_EVENTS, (lane.name, last, BATCH)))
         retry = await self._attempt_batch(lane, handler, batch, last) if batch else None
         if retry is not None:
             return retry
@@ -411,7 +435,10 @@ class Dispatcher(AsyncClosing):
             return False
         if row.backfill and not self._events.deliver_backfill:
             return False
-        return matches(row.type, lane.handler.patterns)
+        takes = lane.takes.get(row.type)
+        if takes is None:  # a handler's patterns never change: each type is matched once
+            takes = lane.takes[row.type] = matches(row.type, lane.handler.patterns)
+        return takes
 
     async def _settle(self, lane: _Lane, row: _Row) -> float | None:
         """Skip, deliver or fail one event; seconds to wait if it must be retried later."""

@@ -191,3 +191,20 @@ async def test_a_batch_cut_short_by_a_stop_is_delivered_again_on_restart(
     finally:
         await d.aclose()
     assert again.got == ids
+
+
+async def test_a_failure_drops_the_rows_read_ahead(store: Store) -> None:
+    """Past BATCH events the next rows are read while a batch is in flight; a batch that
+    fails drops them, and the retry reads again from the event that failed."""
+    h = BatchRecorder("b", gate=asyncio.Event())
+    d = await dispatch(store, h)
+    try:
+        ids = await add_events(store, *created(*(f"rec_{i}" for i in range(BATCH + 300))))
+        h.fail_at = ids[BATCH - 10]
+        d.notify()
+        h.gate.set()
+        assert await d.drain(20)
+    finally:
+        await d.aclose()
+    assert h.got == ids
+    assert [(b[0], len(b)) for b in h.batches] == [(ids[0], BATCH), (ids[BATCH - 10], 310)]
