@@ -147,6 +147,12 @@ def test_subject_is_prefix_project_and_type_with_unsafe_characters_replaced(
      ("staging", "2026-01-02T03:04:05Z")),
     (b'{"project": "", "created_at": "yesterday\\r\\nX: 1"}', ("default", None)),
     (b'{"project": 7}', ("default", None)),
+    (b'{"id":"evt_1","type":"recording.created","created_at":"2026-01-02T03:04:05.678Z",'
+     b'"data":{"project":"inner"}}', ("default", "2026-01-02T03:04:05.678Z")),
+    (b'{"id":"evt_1","type":"recording.created","created_at":"2026-01-02T03:04:05.678Z",'
+     b'"data":{},"project":"p2"}', ("p2", "2026-01-02T03:04:05.678Z")),
+    (b'{"id":"evt_1","type":"recording.created","created_at":"soon","data":{}}',
+     ("default", None)),
     (b"not json", ("default", None)),
     (b"[1, 2]", ("default", None)),
 ])
