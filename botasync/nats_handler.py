@@ -298,7 +298,7 @@ class NatsHandler:
         except HandlerError as e:
             if strict:
                 raise BotasyncError(f'handler "{self.name}": {e}') from None
-            log.warning("nats_unreachable", handler=self.name, url=self.where, error=str(e))
+            log.warning("nats_not_ready", handler=self.name, url=self.where, error=str(e))
             return
         log.info("nats_ready", handler=self.name, url=self.where, stream=self.stream,
                  subjects=f"{self.prefix}.>")

@@ -461,7 +461,7 @@ async def test_an_unreachable_server_warns_at_run_and_fails_a_check() -> None:
     h = build_handler(nats_cfg(url))
     with capture_logs() as logs:
         await start_handlers([h], EventsConfig())
-    assert [e["event"] for e in logs] == ["nats_unreachable"]
+    assert [e["event"] for e in logs] == ["nats_not_ready"]
     with pytest.raises(BotasyncError) as err:
         await start_handlers([h], EventsConfig(), strict=True)
     assert not isinstance(err.value, ConfigError)
