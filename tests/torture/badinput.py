@@ -220,35 +220,49 @@ def exact(ctx: Ctx, run: Run) -> list[str]:
     return out + ([] if integrity(ctx.db) == "ok" else ["integrity check failed"])
 
 
-def kept(media: list[tuple[Any, ...]] | None = None, **columns: Any) -> Check:
-    """The odd item is mirrored, live: these columns, its raw as sent, one created event,
-    these media rows (id, file_size_bytes, status); everything else exact."""
-    def check(ctx: Ctx, run: Run) -> list[str]:
-        odd = ctx.data["odd"]
-        rid = odd["id"]
-        others = [i for i in ctx.sim.world.all() if i.get("id") != rid]
-        out = [f"mirror: {d}" for d in mirror_diff(ctx.db, others)
-               if not d.startswith(f"{rid}:")][:3]
-        names = sorted(columns)
-        got = rows(ctx.db, f"SELECT {', '.join([*names, 'raw', 'deleted_at'])} "
-                           "FROM recordings WHERE id = ?", (rid,))
-        if not got:
-            return [*out, f"{rid} was not stored"]
-        *values, raw, deleted_at = got[0]
-        if dict(zip(names, values, strict=True)) != columns:
-            out.append(f"stored {dict(zip(names, values, strict=True))}, not {columns}")
-        out += [] if json.loads(raw) == odd else [f"raw {raw[:200]} is not the item as sent"]
-        out += [] if deleted_at is None else ["tombstoned"]
-        created = rows(ctx.db, "SELECT count(*) FROM events WHERE recording_id = ? AND "
-                               "type = 'recording.created'", (rid,))
-        out += [] if created == [(1,)] else [f"{created} created events"]
-        if media is not None:
-            got_media = rows(ctx.db, "SELECT id, file_size_bytes, status FROM media WHERE "
-                                     "recording_id = ? ORDER BY position", (rid,))
-            out += [] if got_media == media else [f"media {got_media} != {media}"]
-        return out + ([] if integrity(ctx.db) == "ok" else ["integrity check failed"])
+@dataclass(frozen=True)
+class Odd:
+    """An odd item botasync must still mirror, and what its stored rows must hold."""
 
-    return check
+    fields: dict[str, Any]  # laid over a copy of the newest item (or alone, when `bare`)
+    columns: dict[str, Any]  # recordings columns as stored
+    media: list[tuple[Any, ...]] | None = None  # its media rows (file_size_bytes, status)
+    bare: bool = False
+
+
+def _row_problems(ctx: Ctx, item: dict[str, Any], odd: Odd) -> list[str]:
+    """The item's row is live, holds `odd.columns` and its raw as sent, with one created
+    event and `odd.media` (a deployed recording's media row has the recording's id)."""
+    rid, names = item["id"], sorted(odd.columns)
+    got = rows(ctx.db, f"SELECT {', '.join([*names, 'raw', 'deleted_at'])} "
+                       "FROM recordings WHERE id = ?", (rid,))
+    if not got:
+        return [f"{rid} was not stored"]
+    *values, raw, deleted_at = got[0]
+    stored = dict(zip(names, values, strict=True))
+    out = [] if stored == odd.columns else [f"{rid}: stored {stored}, not {odd.columns}"]
+    out += [] if json.loads(raw) == item else [f"{rid}: raw {raw[:200]} is not as sent"]
+    out += [] if deleted_at is None else [f"{rid}: tombstoned"]
+    created = rows(ctx.db, "SELECT count(*) FROM events WHERE recording_id = ? AND "
+                           "type = 'recording.created'", (rid,))
+    out += [] if created == [(1,)] else [f"{rid}: {created} created events"]
+    if odd.media is not None:
+        want = [(rid, *m) for m in odd.media]
+        got_media = rows(ctx.db, "SELECT id, file_size_bytes, status FROM media WHERE "
+                                 "recording_id = ? ORDER BY position", (rid,))
+        out += [] if got_media == want else [f"{rid}: media {got_media} != {want}"]
+    return out
+
+
+def kept(ctx: Ctx, run: Run) -> list[str]:
+    """Every odd item is mirrored as its `Odd` says; every other item exact."""
+    odds: dict[str, tuple[dict[str, Any], Odd]] = ctx.data["odds"]
+    others = [i for i in ctx.sim.world.all() if i.get("id") not in odds]
+    out = [f"mirror: {d}" for d in mirror_diff(ctx.db, others)
+           if d.split(":", 1)[0] not in odds][:3]
+    for item, odd in odds.values():
+        out += _row_problems(ctx, item, odd)
+    return out + ([] if integrity(ctx.db) == "ok" else ["integrity check failed"])
 
 
 def skipped(ctx: Ctx, run: Run) -> list[str]:
@@ -387,13 +401,13 @@ async def _unreachable(ctx: Ctx) -> None:
     ctx.sections["api"]["base_url"] = f"http://127.0.0.1:{ctx.servers.closed_port}/v1"
 
 
-def _odd_item(ctx: Ctx, fields: dict[str, Any]) -> dict[str, Any]:
+def _odd_item(ctx: Ctx, fields: dict[str, Any], name: str = "") -> dict[str, Any]:
     """A copy of the newest item with its own id (and media ids), `fields` laid over it."""
+    tag = f"torture{ctx.name.replace('_', '')}{name}"
     base = dict(ctx.sim.world.all()[0])
-    base["id"] = f"rec_torture{ctx.name.replace('_', '')}"
+    base["id"] = f"rec_{tag}"
     if isinstance(base.get("media"), list):  # ids of its own: two recordings never share one
-        base["media"] = [{**m, "id": f"med_torture{ctx.name.replace('_', '')}{i}"}
-                         for i, m in enumerate(base["media"])]
+        base["media"] = [{**m, "id": f"med_{tag}{i}"} for i, m in enumerate(base["media"])]
     base.update(fields)
     return {k: v for k, v in base.items() if v is not _DROP}
 
@@ -409,21 +423,24 @@ def _item(**fields: Any) -> Setup:
     return setup
 
 
-def _odd(**fields: Any) -> Setup:
-    """Serve an odd item at the top of the list that botasync must still mirror."""
+def _odd(**odds: Odd) -> Setup:
+    """Serve odd items botasync must still mirror, near the top of the list, one per name."""
     async def setup(ctx: Ctx) -> None:
-        ctx.data["odd"] = ctx.sim.world.put_raw(_odd_item(ctx, fields), 0)
+        ctx.data["odds"] = {}
+        for n, (name, odd) in enumerate(odds.items()):
+            item = _odd_item(ctx, odd.fields, name)
+            if odd.bare:
+                item = {"id": item["id"], **odd.fields}
+            ctx.data["odds"][item["id"]] = (ctx.sim.world.put_raw(item, n * 2), odd)
 
     return setup
 
 
-def _bare(**fields: Any) -> Setup:
-    """Serve an item holding nothing but `fields` (every other field missing)."""
-    async def setup(ctx: Ctx) -> None:
-        ctx.data["odd"] = ctx.sim.world.put_raw(
-            {"id": f"rec_torture{ctx.name.replace('_', '')}", **fields}, 0)
-
-    return setup
+async def _stored_item_turns_bad(ctx: Ctx) -> None:
+    """A stored recording's list item comes back with a duration that is no number."""
+    victim = ctx.sim.world.ids()[5]
+    item = ctx.sim.world.update(victim, duration_ms="forty minutes")
+    ctx.data["odds"] = {victim: (item, Odd({}, {"duration_ms": None}))}
 
 
 # ids that would escape a directory or break a URL path, and one just too long; beside
@@ -442,10 +459,6 @@ async def _unsafe_ids(ctx: Ctx) -> None:
 _DROP = object()
 
 
-async def _stored_item_turns_bad(ctx: Ctx) -> None:
-    """A stored recording's list item comes back with a duration that is no number."""
-    victim = ctx.sim.world.ids()[5]
-    ctx.data["odd"] = ctx.sim.world.update(victim, duration_ms="forty minutes")
 
 
 def _handler(**handler: Any) -> Setup:
@@ -636,6 +649,29 @@ ITEM_KEPT = "every other item (exact); the bad one is skipped and counted in syn
 DEPLOYED_OPTIONAL = ("name", "device_id", "end_user_id", "duration_seconds", "recorded_at",
                      "file_size_bytes", "content_sha256", "content_sha256_verified_at",
                      "source", "audio_url", "metadata", "updated_at", "project_id")
+# what a deployed item may send that botasync must still mirror (each logs at most one
+# warning: the two statuses it does not know)
+DEPLOYED_ODD = {
+    "unknownstatus": Odd({"status": "archived"}, {"status": "archived"}),
+    "numbersasstrings": Odd({"status": "completed", "duration_seconds": "125",
+                             "file_size_bytes": " 2048 "},
+                            {"duration_ms": 125_000, "file_size_bytes": 2048},
+                            media=[(2048, "uploaded")]),
+    "nulls": Odd(dict.fromkeys(DEPLOYED_OPTIONAL),
+                 dict.fromkeys(("name", "device_id", "end_user_id", "duration_ms",
+                                "recorded_at", "updated_at", "source", "project_id",
+                                "file_size_bytes", "content_sha256", "metadata")),
+                 media=[(None, "pending")]),
+    "missingfields": Odd({}, {"status": "unknown", "name": None, "created_at": None,
+                              "file_size_bytes": None}, media=[], bare=True),
+    "wrongtypes": Odd({"status": "completed", "metadata": "not an object",
+                       "duration_seconds": "forty", "file_size_bytes": "12 MB",
+                       "recorded_at": "yesterday", "device_id": 12345,
+                       "name": ["not", "text"], "source": {"kind": "device"}},
+                      {"metadata": None, "duration_ms": None, "file_size_bytes": None,
+                       "recorded_at": None, "device_id": "12345", "name": None,
+                       "source": None, "status": "completed"}),
+}
 
 
 def odd_kept(what: str) -> str:
@@ -741,49 +777,24 @@ CASES: tuple[Case, ...] = (
          "nothing (every walk skips it again)", NO_DEAD, _item(id=_DROP), exact),
     Case("item_wrong_type", "a list item with a wrong-typed field (metadata a string)", 0,
          None, odd_kept("metadata null"), "nothing", NO_DEAD,
-         _odd(metadata="not an object"), kept(metadata=None)),
+         _odd(x=Odd({"metadata": "not an object"}, {"metadata": None})), kept),
     Case("item_unknown_status", "a list item with an unknown status (\"archived\")", 0,
          log_line("unknown_status", r'"status": "archived"'),
          odd_kept("its status as sent, watched like an in-flight one"), "nothing",
-         NO_DEAD, _odd(status="archived"), kept(status="archived")),
+         NO_DEAD, _odd(x=Odd({"status": "archived"}, {"status": "archived"})), kept),
     Case("item_lone_surrogate", "a list item whose name holds an escaped lone surrogate", 0,
          None, "the item, the unrepresentable character stored as U+FFFD", "nothing",
          NO_DEAD, _odd_api("surrogate"), _surrogate_replaced, presync=False),
     Case("stored_item_turns_bad", "a stored recording comes back with a string duration_ms", 0,
          None, "the recording, live, its raw as sent and duration_ms null; everything else "
-         "exact", "nothing", NO_DEAD, _stored_item_turns_bad, kept(duration_ms=None)),
-    Case("deployed_unknown_status", "deployed: an item with an unknown status (\"archived\")",
-         0, log_line("unknown_status", r'"status": "archived"'),
-         odd_kept("its status as sent, watched like an in-flight one"), "nothing", NO_DEAD,
-         _odd(status="archived"), kept(status="archived"), dialect="deployed"),
-    Case("deployed_numbers_as_strings", "deployed: duration_seconds \"125\" and "
-         "file_size_bytes \" 2048 \" as strings", 0, None, odd_kept("the numbers read"),
-         "nothing", NO_DEAD, _odd(status="completed", duration_seconds="125",
-                                  file_size_bytes=" 2048 "),
-         kept(duration_ms=125_000, file_size_bytes=2048,
-              media=[("rec_torturedeployednumbersasstrings", 2048, "uploaded")]),
-         dialect="deployed"),
-    Case("deployed_nulls", "deployed: null where every optional value was", 0, None,
-         odd_kept("those columns null, its file pending"), "nothing", NO_DEAD,
-         _odd(**dict.fromkeys(DEPLOYED_OPTIONAL)),
-         kept(**dict.fromkeys(("name", "device_id", "end_user_id", "duration_ms",
-                               "recorded_at", "updated_at", "source", "project_id",
-                               "file_size_bytes", "content_sha256", "metadata")),
-              media=[("rec_torturedeployednulls", None, "pending")]), dialect="deployed"),
-    Case("deployed_missing_fields", "deployed: an item holding nothing but its id", 0,
-         log_line("unknown_status", r'"status": "unknown"'),
-         odd_kept("status \"unknown\", the rest null, no media row"), "nothing", NO_DEAD,
-         _bare(), kept(status="unknown", name=None, created_at=None, file_size_bytes=None,
-                       media=[]), dialect="deployed"),
-    Case("deployed_wrong_types", "deployed: values of the wrong type or unreadable", 0, None,
-         odd_kept("each unreadable value null, a number sent for text as text"),
-         "nothing", NO_DEAD,
-         _odd(status="completed", metadata="not an object", duration_seconds="forty",
-              file_size_bytes="12 MB", recorded_at="yesterday", device_id=12345,
-              name=["not", "text"], source={"kind": "device"}),
-         kept(metadata=None, duration_ms=None, file_size_bytes=None, recorded_at=None,
-              device_id="12345", name=None, source=None, status="completed"),
-         dialect="deployed"),
+         "exact", "nothing", NO_DEAD, _stored_item_turns_bad, kept),
+    Case("deployed_odd_items", "deployed: one item each with an unknown status, numbers as "
+         "strings, null for every optional value, nothing but an id, values of the wrong "
+         "type", 0, log_line("unknown_status"),
+         "every item, mirrored with its raw as sent, its row checked (the status as sent; "
+         "the numbers read; the columns null and the file pending; status \"unknown\" and no "
+         "media row; each unreadable value null); every other item exact",
+         "nothing", NO_DEAD, _odd(**DEPLOYED_ODD), kept, dialect="deployed", lines=2),
     Case("deployed_unsafe_ids", "deployed: ids with `/`, `..`, a space, over 128 characters",
          0, log_line("invalid_item", r'"reason": "an id that is not rec_ followed by'),
          "every other item (exact), one of exactly 128 characters too; the four skipped, "

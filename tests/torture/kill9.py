@@ -108,6 +108,7 @@ class _Watch:
         self.sim, self.db, self.out, self.log = sim, db, out, log
         self.wal = db.with_name(db.name + "-wal")
         self.runs_before = _last_run_id(db)  # the sync_runs rows this process starts come after
+        self.spawned = time.monotonic()
         self.arm()
 
     def arm(self) -> None:
@@ -171,10 +172,11 @@ async def _wait_moment(kind: str, watch: _Watch, rng: random.Random) -> bool:
     if kind == "startup":
         await asyncio.sleep(rng.uniform(0.05, 1.2))
         return True
-    if kind != "migrations":  # let it live a while: later walks, reconciles, deliveries
-        # counted from the end of its start-up, which a busy machine can make take seconds
+    if kind != "migrations":  # let it live a while: later walks, reconciles, deliveries,
+        # but look only once its start-up is over, which a busy machine stretches to seconds
+        arm_at = watch.spawned + rng.uniform(0.0, ARM_AFTER_MAX_S)
         await until(watch.daemon_started, SURE_MOMENT_TIMEOUT_S["migrations"], interval=0.01)
-        await asyncio.sleep(rng.uniform(0.0, ARM_AFTER_MAX_S))
+        await asyncio.sleep(max(0.0, arm_at - time.monotonic()))
         watch.arm()
     probe = {
         "migrations": watch.db_created,
