@@ -467,7 +467,10 @@ class LogHandler:
         """Log the id, type and recording (the payload can be large; it stays in the database)."""
         try:
             data = jsoncodec.loads(payload).get("data") or {}
-            recording_id = data.get("id") if isinstance(data, dict) else None
+            # a recording's event carries the recording; a transcript's or a summary's
+            # carries its own object, which names its recording
+            recording_id = (data.get("recording_id") or data.get("id")
+                            if isinstance(data, dict) else None)
         except (ValueError, AttributeError):
             recording_id = None
         log.info("event_delivered", handler=self.name, event_id=event_id, event_type=event_type,

@@ -483,3 +483,16 @@ async def test_command_leaving_a_background_child_does_not_hold_the_delivery(
         assert time.monotonic() - started < 3
     finally:
         os.kill(int(out.read_text()), 9)
+
+
+async def test_log_handler_names_the_recording_of_a_transcript_event() -> None:
+    """A transcription's event carries the transcription; the log line names its recording."""
+    from structlog.testing import capture_logs
+
+    from botasync.handlers import LogHandler
+
+    body = b'{"id": "evt_1", "type": "transcription.completed", ' \
+           b'"data": {"id": "txn_1", "recording_id": "rec_1"}}'
+    with capture_logs() as logs:
+        await LogHandler("log", ["*"]).deliver(body, "evt_1", "transcription.completed")
+    assert [e["recording_id"] for e in logs if e["event"] == "event_delivered"] == ["rec_1"]
