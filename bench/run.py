@@ -40,7 +40,7 @@ from sections import markers
 from steady import steady
 
 # written by the scripts named alike
-KEPT_SECTIONS = ("torture", "media", "retention", "dialects", "search", "nats")
+KEPT_SECTIONS = ("torture", "media", "retention", "dialects", "search", "nats", "transcripts")
 
 
 def write_results_md(path: Path, text: str) -> None:

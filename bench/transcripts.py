@@ -1,0 +1,327 @@
+"""Transcripts mirrored at their budget share, in both dialects: `python bench/transcripts.py
+[--write]`.
+
+For each dialect: a world of 2,000 recordings (seed 7; its real count of completed
+transcriptions is reported), plus `--moving` recordings whose status the bench flips
+between `uploaded` and `processing` (they never have a transcript). botasync mirrors the
+recordings with `[transcripts] download = true`, then:
+
+1. The transcript queue drains the backlog at its share: 10 requests per window beside a
+   main budget of 90, the simulator enforcing 100 and 10 per the same window. The window
+   is compressed (`--window`, default 0.5 s instead of Bota's 60 s) so a dialect takes
+   about a minute and a half. Figure: the queue's time (start to drained) over the time
+   its budget allows, `transcript requests / 10 x window`. Must hold: at most 1.1x.
+   Then every transcription the simulator serves is compared with the stored row field by
+   field (the raw object, the text, every segment's start, end, speaker, text, confidence).
+2. Recording events while that backlog drains: a status change, then `syncer.quick()` (the
+   daemon's tick), every `--tick` seconds; the change-to-committed-event latency, first
+   for `--quiet` seconds with transcripts off, then with them on for the whole drain. The
+   p95s side by side (ratio) and the longest tick.
+3. The FTS index against the rows: `integrity-check`, and the index's vocabulary (term,
+   row, column, offset) equal to one rebuilt from the rows.
+
+`--write` puts the table into bench/RESULTS.md between the `transcripts` markers.
+Exits 1 when a must-hold figure is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sections import replace_section  # noqa: E402
+
+from botasync import config  # noqa: E402
+from botasync.budget import RequestBudget  # noqa: E402
+from botasync.client import BotaClient  # noqa: E402
+from botasync.logging import configure  # noqa: E402
+from botasync.simulator import World, serve  # noqa: E402
+from botasync.store import Store  # noqa: E402
+from botasync.sync import Syncer  # noqa: E402
+from botasync.transcripts.fetcher import TranscriptFetcher  # noqa: E402
+
+KEY = "sk_test_botasync"
+DIALECTS = ("documented", "deployed")
+MAIN, SHARE, SERVER, SERVER_TXN = 90, 10, 100, 10
+FINISHED = ("completed", "failed")
+TRANSCRIPT_PATHS = ("/v1/transcriptions", "/v1/summaries")
+FLIP = {"uploaded": "processing", "processing": "uploaded"}
+MUST_RATIO = 1.1
+
+
+def served(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
+    """txn id -> (recording id, transcription as served) for every live recording that can
+    have one (as tests/test_transcripts.py's `served`)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for rec in world.all():
+        if world.deployed:
+            items = world.transcriptions_of(rec["id"]) if rec["status"] in FINISHED else []
+        else:
+            one = world.transcription(rec["transcription_id"]) if rec.get(
+                "transcription_id") else None
+            items = [one] if one is not None else []
+        out.update({t["id"]: (rec["id"], t) for t in items})
+    return out
+
+
+def mirror_problems(db: str, want: dict[str, tuple[str, dict[str, Any]]]) -> list[str]:
+    """Every difference between the stored transcriptions and what the world serves."""
+    conn = sqlite3.connect(db)
+    try:
+        got = {r[0]: (r[1], json.loads(r[2]), r[3]) for r in conn.execute(
+            "SELECT id, recording_id, raw, text FROM transcriptions")}
+        segments: dict[str, list[tuple[Any, ...]]] = {}
+        for r in conn.execute(
+                "SELECT transcription_id, start_s, end_s, speaker, text, confidence "
+                "FROM transcript_segments ORDER BY transcription_id, position"):
+            segments.setdefault(r[0], []).append(tuple(r[1:]))
+    finally:
+        conn.close()
+    problems = [f"extra {tid}" for tid in got.keys() - want.keys()]
+    for tid, (rec, t) in want.items():
+        if tid not in got:
+            problems.append(f"missing {tid}")
+            continue
+        g_rec, g_raw, g_text = got[tid]
+        if g_rec != rec or g_raw != t:
+            problems.append(f"{tid}: row differs")
+        if g_text != t.get("text", t.get("full_text")):
+            problems.append(f"{tid}: text differs")
+        expect = [(s["start"], s["end"], s.get("speaker"), s["text"], s.get("confidence"))
+                  for s in t.get("segments") or []]
+        if segments.get(tid, []) != expect:
+            problems.append(f"{tid}: segments differ")
+    return problems
+
+
+def fts_check(db: str) -> dict[str, Any]:
+    """integrity-check, and the index's vocabulary against one rebuilt from the rows."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        try:
+            conn.execute("INSERT INTO transcript_fts(transcript_fts) VALUES('integrity-check')")
+            integrity = True
+        except sqlite3.DatabaseError:
+            integrity = False
+        conn.execute("CREATE VIRTUAL TABLE temp.fv USING fts5vocab(main, 'transcript_fts', "
+                     "'instance')")
+        sql = "SELECT term, doc, col, offset FROM temp.fv ORDER BY 1, 2, 3, 4"
+        kept = conn.execute(sql).fetchall()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO transcript_fts(transcript_fts) VALUES('rebuild')")
+        rebuilt = conn.execute(sql).fetchall()
+        conn.execute("ROLLBACK")
+        segs = conn.execute("SELECT count(*) FROM transcript_segments").fetchone()[0]
+    finally:
+        conn.close()
+    return {"integrity": integrity, "equal_to_rebuild": kept == rebuilt,
+            "instances": len(kept), "segments": segs}
+
+
+def p95(values: list[float]) -> float | None:
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else None
+
+
+async def run_dialect(dialect: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    w = args.window
+    world = World(seed=7, recordings=args.recordings, dialect=dialect)
+    moving = [world.create(status="uploaded")["id"] for _ in range(args.moving)]
+    want = served(world)
+    completed = sum(1 for _, t in want.values() if t["status"] == "completed")
+    db = str(work / f"{dialect}.db")
+    async with serve(world, rate_limit=SERVER, transcription_rate_limit=SERVER_TXN) as sim:
+        sim.limiter.window_s = w
+        sim.transcription_limiter.window_s = w
+        cfg = config.load(env={}, overrides={
+            "api": {"base_url": sim.url, "api_key": KEY, "requests_per_minute": MAIN},
+            "database": {"path": db},
+            "transcripts": {"download": True, "requests_per_minute": SHARE,
+                            "concurrency": args.concurrency},
+            "logging": {"level": "warning"},
+        })
+        async with await Store.open(db) as store, BotaClient(
+                cfg.api, budget=RequestBudget(MAIN, window_s=w),
+                transcripts_budget=RequestBudget(SHARE, window_s=w)) as client:
+            fetcher = TranscriptFetcher(store, client, cfg.transcripts)
+            syncer = Syncer(cfg, client, store, on_commit=fetcher.notify)
+            stats = await syncer.full()
+            if not stats.complete:
+                raise SystemExit(f"{dialect}: the first sync did not complete: {stats}")
+            await asyncio.sleep(w)  # the sync's slots free up
+            rng = random.Random(1)
+            row = await store.fetchone("SELECT coalesce(max(seq), 0) FROM events")
+            seen = int(row[0]) if row else 0
+
+            async def tick_loop(stop: asyncio.Event | None, seconds: float | None
+                                ) -> tuple[list[float], list[float]]:
+                nonlocal seen
+                changed: dict[str, float] = {}
+                lags: list[float] = []
+                ticks: list[float] = []
+                end = time.monotonic() + seconds if seconds is not None else None
+                while not (stop is not None and stop.is_set()) and not (
+                        end is not None and time.monotonic() >= end):
+                    free = [r for r in moving if r not in changed]
+                    if free:
+                        rid = rng.choice(free)
+                        world.update(rid, status=FLIP[world.get(rid)["status"]])  # type: ignore[index]
+                        changed[rid] = time.monotonic()
+                    started = time.monotonic()
+                    await syncer.quick()
+                    ticks.append(time.monotonic() - started)
+                    for seq, rid in await store.fetchall(
+                            "SELECT seq, recording_id FROM events WHERE seq > ? AND type LIKE "
+                            "'recording.%' ORDER BY seq", (seen,)):
+                        seen = max(seen, int(seq))
+                        if rid in changed:
+                            lags.append(time.monotonic() - changed.pop(rid))
+                    await asyncio.sleep(args.tick)
+                return lags, ticks
+
+            quiet, quiet_ticks = await tick_loop(None, args.quiet)
+            mark = len(sim.requests)
+            stop = asyncio.Event()
+            started = time.monotonic()
+            loop_task = asyncio.create_task(tick_loop(stop, None))
+            await fetcher.start()
+            drained = await fetcher.drain(args.timeout)
+            took = time.monotonic() - started
+            stop.set()
+            busy, busy_ticks = await loop_task
+            fstats = fetcher.stats
+            await fetcher.aclose()
+        log = [r for r in sim.requests[mark:] if r.path.startswith(TRANSCRIPT_PATHS)]
+    sent = sum(1 for r in log if r.status != 429)
+    refused = sum(1 for r in log if r.status == 429)
+    allowed = sent / SHARE * w
+    problems = mirror_problems(db, want)
+    fts = fts_check(db)
+    q95, b95 = p95(quiet), p95(busy)
+    return {
+        "dialect": dialect, "recordings": args.recordings, "moving": args.moving,
+        "transcriptions": len(want), "completed": completed,
+        "failed": len(want) - completed, "drained": drained,
+        "requests": sent, "answered_429": refused, "fetcher_requests": fstats.requests,
+        "seconds": round(took, 2), "budget_s": round(allowed, 2),
+        "ratio": round(took / allowed, 3) if allowed else None,
+        "exact": not problems, "problems": problems[:10], "problem_count": len(problems),
+        "fts": fts,
+        "quiet": {"changes": len(quiet), "p50_s": round(statistics.median(quiet), 3)
+                  if quiet else None, "p95_s": round(q95, 3) if q95 is not None else None,
+                  "max_tick_s": round(max(quiet_ticks), 3) if quiet_ticks else None},
+        "busy": {"changes": len(busy), "p50_s": round(statistics.median(busy), 3)
+                 if busy else None, "p95_s": round(b95, 3) if b95 is not None else None,
+                 "max_tick_s": round(max(busy_ticks), 3) if busy_ticks else None},
+        "p95_ratio": round(b95 / q95, 3) if q95 and b95 is not None else None,
+    }
+
+
+def holds(r: dict[str, Any]) -> bool:
+    fts = r["fts"]
+    return bool(r["drained"] and r["exact"] and r["ratio"] is not None
+                and r["ratio"] <= MUST_RATIO and fts["integrity"] and fts["equal_to_rebuild"])
+
+
+def render(rows: list[dict[str, Any]], args: argparse.Namespace, load: tuple[float, ...],
+           ) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    w = args.window
+    out = [
+        "## Transcripts: the backlog at its share, recording events beside it, the index",
+        "",
+        f"Written by `python bench/transcripts.py --write` on {when} ({platform.machine()}, "
+        f"{os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+        f"at the start, {platform.python_implementation()} {platform.python_version()}).",
+        "",
+        f"Each dialect: a world of {args.recordings:,} recordings (seed 7) plus "
+        f"{args.moving} whose status the bench flips (they never have a transcript), "
+        "mirrored, then `[transcripts] download = true` "
+        f"(concurrency {args.concurrency}). The window is compressed: {w:g} s instead of "
+        f"60 s, the client's budgets {MAIN} and {SHARE} (the transcripts share) per window, "
+        f"the simulator enforcing {SERVER} and {SERVER_TXN} per the same window. "
+        f"\"budget allows\" is `transcript requests / {SHARE} x {w:g} s`; must hold: at most "
+        f"{MUST_RATIO}x. Mirror exact: every transcription the simulator serves compared "
+        "with its row field by field (the object as served, the text, each segment's start, "
+        "end, speaker, text, confidence).",
+        "",
+        "| dialect | transcriptions (completed / failed) | transcript requests | 429 | "
+        "queue time (s) | budget allows (s) | x budget | mirror exact | FTS integrity-check "
+        "| FTS = rebuild (segments) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        f = r["fts"]
+        out.append(
+            f"| {r['dialect']} | {r['transcriptions']:,} ({r['completed']:,} / {r['failed']}) "
+            f"| {r['requests']:,} | {r['answered_429']} | {r['seconds']} | {r['budget_s']} | "
+            f"{r['ratio']} | {'yes' if r['exact'] else 'NO (' + str(r['problem_count']) + ')'} "
+            f"| {'ok' if f['integrity'] else 'FAILED'} | "
+            f"{'yes' if f['equal_to_rebuild'] else 'NO'} ({f['segments']:,}) |")
+    out += [
+        "",
+        f"Recording events in the same run: a status change, then `syncer.quick()` (the "
+        f"daemon's tick), every {args.tick:g} s; latency from the change to its committed "
+        f"event. Transcripts off: {args.quiet:g} s before the queue starts; on: for the "
+        "whole drain above.",
+        "",
+        "| dialect | off: changes | off: p50 / p95 (s) | on: changes | on: p50 / p95 (s) | "
+        "p95 on / off | longest tick off / on (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        q, b = r["quiet"], r["busy"]
+        out.append(f"| {r['dialect']} | {q['changes']} | {q['p50_s']} / {q['p95_s']} | "
+                   f"{b['changes']} | {b['p50_s']} / {b['p95_s']} | {r['p95_ratio']} | "
+                   f"{q['max_tick_s']} / {b['max_tick_s']} |")
+    return "\n".join(out) + "\n"
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="botasync-transcripts-") as tmp:
+        return [await run_dialect(d, args, Path(tmp)) for d in args.dialects]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recordings", type=int, default=2000)
+    p.add_argument("--moving", type=int, default=40)
+    p.add_argument("--window", type=float, default=0.5,
+                   help="the budgets' window in seconds (Bota's is 60)")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--tick", type=float, default=0.1, help="pause between ticks (s)")
+    p.add_argument("--quiet", type=float, default=20.0,
+                   help="seconds of ticks with transcripts off")
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--dialects", nargs="+", default=list(DIALECTS), choices=DIALECTS)
+    p.add_argument("--write", action="store_true", help="write the tables into RESULTS.md")
+    args = p.parse_args()
+    configure("warning", "json")
+    load = os.getloadavg()
+    rows = asyncio.run(main_async(args))
+    print(json.dumps(rows, indent=2))
+    text = render(rows, args, load)
+    print(text)
+    if args.write:
+        replace_section(ROOT / "bench" / "RESULTS.md", "transcripts", text)
+    if not all(holds(r) for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
