@@ -1,8 +1,8 @@
 """The torture suite at its full counts, with its figures written into bench/RESULTS.md.
 
     python bench/torture.py                     # both dialects: 100 kills each, the fault
-                                                # mix at a real 60 s window (~10 min)
-    python bench/torture.py --dialect deployed  # the deployed dialect only (~5 min)
+                                                # mix at a real 60 s window (~12 min)
+    python bench/torture.py --dialect deployed  # the deployed dialect only (~6 min)
     python bench/torture.py --quick             # 10 kills, the window scaled to 0.4 s (~2 min)
 
 It runs the scenarios of `tests/torture/` (the same code the tests run), against the
