@@ -170,7 +170,9 @@ def test_the_generated_run_reached_the_server(
     if not sim.requests:
         pytest.skip("meaningful only after the generated tests in this module")
     statuses = {r.status for r in sim.requests}
-    assert {200, 400, 401, 404} <= statuses
+    # which refusals the fuzzer draws varies from run to run (an unknown id's 404, a wrong
+    # method's 405): at least one of them, besides successes, bad parameters and no key
+    assert {200, 400, 401} <= statuses and statuses & {404, 405}
     assert 500 not in statuses
     for prefix in ("/v1/transcriptions", "/v1/summaries"):
         assert {r.status for r in sim.requests if r.path.startswith(prefix)} >= (
