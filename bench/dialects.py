@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from sections import replace_section  # noqa: E402
 
 from botasync import config  # noqa: E402
-from botasync.app import App  # noqa: E402
-from botasync.budget import RequestBudget  # noqa: E402
+from botasync.api.budget import RequestBudget  # noqa: E402
 from botasync.logging import configure  # noqa: E402
+from botasync.service.app import App  # noqa: E402
 from botasync.simulator import Simulator, World, serve  # noqa: E402
 from tests.mirror import mirror_diff  # noqa: E402
 

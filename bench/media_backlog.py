@@ -26,13 +26,13 @@ from typing import Any
 from sections import replace_section
 
 from botasync import config
-from botasync.budget import RequestBudget
-from botasync.client import BotaClient
+from botasync.api.budget import RequestBudget
+from botasync.api.client import BotaClient
 from botasync.logging import configure
-from botasync.media import Downloader
+from botasync.media.downloader import Downloader
 from botasync.simulator import World, serve
-from botasync.store import Store
-from botasync.sync import Syncer
+from botasync.store.sqlite import Store
+from botasync.sync.syncer import Syncer
 
 KEY = "sk_test_botasync"
 NEXT = {"uploaded": "processing", "processing": "completed"}

@@ -29,9 +29,9 @@ from env import BENCH, PY, mirror_config
 from procs import SimProcess, rss_bytes
 
 from botasync import config
-from botasync.app import sync_once
 from botasync.logging import configure
-from botasync.store import Mirror
+from botasync.service.app import sync_once
+from botasync.store.sqlite import Mirror
 
 MB = 2**20
 FRAMES = 6  # enough to reach botasync's own line from inside orjson or aiosqlite

@@ -38,7 +38,7 @@ from env import load_average, machine  # noqa: E402
 from sections import replace_section  # noqa: E402
 
 from botasync.logging import configure  # noqa: E402
-from botasync.store import Store  # noqa: E402
+from botasync.store.sqlite import Store  # noqa: E402
 from tests.natsrelay import (  # noqa: E402
     NatsServer,
     add_events,

@@ -24,9 +24,9 @@ from typing import Any
 
 from sections import replace_section
 
-from botasync import retention
 from botasync.logging import configure
-from botasync.store import Store
+from botasync.store import retention
+from botasync.store.sqlite import Store
 
 OLD, NEW = "2025-01-01T00:00:00.000Z", "2026-11-01T00:00:00.000Z"
 CUTOFF = "2026-01-01T00:00:00.000Z"

@@ -6,7 +6,7 @@ them (recording rows, then each transcription through the transcripts writer, FT
 index included). Then runs ~200 varied queries (content words common and rare, codenames,
 two words, phrases, prefixes, OR, NOT, words with punctuation; a `--speaker` or `--since`
 on some) through the code path the command uses: a read-only `Store` and
-`botasync.cli_search.search`, timed per query on one open store, and again each on a
+`botasync.cli.search.search`, timed per query on one open store, and again each on a
 fresh connection (what a new `botasync search` process pays for its cache). The worst
 case, queries of the commonest words only ("the", "to the"), is timed and reported
 apart. One end-to-end `botasync search` process is timed too (spawn to exit, median of 5).
@@ -34,12 +34,12 @@ from typing import Any
 
 from sections import replace_section
 
-from botasync.cli_search import search
+from botasync.api.transcription import parse_transcription
+from botasync.cli.search import search
 from botasync.logging import configure
-from botasync.store import Store
-from botasync.transcripts.model import parse_transcription
+from botasync.store.sqlite import Store
+from botasync.store.transcripts import Fetched, write
 from botasync.transcripts.search import RANK_CAP, SearchRequest
-from botasync.transcripts.store import Fetched, write
 
 SEED = 7
 SEGMENTS_PER_RECORDING = 50

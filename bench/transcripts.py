@@ -47,12 +47,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from sections import replace_section  # noqa: E402
 
 from botasync import config  # noqa: E402
-from botasync.budget import RequestBudget  # noqa: E402
-from botasync.client import BotaClient  # noqa: E402
+from botasync.api.budget import RequestBudget  # noqa: E402
+from botasync.api.client import BotaClient  # noqa: E402
 from botasync.logging import configure  # noqa: E402
 from botasync.simulator import World, serve  # noqa: E402
-from botasync.store import Store  # noqa: E402
-from botasync.sync import Syncer  # noqa: E402
+from botasync.store.sqlite import Store  # noqa: E402
+from botasync.sync.syncer import Syncer  # noqa: E402
 from botasync.transcripts.fetcher import TranscriptFetcher  # noqa: E402
 
 KEY = "sk_test_botasync"

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from botasync.errors import ConfigError
+from botasync.logging import add_secret
 
 DEFAULT_BASE_URL = "https://api.bota.dev/v1"
 MediaType = Literal["audio", "image", "video"]
@@ -114,7 +115,7 @@ class WebhookHandlerConfig(_Handler):
     type: Literal["webhook"]
     url: str
     secret_env: str = ""
-    signature: Literal["bota", "standard", "botasync"] = "bota"  # the scheme: signing.py
+    signature: Literal["bota", "standard", "botasync"] = "bota"  # the scheme: events/signing.py
 
     @field_validator("url")
     @classmethod
@@ -157,7 +158,7 @@ def redact_userinfo(url: str) -> str:
 
 
 class NatsHandlerConfig(_Handler):
-    """Publish each event to a NATS JetStream stream; its ack = delivered (nats_handler.py)."""
+    """Publish each event to a NATS JetStream stream; its ack = delivered (events/nats.py)."""
 
     type: Literal["nats"]
     url: str = "nats://127.0.0.1:4222"  # several servers: comma-separated
@@ -511,3 +512,13 @@ def load(
     if resolve_key:
         cfg.resolve_key()
     return cfg
+
+
+def require_key(cfg: Config) -> str:
+    """The API key (read from `api_key_file` now), registered for redaction; a missing one
+    is a config error. Only the commands that call the API ask for it."""
+    key = cfg.resolve_key()
+    if not key:
+        raise ConfigError("[api] api_key: no API key (set BOTA_API_KEY, api_key or api_key_file)")
+    add_secret(key)
+    return key

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from botasync.models import normalize_ts
+from botasync.api.models import normalize_ts
 
 TS_FIELDS = {"started_at", "ended_at", "created_at", "captured_at", "recorded_at", "updated_at"}
 REC_COLUMNS = ("id", "device_id", "end_user_id", "name", "status", "duration_ms", "started_at",

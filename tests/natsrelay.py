@@ -33,9 +33,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
-from botasync.events import Event, EventIds
+from botasync.envelope import Event, EventIds
 from botasync.jsoncodec import dumps
-from botasync.store import Store
+from botasync.store.sqlite import Store
 
 _IDS = EventIds()
 TYPES = ("recording.created", "recording.uploaded", "recording.completed", "media.created")
@@ -297,8 +297,8 @@ async def run_outage(
     """Relay `before` events; stop the server mid-way for `outage_s` while `during` more
     are written; start it again (same port, same store) and let the relay finish."""
     from botasync.config import EventsConfig, NatsHandlerConfig
-    from botasync.handlers import build_handler
-    from botasync.outbox import Dispatcher
+    from botasync.events.handlers import build_handler
+    from botasync.events.outbox import Dispatcher
 
     result = OutageResult(outage_s=outage_s)
     await add_events(store, before, backfill=True, seed=3)

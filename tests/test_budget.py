@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from botasync.budget import RequestBudget, Token, WindowLog, _order, acquire_all
+from botasync.api.budget import RequestBudget, Token, WindowLog, _order, acquire_all
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -16,9 +16,9 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from botasync import migrations
-from botasync.cli import main
+from botasync.cli.main import main
 from botasync.simulator import Simulator, World, run_forever
+from botasync.store import migrations
 
 KEY = "sk_test_botasync"
 

@@ -12,8 +12,8 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from botasync.budget import RequestBudget
-from botasync.client import USER_AGENT, BotaClient, DownloadUrl
+from botasync.api.budget import RequestBudget
+from botasync.api.client import USER_AGENT, BotaClient, DownloadUrl
 from botasync.config import ApiConfig
 from botasync.errors import (
     ApiError,

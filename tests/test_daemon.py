@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from botasync import config
-from botasync.daemon import Daemon, Notifier
 from botasync.errors import BotasyncError
 from botasync.jsoncodec import loads
+from botasync.service.daemon import Daemon, Notifier
 from botasync.simulator import Simulator, World
 from tests.conftest import SimulatorFactory, wait_for
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from botasync.demo import describe
-from botasync.progress import eta_seconds, human_seconds
+from botasync.humanize import human_seconds
+from botasync.service.demo import describe
+from botasync.sync.progress import eta_seconds
 
 
 @pytest.mark.parametrize("dialect", ["deployed", "documented"])

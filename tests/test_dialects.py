@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from botasync.app import App
-from botasync.budget import RequestBudget
-from botasync.client import Page
+from botasync.api.budget import RequestBudget
+from botasync.api.client import Page
+from botasync.api.pages import Pager
 from botasync.errors import PaginationError
-from botasync.pages import Pager
+from botasync.service.app import App
 from botasync.simulator import Simulator, World, serve
 from botasync.simulator.deployed import encode_cursor
 from tests.mirror import mirror_diff

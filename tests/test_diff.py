@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from botasync import events as ev
-from botasync.diff import UPDATE_FIELDS, EventFactory, deleted, diff
-from botasync.events import EventIds, utc_now
+from botasync import envelope as ev
+from botasync.envelope import EventFactory, EventIds, utc_now
+from botasync.sync.diff import UPDATE_FIELDS, deleted, diff
 
 
 def factory() -> EventFactory:

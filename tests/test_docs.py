@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 import pytest
 
-from botasync import config, migrations
-from botasync.cli import main
-from botasync.events import EVENT_TYPES
+from botasync import config
+from botasync.cli.main import main
+from botasync.envelope import EVENT_TYPES
+from botasync.store import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

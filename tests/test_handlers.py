@@ -27,9 +27,9 @@ from botasync.config import (
     PythonHandlerConfig,
     WebhookHandlerConfig,
 )
+from botasync.envelope import Event, EventIds
 from botasync.errors import ConfigError, HandlerError
-from botasync.events import Event, EventIds
-from botasync.handlers import Handler, build_handler
+from botasync.events.handlers import Handler, build_handler
 from botasync.jsoncodec import dumps
 
 SCRIPT = str(Path(__file__).parent / "helpers" / "cmd_handler.py")
@@ -489,7 +489,7 @@ async def test_log_handler_names_the_recording_of_a_transcript_event() -> None:
     """A transcription's event carries the transcription; the log line names its recording."""
     from structlog.testing import capture_logs
 
-    from botasync.handlers import LogHandler
+    from botasync.events.handlers import LogHandler
 
     body = b'{"id": "evt_1", "type": "transcription.completed", ' \
            b'"data": {"id": "txn_1", "recording_id": "rec_1"}}'

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from botasync import health
-from botasync.events import iso, utc_now
+from botasync.envelope import iso, utc_now
 from botasync.simulator import World
 from tests.test_cli import ThreadedSim, cli_env, run
 

@@ -29,18 +29,18 @@ from click.testing import CliRunner
 from rich.console import Console
 from structlog.testing import capture_logs
 
-import botasync.cli  # noqa: F401 - first, so cli_files finds its helpers (see cli_files.py)
-from botasync import config, media_admin
-from botasync import files as fs
-from botasync.budget import RequestBudget
-from botasync.cli_files import files as files_cli
-from botasync.client import BotaClient
+from botasync import config
+from botasync.api.budget import RequestBudget
+from botasync.api.client import BotaClient
+from botasync.cli.files import files as files_cli
 from botasync.errors import BotasyncError
-from botasync.media import Downloader, DownloadStats, _reason, orphans
-from botasync.media_progress import download_progress, eta_seconds
+from botasync.media import admin as media_admin
+from botasync.media import files as fs
+from botasync.media.downloader import Downloader, DownloadStats, _reason, orphans
+from botasync.media.progress import download_progress, eta_seconds
 from botasync.simulator import Dialect, Simulator, World, file_bytes, recording_bytes
-from botasync.store import Store
-from botasync.sync import Syncer
+from botasync.store.sqlite import Store
+from botasync.sync.syncer import Syncer
 from tests.conftest import SimulatorFactory, wait_for
 
 KEY = "sk_test_botasync"
@@ -617,10 +617,10 @@ def kill_once_growing(pid: int, part: Path, timeout: float = 20.0) -> bool:
 RUNNER = textwrap.dedent("""
     import asyncio, sys
     from botasync import config
-    from botasync.budget import RequestBudget
-    from botasync.client import BotaClient
-    from botasync.media import Downloader
-    from botasync.store import Store
+    from botasync.api.budget import RequestBudget
+    from botasync.api.client import BotaClient
+    from botasync.media.downloader import Downloader
+    from botasync.store.sqlite import Store
 
     async def main(url, db, files_dir):
         cfg = config.load(env={}, overrides={

@@ -19,11 +19,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from botasync import config
-from botasync import files as fs
-from botasync.budget import RequestBudget
-from botasync.client import BotaClient
+from botasync.api.budget import RequestBudget
+from botasync.api.client import BotaClient
 from botasync.errors import ApiError
-from botasync.media import (
+from botasync.media import files as fs
+from botasync.media.downloader import (
     FORM_KEY,
     Downloader,
     Form,
@@ -34,7 +34,7 @@ from botasync.media import (
 )
 from botasync.simulator import Dialect, World, recording_bytes
 from botasync.simulator import deployed as sim_deployed
-from botasync.store import Mirror
+from botasync.store.sqlite import Mirror
 from tests import test_media
 from tests.conftest import SimulatorFactory
 from tests.test_media import (

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from botasync import config, metrics
-from botasync.daemon import Daemon
 from botasync.errors import BotasyncError, ConfigError
-from botasync.health_http import MonitorServer
+from botasync.service.daemon import Daemon
+from botasync.service.monitor import MonitorServer
 from botasync.simulator import World
 from tests.conftest import SimulatorFactory, wait_for
 from tests.test_cli import run
@@ -232,7 +232,7 @@ async def test_metrics_after_a_sync(simulator_factory: SimulatorFactory, tmp_pat
 
 async def _counters() -> Samples:
     """The process-wide counters now (they count across tests in one process)."""
-    from botasync.health_http import instruments
+    from botasync.service.monitor import instruments
 
     out: Samples = {}
     for collector in instruments().collectors():

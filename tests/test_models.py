@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from botasync.dialect import Learned
-from botasync.fingerprint import fingerprint, is_signed_url, stable
-from botasync.models import InvalidItem, parse_recording
+from botasync.api.dialect import Learned
+from botasync.api.models import InvalidItem, parse_recording
+from botasync.sync.fingerprint import fingerprint, is_signed_url, stable
 
 DEPLOYED = {
     "id": "rec_a1", "project_id": "proj_1", "device_id": None, "end_user_id": "eu_1",

@@ -20,8 +20,8 @@ from structlog.testing import capture_logs
 
 from botasync.config import EventsConfig, NatsHandlerConfig, load
 from botasync.errors import BotasyncError, ConfigError, HandlerError
-from botasync.handlers import BatchFailed, Outgoing, build_handler
-from botasync.nats_handler import (
+from botasync.events.handlers import BatchFailed, Outgoing, build_handler
+from botasync.events.nats import (
     NatsHandler,
     ack_error,
     covers,
@@ -32,8 +32,8 @@ from botasync.nats_handler import (
     message_headers,
     subject_for,
 )
-from botasync.outbox import Dispatcher, retry_span_s, start_handlers
-from botasync.store import Store
+from botasync.events.outbox import Dispatcher, retry_span_s, start_handlers
+from botasync.store.sqlite import Store
 from tests.natsrelay import (
     NatsServer,
     Stored,
@@ -297,7 +297,7 @@ def test_credentials_from_environment_and_files(tmp_path: Path) -> None:
 def test_other_handler_types_take_no_batches(tmp_path: Path) -> None:
     """Only the NATS handler offers `deliver_batch`: the others go one event at a time."""
     from botasync.config import LogHandlerConfig
-    from botasync.handlers import batching
+    from botasync.events.handlers import batching
 
     assert batching(build_handler(LogHandlerConfig(name="l", type="log"))) is None
     assert batching(build_handler(nats_cfg("nats://127.0.0.1:1"))) is not None

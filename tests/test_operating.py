@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from botasync import migrations
 from botasync.config import Config
-from botasync.demo import DEMO_MARK, NotADemoDatabase, clear_demo_database, prepare
 from botasync.errors import StoreError
-from botasync.handlers import CommandHandler, build_handler
+from botasync.events.handlers import CommandHandler, build_handler
 from botasync.locks import ExclusiveLock
+from botasync.service.demo import DEMO_MARK, NotADemoDatabase, clear_demo_database, prepare
 from botasync.simulator import World
-from botasync.store import Store
+from botasync.store import migrations
+from botasync.store.sqlite import Store
 from tests.test_cli import ThreadedSim, cli_env, one_clear_line, run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from botasync.config import CommandHandlerConfig, EventsConfig
+from botasync.envelope import Event, EventIds
 from botasync.errors import ConfigError, HandlerError
-from botasync.events import Event, EventIds
-from botasync.handlers import Handler, build_handler
+from botasync.events.handlers import Handler, build_handler
+from botasync.events.outbox import Dispatcher, backlog, dead, list_events, retry_delay
 from botasync.jsoncodec import dumps
-from botasync.outbox import Dispatcher, backlog, dead, list_events, retry_delay
-from botasync.store import Store
+from botasync.store.sqlite import Store
 
 SCRIPT = str(Path(__file__).parent / "helpers" / "cmd_handler.py")
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}

@@ -14,9 +14,9 @@ import pytest
 
 from botasync.config import EventsConfig
 from botasync.errors import HandlerError
-from botasync.handlers import BatchFailed, Outgoing, batching
-from botasync.outbox import BATCH, Dispatcher
-from botasync.store import Store
+from botasync.events.handlers import BatchFailed, Outgoing, batching
+from botasync.events.outbox import BATCH, Dispatcher
+from botasync.store.sqlite import Store
 from tests.test_outbox import FAST, Recorder, add_events, created, cursor, delivery
 
 

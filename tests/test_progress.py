@@ -23,12 +23,12 @@ from rich.console import Console
 from rich.progress import Progress
 from structlog.testing import capture_logs
 
-from botasync.budget import RequestBudget
-from botasync.daemon import Daemon
+from botasync.api.budget import RequestBudget
 from botasync.logging import configure
-from botasync.progress import WalkProgress, walk_progress
+from botasync.service.daemon import Daemon
 from botasync.simulator import World
-from botasync.sync import PassStats
+from botasync.sync.progress import WalkProgress, walk_progress
+from botasync.sync.syncer import PassStats
 from tests.conftest import SimulatorFactory, wait_for
 from tests.simproc import simulate
 from tests.test_daemon import daemon_cfg

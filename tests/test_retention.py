@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from botasync import retention
 from botasync.simulator import World
-from botasync.store import Store
+from botasync.store import retention
+from botasync.store.sqlite import Store
 from tests.test_cli import ThreadedSim, cli_env, run
 from tests.test_outbox import add_events, created
 

@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from botasync import migrations
-from botasync.cli_search import search
-from botasync.store import Store
-from botasync.transcripts.model import parse_transcription
+from botasync.api.transcription import parse_transcription
+from botasync.cli.search import search
+from botasync.store import migrations
+from botasync.store.sqlite import Store
+from botasync.store.transcripts import Fetched, write
 from botasync.transcripts.search import (
     MARK_CLOSE,
     MARK_OPEN,
@@ -34,7 +35,6 @@ from botasync.transcripts.search import (
     search_sql,
     time_label,
 )
-from botasync.transcripts.store import Fetched, write
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from botasync.seen import SeenIds
+from botasync.sync.seen import SeenIds
 
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC0123456789", min_size=1, max_size=16).map(
     lambda s: "rec_" + s)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from botasync.config import WebhookHandlerConfig
-from botasync.signing import (
+from botasync.events.signing import (
     SIGNATURE_MODES,
     SignatureMode,
     bota_signature,

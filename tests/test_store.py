@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from botasync import migrations
 from botasync.errors import MigrationError, StoreError
-from botasync.store import Mirror, Store
+from botasync.store import migrations
+from botasync.store.sqlite import Mirror, Store
 
 
 async def test_new_database_is_private_wal_and_migrated(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ import pytest
 from blockbuster import blockbuster_ctx
 
 from botasync import config
-from botasync.app import App
-from botasync.budget import RequestBudget
+from botasync.api.budget import RequestBudget
+from botasync.service.app import App
 from botasync.simulator import Simulator, World, serve
-from botasync.sync import PassStats
+from botasync.sync.syncer import PassStats
 from tests.mirror import mirror_diff
 
 KEY = "sk_test_botasync"
@@ -276,8 +276,8 @@ async def test_tick_skips_hot_lists_the_head_page_covered(tmp_path: Path) -> Non
 
 async def test_server_ignoring_offset_stops_the_walk(tmp_path: Path) -> None:
     """Pages that keep coming back the same end the walk with one clear error, not a spin."""
+    from botasync.api.pages import REPEAT_LIMIT
     from botasync.errors import ApiError
-    from botasync.pages import REPEAT_LIMIT
 
     async with serve(World(seed=8, recordings=500), rate_limit=None) as sim:
         sim.ignore_offset = True
@@ -293,8 +293,8 @@ async def test_server_ignoring_offset_stops_the_walk(tmp_path: Path) -> None:
 
 def test_repeat_guard_tolerates_what_a_busy_archive_does() -> None:
     """A page repeated a few times, or a short last page, is not a broken server."""
-    from botasync.client import Page
-    from botasync.pages import REPEAT_LIMIT, RepeatGuard
+    from botasync.api.client import Page
+    from botasync.api.pages import REPEAT_LIMIT, RepeatGuard
 
     page = Page([{"id": "rec_a"}, {"id": "rec_b"}], has_more=True)
     guard = RepeatGuard()

@@ -16,8 +16,8 @@ import srt
 import webvtt
 from click.testing import CliRunner, Result
 
-from botasync.cli import main
-from botasync.store import Store
+from botasync.cli.main import main
+from botasync.store.sqlite import Store
 from tests.test_search import put_recording, put_transcription
 
 SEGMENTS = [

@@ -27,15 +27,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import botasync.cli  # noqa: F401 - first, so cli_transcripts finds its helpers
-from botasync import config, status
-from botasync.budget import RequestBudget
-from botasync.cli_transcripts import transcripts as transcripts_cli
-from botasync.client import BotaClient
-from botasync.daemon import Daemon
+from botasync import config
+from botasync.api.budget import RequestBudget
+from botasync.api.client import BotaClient
+from botasync.cli.transcripts import transcripts as transcripts_cli
+from botasync.service import status
+from botasync.service.daemon import Daemon
 from botasync.simulator import Dialect, Simulator, World
-from botasync.store import Store
-from botasync.sync import Syncer
+from botasync.store.sqlite import Store
+from botasync.sync.syncer import Syncer
 from botasync.transcripts.fetcher import TranscriptFetcher
 from tests.conftest import SimulatorFactory, wait_for
 from tests.test_daemon import Collect
@@ -510,7 +510,7 @@ async def test_cli_status_download_and_retry(rig_factory: RigFactory, tmp_path: 
 
 KILL_RUNNER = """
 import sys
-from botasync.cli import main
+from botasync.cli.main import main
 sys.exit(main(["--config", sys.argv[1], "transcripts", "download"]))
 """
 

@@ -16,21 +16,21 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from botasync.budget import RequestBudget
-from botasync.events import EVENT_TYPES, EventIds, utc_now
-from botasync.models import parse_recording
-from botasync.store import Mirror, PageWrite, Store, Upsert
-from botasync.transcripts import queue
-from botasync.transcripts import store as tstore
-from botasync.transcripts.admin import eta_seconds, eta_text, human_duration
-from botasync.transcripts.fetcher import RESERVE_NAP_S, FetchStats, room_wait, sync_reserve
-from botasync.transcripts.model import (
+from botasync.api.budget import RequestBudget
+from botasync.api.models import parse_recording
+from botasync.api.transcription import (
     InvalidObject,
     error_text,
     parse_segments,
     parse_summary,
     parse_transcription,
 )
+from botasync.envelope import EVENT_TYPES, EventIds, utc_now
+from botasync.store import transcript_queue as queue
+from botasync.store import transcripts as tstore
+from botasync.store.sqlite import Mirror, PageWrite, Store, Upsert
+from botasync.transcripts.admin import eta_seconds, eta_text, human_duration
+from botasync.transcripts.fetcher import RESERVE_NAP_S, FetchStats, room_wait, sync_reserve
 from botasync.transcripts.progress import fetch_progress, time_left
 
 NOW = "2026-11-25T10:00:00.000Z"
@@ -431,9 +431,9 @@ def test_progress_bar_counts_recordings_and_says_the_time_left() -> None:
 
 async def test_a_transcription_without_segments_is_searchable(tmp_path: Any) -> None:
     """`segments: null` with a text: one segment without times holds the text, indexed."""
-    from botasync.store import Store
-    from botasync.transcripts.model import parse_transcription
-    from botasync.transcripts.store import _put_transcription
+    from botasync.api.transcription import parse_transcription
+    from botasync.store.sqlite import Store
+    from botasync.store.transcripts import _put_transcription
 
     store = await Store.open(tmp_path / "botasync.db")
     try:

@@ -33,15 +33,15 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from botasync import config
-from botasync.app import sync_once
-from botasync.cli import main
+from botasync.cli.main import main
 from botasync.config import WebhookHandlerConfig
+from botasync.envelope import EVENT_TYPES, Event, EventIds
 from botasync.errors import ConfigError, HandlerError
-from botasync.events import EVENT_TYPES, Event, EventIds
-from botasync.handlers import Handler, WebhookHandler, build_handler
+from botasync.events.handlers import Handler, WebhookHandler, build_handler
+from botasync.events.signing import signing_key
+from botasync.events.signing import verify as botasync_verify
 from botasync.jsoncodec import dumps
-from botasync.signing import signing_key
-from botasync.signing import verify as botasync_verify
+from botasync.service.app import sync_once
 from botasync.simulator import World
 from tests.conftest import API_KEY, SimulatorFactory
 

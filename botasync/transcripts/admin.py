@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botasync.budget import RequestBudget
-from botasync.client import BotaClient
+from botasync import config
+from botasync.api.budget import RequestBudget
+from botasync.api.client import BotaClient
 from botasync.config import Config, TranscriptsConfig
+from botasync.envelope import iso, utc_now
 from botasync.errors import BotasyncError
-from botasync.events import iso, utc_now
-from botasync.store import Store
-from botasync.transcripts import queue
+from botasync.store import transcript_queue as queue
+from botasync.store.sqlite import Store
 from botasync.transcripts.fetcher import FetchStats, TranscriptFetcher
 
 GAVE_UP_SHOWN = 10  # given-up recordings listed by `transcripts status`
@@ -115,9 +116,8 @@ async def download_now(
 ) -> DownloadReport:
     """Run the transcript queue now, until nothing is due (or `limit` recordings, or
     `within_s`), whatever `download` says; turning transcripts on for the database."""
-    from botasync.app import require_key  # the app wires everything; this needs only the key
 
-    require_key(cfg)
+    config.require_key(cfg)
     tcfg = cfg.transcripts.model_copy(update={"download": True})
     async with await Store.open(cfg.database.path) as store:
         client = BotaClient(

@@ -32,24 +32,24 @@ from typing import Any, TypeVar
 
 import structlog
 
-from botasync.backoff import backoff_delay
-from botasync.budget import RequestBudget
-from botasync.client import BotaClient, Page
-from botasync.config import TranscriptsConfig
-from botasync.errors import ApiError, AuthError, BotasyncError, NotFound
-from botasync.events import EventIds, iso, utc_now
-from botasync.lifecycle import AsyncClosing, wait_set
-from botasync.locks import ExclusiveLock
-from botasync.store import Store
-from botasync.transcripts import queue
-from botasync.transcripts import store as tstore
-from botasync.transcripts.model import (
+from botasync.api.budget import RequestBudget
+from botasync.api.client import BotaClient, Page
+from botasync.api.transcription import (
     InvalidObject,
     Summary,
     Transcription,
     parse_summary,
     parse_transcription,
 )
+from botasync.backoff import backoff_delay
+from botasync.config import TranscriptsConfig
+from botasync.envelope import EventIds, iso, utc_now
+from botasync.errors import ApiError, AuthError, BotasyncError, NotFound
+from botasync.lifecycle import AsyncClosing, wait_set
+from botasync.locks import ExclusiveLock
+from botasync.store import transcript_queue as queue
+from botasync.store import transcripts as tstore
+from botasync.store.sqlite import Store
 
 log = structlog.get_logger("botasync.transcripts")
 

@@ -32,9 +32,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from botasync import config, migrations
-from botasync.app import App
+from botasync import config
+from botasync.service.app import App
 from botasync.simulator import Dialect, Simulator, World, serve
+from botasync.store import migrations
 from tests.mirror import mirror_diff
 from tests.torture.harness import (
     API_KEYS,

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from botasync import config
-from botasync.app import App
-from botasync.budget import RequestBudget
+from botasync.api.budget import RequestBudget
 from botasync.errors import ApiError
+from botasync.service.app import App
 from botasync.simulator import Dialect, Faults, Simulator, World, serve
 from tests.mirror import mirror_diff
 from tests.torture.harness import API_KEYS, KEY, integrity

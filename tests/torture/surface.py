@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from botasync.simulator import Simulator, World, serve
-from botasync.store import Store
+from botasync.store.sqlite import Store
 from tests.torture.harness import (
     API_KEYS,
     KEY,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from botasync import config
-from botasync.app import App
+from botasync.service.app import App
 from botasync.simulator import Simulator, World
-from botasync.store import Store
+from botasync.store.sqlite import Store
 from tests.conftest import SimulatorFactory
 from tests.mirror import mirror_diff
 from tests.torture.harness import API_KEYS, KEY, rows

@@ -1,0 +1,2 @@
+"""The command line (click + rich). Imports anything.
+"""

@@ -1,0 +1,145 @@
+"""`botasync status`: what the mirror holds, what the daemon did and will do, what is stuck.
+
+`collect` returns plain data (the `--json` output); `render` draws it with rich.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from botasync.config import Config
+from botasync.errors import BotasyncError
+from botasync.events.outbox import backlog
+from botasync.jsoncodec import loads
+from botasync.media.admin import files_status
+from botasync.store import queries
+from botasync.store.sqlite import Mirror, Store
+from botasync.transcripts.admin import transcripts_status
+
+DAEMON_STATE = "daemon"
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def health_facts(store: Store, cfg: Config) -> dict[str, Any]:
+    """What the health rule (`health.problems`) reads: passes, walks, dead letters and
+    waiting events per handler. `status --check` and the daemon's `/readyz` both read it
+    here (the recordings' count, a scan of the whole table, is left to who shows it)."""
+    patterns = {h.name: list(h.events) for h in cfg.handlers}
+    waiting = await queries.oldest_undelivered(
+        store, patterns, deliver_backfill=cfg.events.deliver_backfill)
+    dead_rows = await store.fetchall(
+        "SELECT handler, count(*) FROM deliveries WHERE state = 'dead' GROUP BY handler")
+    dead_by_handler = {r[0]: int(r[1]) for r in dead_rows}
+    return {
+        "last_walk": await queries.last_run_of(store, ("full", "reconcile")),
+        "last_finished_walk": await queries.last_run_of(
+            store, ("full", "reconcile"), finished=True),
+        "last_ok": await queries.last_finished(store, ok=True),
+        "passes": await queries.last_runs(store, 10),
+        "handlers": {name: {"dead": dead_by_handler.get(name, 0),
+                            "oldest_undelivered_at": waiting.get(name)} for name in patterns},
+    }
+
+
+async def collect(cfg: Config) -> dict[str, Any]:
+    """Everything `status` shows, read from the database only (no API request, no key),
+    opened read-only: a monitoring user with read access alone can run it."""
+    path = Path(cfg.database.path)
+    if not path.exists():
+        raise BotasyncError(f"no database at {path}: run `botasync sync` or `botasync run` first")
+    async with await Store.open_readonly(path) as store:
+        patterns = {h.name: list(h.events) for h in cfg.handlers}
+        pending = await backlog(store, patterns, deliver_backfill=cfg.events.deliver_backfill)
+        facts = await health_facts(store, cfg)
+        daemon_raw = await Mirror(store).get_state(DAEMON_STATE)
+        daemon = loads(daemon_raw) if daemon_raw else None
+        if daemon:
+            daemon["running"] = _alive(daemon.get("pid"))
+        row = await store.fetchone("SELECT count(*), max(seq), min(created_at) FROM events")
+        files = await files_status(store, cfg.media) if cfg.media.download else None
+        transcripts = (await transcripts_status(store, cfg.transcripts)
+                       if cfg.transcripts.download else None)
+        return {
+            "database": {"path": str(path), "bytes": path.stat().st_size},
+            "recordings": await queries.counts_by_status(store),
+            "last_walk": facts["last_walk"],
+            "last_finished_walk": facts["last_finished_walk"],
+            "last_ok": facts["last_ok"],
+            "passes": facts["passes"],
+            "events": {"total": int(row[0]) if row else 0, "last_seq": row[1] if row else None,
+                       "oldest_at": row[2] if row else None,
+                       "retention_days": cfg.events.retention_days},
+            "handlers": {name: {"backlog": pending.get(name, 0), **h}
+                         for name, h in facts["handlers"].items()},
+            "daemon": daemon,
+            "files": files,
+            "transcripts": transcripts,
+        }
+
+
+def render(console: Console, data: dict[str, Any]) -> None:
+    """Draw the status for a person."""
+    db = data["database"]
+    console.print(f"[bold]database[/bold] {db['path']} ({db['bytes'] / 1e6:.1f} MB)")
+    counts = data["recordings"]
+    console.print("[bold]recordings[/bold] " + (", ".join(
+        f"{k} {v}" for k, v in counts.items()) or "none yet"))
+    d = data["daemon"]
+    if d:
+        state = "running" if d.get("running") else "not running"
+        console.print(
+            f"[bold]daemon[/bold] {state} (pid {d.get('pid')}), budget used "
+            f"{d.get('requests_last_minute')}/{d.get('requests_per_minute')} requests in the "
+            f"last minute, as of {d.get('updated_at')}")
+        for job, when in (d.get("next_runs") or {}).items() if d.get("running") else ():
+            console.print(f"  next {job}: {when}")
+    walk = data["last_walk"]
+    if walk:
+        done = "complete" if walk["complete"] else f"stopped at offset {walk['position']}"
+        console.print(f"[bold]last walk[/bold] {walk['kind']} {walk['started_at']} ({done})")
+    ev = data["events"]
+    kept = (f"settled ones kept {ev['retention_days']} days" if ev["retention_days"]
+            else "all kept")
+    oldest = f", oldest {ev['oldest_at']}" if ev["oldest_at"] else ""
+    console.print(f"[bold]events[/bold] {ev['total']}{oldest} ({kept})")
+    if data.get("files"):
+        console.print("[bold]files[/bold] see `botasync files status` for the download queue: "
+                      + ", ".join(f"{k} {v}" for k, v in data["files"].items()
+                                  if isinstance(v, int | float)))
+    tr = data.get("transcripts")
+    if tr:
+        q = tr["queued"]
+        console.print(
+            f"[bold]transcripts[/bold] {tr['done']['recordings']:,} recordings done, "
+            f"{q['recordings']:,} queued" + (f" ({q['eta']})" if q["recordings"] else "")
+            + f", {tr['failed']['transcriptions']:,} failed, "
+            f"{tr['gave_up']['recordings']:,} gave up; see `botasync transcripts status`")
+    if data["handlers"]:
+        t = Table("handler", "backlog", "dead", "oldest waiting", box=None)
+        for name, h in data["handlers"].items():
+            t.add_row(name, str(h["backlog"]), f"[red]{h['dead']}[/red]" if h["dead"] else "0",
+                      h.get("oldest_undelivered_at") or "")
+        console.print(t)
+    t = Table("pass", "kind", "started", "pages", "requests", "created", "updated", "deleted",
+              "events", "error", title="last passes", box=None)
+    for p in data["passes"]:
+        t.add_row(str(p["id"]), p["kind"], p["started_at"], str(p["pages"]), str(p["requests"]),
+                  str(p["created"]), str(p["updated"]), str(p["deleted"]), str(p["events"]),
+                  p["error"] or "")
+    console.print(t)
