@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from botasync import envelope
 from botasync.errors import ConfigError
 from botasync.logging import add_secret
 
@@ -97,6 +98,7 @@ class EventsConfig(_Section):
 class _Handler(_Section):
     name: str = Field(min_length=1)
     events: list[str] = Field(default_factory=lambda: ["*"])
+    projects: list[str] = Field(default_factory=list)  # only these projects' events; []: all
     timeout_s: float = Field(30.0, gt=0)
 
 
@@ -313,6 +315,27 @@ class LoggingConfig(_Section):
         return v.lower() if isinstance(v, str) else v
 
 
+DEFAULT_PROJECT = envelope.DEFAULT_PROJECT  # the project of `[api]` alone
+SERVICE = ""  # the `state` rows of the service itself, no project's
+_PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+class ProjectConfig(_Section):
+    """One Bota project (`[[projects]]`): a name, and its `[api]` and `[sync]` keys laid
+    over those sections (written flat in the entry: `api_key_file`, `interval_s`, ...)."""
+
+    name: str
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _PROJECT_NAME.fullmatch(v):
+            raise ValueError("must be 1-63 of a-z, 0-9, _ and -, starting with a letter or digit")
+        return v
+
+
 class Config(_Section):
     """The whole configuration."""
 
@@ -325,7 +348,79 @@ class Config(_Section):
     transcripts: TranscriptsConfig = Field(default_factory=TranscriptsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    projects: list[ProjectConfig] = Field(default_factory=list)
     _key_base: Path | None = PrivateAttr(default=None)  # where a relative api_key_file is
+    _project: str = PrivateAttr(default=DEFAULT_PROJECT)  # set by `for_project`
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_projects(cls, data: Any) -> Any:
+        """`[[projects]]` entries are flat (`name`, `api_key_file`, `interval_s`): split each
+        into its `api` and `sync`, laid over the `[api]` and `[sync]` sections."""
+        if not isinstance(data, dict) or not data.get("projects"):
+            return data
+        entries = data["projects"]
+        if not isinstance(entries, list):
+            raise ConfigError("projects: must be an array of tables ([[projects]])")
+        return {**data, "projects": [
+            _split_project(i, e, data.get("api") or {}, data.get("sync") or {})
+            for i, e in enumerate(entries)]}
+
+    @field_validator("projects")
+    @classmethod
+    def _unique_projects(cls, v: list[ProjectConfig]) -> list[ProjectConfig]:
+        names = [p.name for p in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"project names must be unique, repeated: {', '.join(dup)}")
+        keys: dict[tuple[str, str], str] = {}
+        for p in v:
+            key = (p.api.base_url, p.api.api_key.get_secret_value() or p.api.api_key_file)
+            if key[1] and key in keys:
+                raise ValueError(
+                    f"projects {keys[key]} and {p.name} use the same API key: one Bota project, "
+                    "one entry (each key has its own rate limit)")
+            keys.setdefault(key, p.name)
+        return v
+
+    @model_validator(mode="after")
+    def _handler_projects(self) -> Config:
+        known = self.project_names()
+        for i, h in enumerate(self.handlers):
+            unknown = [p for p in h.projects if p not in known]
+            if unknown:
+                raise ConfigError(
+                    f"[[handlers]] #{i + 1} projects: no project {unknown[0]!r} (configured: "
+                    f"{', '.join(known)})")
+        return self
+
+    @property
+    def project(self) -> str:
+        """The project this configuration is the view of (`default` for `[api]` alone)."""
+        return self._project
+
+    def project_names(self) -> list[str]:
+        return [p.name for p in self.projects] or [DEFAULT_PROJECT]
+
+    def for_project(self, name: str) -> Config:
+        """This configuration as one project sees it: its `api` and `sync` in place of the
+        sections'. `[api]` alone is the project `default`."""
+        if not self.projects and name == DEFAULT_PROJECT:
+            view = self.model_copy()
+        else:
+            entry = next((p for p in self.projects if p.name == name), None)
+            if entry is None:
+                known = ", ".join(self.project_names())
+                raise ConfigError(f"no project {name!r} in the configuration (it has: {known})")
+            view = self.model_copy(update={"api": entry.api.model_copy(),
+                                           "sync": entry.sync.model_copy()})
+        view._key_base = self._key_base
+        view._project = name
+        return view
+
+    def each_project(self) -> list[Config]:
+        """The view of every project, in the order configured."""
+        return [self.for_project(n) for n in self.project_names()]
 
     @field_validator("handlers")
     @classmethod
@@ -365,19 +460,48 @@ class Config(_Section):
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, the key shown as `***`."""
         data = self.model_dump(mode="json")
-        if data["api"]["api_key"]:
-            data["api"]["api_key"] = "***"
+        for api in [data["api"], *(p["api"] for p in data["projects"])]:
+            if api["api_key"]:
+                api["api_key"] = "***"
         for handler in data["handlers"]:
             if handler["type"] == "nats":
                 handler["url"] = redact_userinfo(handler["url"])
         return data
 
 
+def _split_project(
+    i: int, entry: Any, api: Mapping[str, Any], sync: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One `[[projects]]` entry as `{name, api, sync}`; an unknown key is one line."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"[[projects]] #{i + 1}: must be a table")
+    out: dict[str, Any] = {"api": dict(api), "sync": dict(sync)}
+    for key, value in entry.items():
+        if key == "name":
+            out["name"] = value
+        elif key in ApiConfig.model_fields:
+            out["api"][key] = value
+        elif key in SyncConfig.model_fields:
+            out["sync"][key] = value
+        else:
+            known = ["name", *ApiConfig.model_fields, *SyncConfig.model_fields]
+            raise ConfigError(f"[[projects]] #{i + 1} {key}: unknown key (a project takes a name "
+                              f"and the keys of [api] and [sync]){_did_you_mean(key, known)}")
+    if "api_key" in entry and "api_key_file" not in entry:
+        out["api"].pop("api_key_file", None)  # its own key wins over an inherited key file
+    if "api_key_file" in entry and "api_key" not in entry:
+        out["api"].pop("api_key", None)
+    return out
+
+
 def _describe(err: ValidationError) -> str:
     """Turn pydantic's report into one line naming the key, like `[api] timeout_s: ...`."""
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
-    if loc and loc[0] == "handlers" and len(loc) > 1:
+    if loc and loc[0] == "projects":
+        where = f"[[projects]] #{int(loc[1]) + 1}" if len(loc) > 1 else "[[projects]]"
+        key = loc[-1] if len(loc) > 2 else ""
+    elif loc and loc[0] == "handlers" and len(loc) > 1:
         where = f"[[handlers]] #{int(loc[1]) + 1}"
         # pydantic puts the union's tag (the handler type) before the field name
         key = ".".join(loc[3:] if len(loc) > 3 else loc[2:3])
@@ -457,23 +581,24 @@ def _resolve_key_file(cfg: Config, base: Path) -> None:
     if cfg.api.api_key.get_secret_value() or not cfg.api.api_key_file:
         return
     raw = cfg.api.api_key_file
+    where = f"[[projects]] {cfg.project}" if cfg.projects else "[api]"
     if "%d" in raw:
         creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
         if not creds:
             raise ConfigError(
-                f"[api] api_key_file: {raw} needs $CREDENTIALS_DIRECTORY (systemd's "
+                f"{where} api_key_file: {raw} needs $CREDENTIALS_DIRECTORY (systemd's "
                 "LoadCredential= sets it; elsewhere set it, or BOTA_API_KEY)")
         raw = raw.replace("%d", creds)
     path = Path(raw) if Path(raw).is_absolute() else base / raw
     try:
         key = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise ConfigError(f"[api] api_key_file: {path} does not exist") from None
+        raise ConfigError(f"{where} api_key_file: {path} does not exist") from None
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
         why = type(e).__name__
-        raise ConfigError(f"[api] api_key_file: {path} cannot be read ({why})") from None
+        raise ConfigError(f"{where} api_key_file: {path} cannot be read ({why})") from None
     if not key:
-        raise ConfigError(f"[api] api_key_file: {path} is empty")
+        raise ConfigError(f"{where} api_key_file: {path} is empty")
     cfg.api.api_key = SecretStr(key)
 
 
@@ -519,6 +644,8 @@ def require_key(cfg: Config) -> str:
     is a config error. Only the commands that call the API ask for it."""
     key = cfg.resolve_key()
     if not key:
-        raise ConfigError("[api] api_key: no API key (set BOTA_API_KEY, api_key or api_key_file)")
+        where = f"[[projects]] {cfg.project}" if cfg.projects else "[api]"
+        raise ConfigError(
+            f"{where} api_key: no API key (set BOTA_API_KEY, api_key or api_key_file)")
     add_secret(key)
     return key

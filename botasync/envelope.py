@@ -1,7 +1,8 @@
 """Event types, ids and the envelope: the same shape as Bota's own webhooks.
 
-`{"id": "evt_...", "type": "...", "created_at": "...", "data": {recording}, "previous": {...}}`,
-plus `"media": {item}` on `media.*` events. Pure: the clock and randomness come in.
+`{"id": "evt_...", "type": "...", "created_at": "...", "project": "...", "data": {recording},
+"previous": {...}}`, plus `"media": {item}` on `media.*` events; `project` names the
+`[[projects]]` entry (`default` for `[api]` alone). Pure: the clock and randomness come in.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+DEFAULT_PROJECT = "default"  # the project of `[api]` alone (config.DEFAULT_PROJECT)
 
 RECORDING_CREATED = "recording.created"
 RECORDING_PENDING = "recording.pending"
@@ -125,12 +128,14 @@ class Event:
     data: dict[str, Any]
     previous: dict[str, Any]
     media: dict[str, Any] | None = None
+    project: str = DEFAULT_PROJECT
 
     def envelope(self) -> dict[str, Any]:
         env: dict[str, Any] = {
             "id": self.id,
             "type": self.type,
             "created_at": self.created_at,
+            "project": self.project,
             "data": self.data,
             "previous": self.previous,
         }
@@ -146,9 +151,11 @@ def matches(event_type: str, patterns: Iterable[str]) -> bool:
 class EventFactory:
     """Builds events with one timestamp and fresh ids: `make(type, data, previous, media)`."""
 
-    def __init__(self, new_id: Callable[[], str], now: str) -> None:
+    def __init__(self, new_id: Callable[[], str], now: str,
+                 project: str = DEFAULT_PROJECT) -> None:
         self._new_id = new_id
         self.now = now
+        self.project = project
 
     def make(
         self,
@@ -159,5 +166,5 @@ class EventFactory:
     ) -> Event:
         return Event(
             id=self._new_id(), type=type_, created_at=self.now, recording_id=str(data["id"]),
-            data=data, previous=previous or {}, media=media,
+            data=data, previous=previous or {}, media=media, project=self.project,
         )

@@ -33,16 +33,17 @@ def default_max_age(interval_s: float) -> float:
 
 
 def problems(data: dict[str, Any], limits: Limits, *, now: datetime) -> list[str]:
-    """What is wrong, one line each; empty when all is well."""
-    passes = data["passes"]
-    if not passes:
-        return ["no pass has run yet: start `botasync run` (or `botasync sync`)"]
-    out = _pass_problems(data, limits.max_age_s, now)
-    walk = data.get("last_finished_walk", data.get("last_walk"))
-    finished = newest_finished(data)
-    if walk and walk.get("ended_at") and _failed(walk) and (
-            finished is None or walk["id"] != finished["id"]):
-        out.append(f"the newest walk ({walk['kind']}) failed: {walk['error']}")
+    """What is wrong, one line each; empty when all is well.
+
+    With several projects (`data["projects"]`: each with its own passes) the rules on
+    passes and walks hold for each, its lines led by `project NAME:`.
+    """
+    projects = data.get("projects") or {}
+    if len(projects) > 1:
+        out = [f"project {name}: {line}" for name, facts in projects.items()
+               for line in _sync_problems(facts, limits, now)]
+    else:
+        out = _sync_problems(data, limits, now)
     for name, handler in data["handlers"].items():
         if handler["dead"]:
             out.append(f"handler {name} has {handler['dead']} dead deliveries "
@@ -54,6 +55,19 @@ def problems(data: dict[str, Any], limits: Limits, *, now: datetime) -> list[str
                 out.append(f"handler {name} has had an event waiting {age:.0f} s (allowed: "
                            f"{limits.max_undelivered_s:.0f} s); `botasync events list "
                            "--undelivered` shows it")
+    return out
+
+
+def _sync_problems(data: dict[str, Any], limits: Limits, now: datetime) -> list[str]:
+    """The rules on one project's passes and walks."""
+    if not data["passes"]:
+        return ["no pass has run yet: start `botasync run` (or `botasync sync`)"]
+    out = _pass_problems(data, limits.max_age_s, now)
+    walk = data.get("last_finished_walk", data.get("last_walk"))
+    finished = newest_finished(data)
+    if walk and walk.get("ended_at") and _failed(walk) and (
+            finished is None or walk["id"] != finished["id"]):
+        out.append(f"the newest walk ({walk['kind']}) failed: {walk['error']}")
     return out
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-PROJECT = "default"  # one project per service today; the label keeps dashboards stable
+PROJECT = "default"  # the project of `[api]` alone (config.DEFAULT_PROJECT)
 ENDPOINTS = ("list", "detail", "download_url", "transcriptions", "summaries", "other")
 NO_ANSWER = "error"  # the `code` of a request that got no HTTP answer (refused, timed out)
 DELIVERY_RESULTS = ("delivered", "failed", "dead")
@@ -22,11 +22,12 @@ DELIVERY_RESULTS = ("delivered", "failed", "dead")
 class Sink(Protocol):
     """Where the in-process observations go (the Prometheus instruments)."""
 
-    def api_response(self, endpoint: str, code: str, remaining: int | None) -> None: ...
+    def api_response(self, endpoint: str, code: str, remaining: int | None,
+                     project: str) -> None: ...
 
     def deliveries(self, handler: str, result: str, count: int) -> None: ...
 
-    def pass_finished(self, kind: str, seconds: float) -> None: ...
+    def pass_finished(self, kind: str, seconds: float, project: str) -> None: ...
 
 
 _sink: Sink | None = None
@@ -62,10 +63,11 @@ def code_label(status: int | None) -> str:
     return str(status) if status is not None and 100 <= status <= 599 else NO_ANSWER
 
 
-def api_response(path: str, status: int | None, remaining: int | None = None) -> None:
+def api_response(path: str, status: int | None, remaining: int | None = None,
+                 project: str = PROJECT) -> None:
     """One answer of the API (`status` None: none came); `remaining` from X-RateLimit-*."""
     if _sink is not None:
-        _sink.api_response(endpoint_of(path), code_label(status), remaining)
+        _sink.api_response(endpoint_of(path), code_label(status), remaining, project)
 
 
 def deliveries_recorded(handler: str, delivered: int, failure: str | None = None) -> None:
@@ -79,7 +81,7 @@ def deliveries_recorded(handler: str, delivered: int, failure: str | None = None
         _sink.deliveries(handler, "dead" if failure == "dead" else "failed", 1)
 
 
-def pass_finished(kind: str, seconds: float) -> None:
-    """A pass (head, hot, full, reconcile) succeeded in `seconds`."""
+def pass_finished(kind: str, seconds: float, project: str = PROJECT) -> None:
+    """A pass (head, hot, full, reconcile) of a project succeeded in `seconds`."""
     if _sink is not None:
-        _sink.pass_finished(kind, seconds)
+        _sink.pass_finished(kind, seconds, project)

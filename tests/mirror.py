@@ -62,13 +62,18 @@ def _unsigned(item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "audio_url": f"{parts.scheme}://{parts.netloc}{parts.path}"}
 
 
-def mirror_diff(db: Path, world_items: list[dict[str, Any]]) -> list[str]:
-    """Every difference between the live mirror and the world, as lines (empty = exact)."""
+def mirror_diff(
+    db: Path, world_items: list[dict[str, Any]], project: str = "default",
+) -> list[str]:
+    """Every difference between one project's live mirror and the world, as lines (empty =
+    exact)."""
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     try:
-        rows = {r["id"]: r for r in conn.execute("SELECT * FROM recordings WHERE deleted_at IS NULL")}
-        media = conn.execute("SELECT * FROM media ORDER BY recording_id, position").fetchall()
+        rows = {r["id"]: r for r in conn.execute(
+            "SELECT * FROM recordings WHERE deleted_at IS NULL AND project = ?", (project,))}
+        media = conn.execute("SELECT * FROM media WHERE project = ? "
+                             "ORDER BY recording_id, position", (project,)).fetchall()
     finally:
         conn.close()
     problems: list[str] = []

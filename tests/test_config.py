@@ -23,7 +23,7 @@ def test_example_documents_every_key_with_its_default() -> None:
     data = tomllib.loads(EXAMPLE.read_text())
     default = config.Config().model_dump(mode="json")
     for section, model in config.Config.model_fields.items():
-        if section == "handlers":
+        if section in ("handlers", "projects"):  # arrays of tables: examples in comments
             continue
         assert model.annotation is not None
         assert set(data[section]) == set(default[section]), section
@@ -34,14 +34,27 @@ def test_example_documents_every_key_with_its_default() -> None:
 
 def test_example_handlers_in_comments_are_valid() -> None:
     """The commented handler examples validate when uncommented."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# As many handlers"))
     text = "\n".join(
-        line[2:] for line in EXAMPLE.read_text().splitlines()
+        line[2:] for line in lines[start:]
         if line.startswith("# ") and ("=" in line or line.startswith("# [[handlers]]"))
         and not line.startswith("# The") and "Common keys" not in line
     )
     data = tomllib.loads(text)
     cfg = config.Config.model_validate({"handlers": data["handlers"]})
     assert [h.type for h in cfg.handlers] == ["command", "webhook", "python", "log", "nats"]
+
+
+def test_example_projects_in_comments_are_valid() -> None:
+    """The commented `[[projects]]` example validates when uncommented."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# [[projects]]")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("#"))
+    text = "\n".join(line[2:] for line in lines[start:end] if line.startswith("# "))
+    cfg = config.Config.model_validate(tomllib.loads(text))
+    assert [v.project for v in cfg.each_project()] == ["production", "staging"]
+    assert cfg.for_project("staging").sync.interval_s == 300
 
 
 def test_env_overrides_file(tmp_path: Path) -> None:

@@ -110,9 +110,10 @@ def test_deleted_carries_last_state() -> None:
 
 
 def test_envelope_shape() -> None:
-    """The envelope has Bota's webhook keys, and media on media events."""
+    """The envelope has Bota's webhook keys and the project it came from."""
     e = diff(None, rec(), factory())[0]
-    assert set(e.envelope()) == {"id", "type", "created_at", "data", "previous"}
+    assert set(e.envelope()) == {"id", "type", "created_at", "project", "data", "previous"}
+    assert e.envelope()["project"] == "default"
 
 
 def test_event_ids_sort_in_creation_order() -> None:

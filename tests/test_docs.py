@@ -22,8 +22,8 @@ README = (ROOT / "README.md").read_text()
 def test_every_config_key_is_documented() -> None:
     """Each key of each section appears in the README's configuration table."""
     for section, field in config.Config.model_fields.items():
-        if section == "handlers":
-            assert "[[handlers]]" in README
+        if section in ("handlers", "projects"):
+            assert f"[[{section}]]" in README
             continue
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, config.BaseModel)
@@ -58,7 +58,9 @@ def test_every_command_is_documented() -> None:
 
 def test_every_table_is_documented() -> None:
     """Each table of the schema is named in the README's database section."""
-    tables = set(re.findall(r"CREATE TABLE (\w+)", "".join(migrations.STEPS)))
+    # `<table>_6`: a table rebuilt by a step, under its own name once the step is done
+    tables = {t for t in re.findall(r"CREATE TABLE (\w+)", "".join(migrations.STEPS))
+              if not re.search(r"_\d+$", t)}
     for table in tables:
         assert f"`{table}`" in README, table
 

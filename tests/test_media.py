@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -240,6 +241,18 @@ def test_paths_refuse_ids_that_leave_the_directory(tmp_path: Path) -> None:
     assert (fs.parse_name("rec_a-1.bin"), fs.parse_name(".rec_a-1.part")) == (
         ("rec_a-1", False), ("rec_a-1", True))
     assert fs.parse_name("notes.txt") is None
+
+
+def test_project_roots_keep_the_default_in_place_and_refuse_odd_names(tmp_path: Path) -> None:
+    """The project `default` keeps files_dir itself (a one-project mirror's files stay put);
+    another project gets a directory of its name, and a name that is no project's is refused."""
+    assert fs.project_root(tmp_path) == fs.project_root(tmp_path, "default") == tmp_path
+    assert fs.project_root(tmp_path, "acme") == tmp_path / "acme"
+    assert fs.final_path(fs.project_root(tmp_path, "acme"), "rec_1", "med_2", "audio/opus") == (
+        tmp_path / "acme/rec_1/med_2.opus")
+    for bad in ("", "..", ".", "../x", "a/b", "/tmp", "Acme", "-x", "a" * 64, "x\x00"):
+        with pytest.raises(ValueError, match="not a project name"):
+            fs.project_root(tmp_path, bad)
 
 
 def test_orphan_rules(tmp_path: Path) -> None:
@@ -731,3 +744,246 @@ async def test_cli_status_verify_prune_and_download(
     assert json.loads(result.output)["files"] == kept
     assert f"removed {kept} files" in (await cli("prune", "--deleted")).output
     assert (await cli("prune")).exit_code == 2
+
+
+# --- two projects in one database -------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One project of a two-project rig: its view, world, simulator, client, syncer, downloader."""
+
+    cfg: config.Config
+    world: World
+    sim: Simulator
+    syncer: Syncer
+    downloader: Downloader
+
+    @property
+    def name(self) -> str:
+        return self.cfg.project
+
+
+@dataclass
+class Two:
+    """Two projects, `default` and `acme`, in one database and one files_dir."""
+
+    cfg: config.Config
+    conf: Path  # the configuration file, for the command line
+    store: Store
+    default: Side
+    acme: Side
+
+
+@pytest.fixture
+async def two_projects(
+    tmp_path: Path, simulator_factory: SimulatorFactory
+) -> AsyncIterator[Two]:
+    """Projects `default` and `acme` in one database and one files_dir, each served by its own
+    simulator of the SAME seeded world: every recording and media id is in both. The acme
+    world's first file is bigger, so the two files of that id differ in bytes too."""
+    worlds = {"default": World(seed=9, recordings=10), "acme": World(seed=9, recordings=10)}
+    med, (rec, item) = next(iter(uploaded(worlds["acme"]).items()))
+    worlds["acme"].update_media(rec, med, file_size_bytes=item["file_size_bytes"] + 777)
+    sims = {n: await simulator_factory(w, download_rate_limit=None) for n, w in worlds.items()}
+    conf = tmp_path / "botasync.toml"
+    conf.write_text(textwrap.dedent(f"""
+        [api]
+        api_key = "{KEY}"
+        requests_per_minute = 100000
+        [[projects]]
+        name = "default"
+        base_url = "{sims['default'].url}"
+        [[projects]]
+        name = "acme"
+        base_url = "{sims['acme'].url}"
+        [database]
+        path = "{tmp_path / 'botasync.db'}"
+        [media]
+        download = true
+        files_dir = "{tmp_path / 'files'}"
+        min_free_bytes = 0
+        concurrency = 4
+        requests_per_minute = 100000
+        [logging]
+        level = "error"
+    """))
+    cfg = config.load(conf, env={})
+    async with contextlib.AsyncExitStack() as stack:
+        store = await Store.open(cfg.database.path)
+        stack.push_async_callback(store.aclose)
+        sides = []
+        for view in cfg.each_project():
+            client = BotaClient(view.api, budget=RequestBudget(None),
+                                download_budget=RequestBudget(None), backoff_base=0.01,
+                                backoff_cap=0.05)
+            stack.push_async_callback(client.aclose)
+            dl = Downloader(store, client, view, retry_base_s=0.05, retry_max_s=0.2,
+                            sweep_every_s=0)  # built with the view: the view's project
+            stack.push_async_callback(dl.aclose)
+            syncer = Syncer(view, client, store, on_commit=dl.notify)
+            sides.append(Side(view, worlds[view.project], sims[view.project], syncer, dl))
+        yield Two(cfg, conf, store, sides[0], sides[1])
+
+
+def project_rows(db: str, project: str) -> dict[str, tuple[Any, ...]]:
+    """media id -> (local_path, local_size_bytes, sha256) of one project's files on disk."""
+    return {r[0]: r[1:] for r in db_rows(
+        db, "SELECT id, local_path, local_size_bytes, sha256 FROM media "
+        f"WHERE project = '{project}' AND local_path IS NOT NULL")}
+
+
+async def test_two_projects_with_the_same_ids_keep_apart_files_rows_and_queues(
+    two_projects: Two,
+) -> None:
+    """The same recording and media ids in two projects: two queues, two files (the default's
+    where a one-project mirror keeps them, acme's under `acme/`), two rows, two events each."""
+    t = two_projects
+    cfg, store, default, acme = t.cfg, t.store, t.default, t.acme
+    db = cfg.database.path
+    want = {s.name: wanted(s.world) for s in (default, acme)}
+    assert set(want["default"]) == set(want["acme"]) and len(want["default"]) >= 3
+    files_dir = Path(cfg.media.files_dir).resolve()
+    await default.syncer.full()
+    await acme.syncer.full()
+    (acme_rows, acme_n), (default_rows, default_n) = db_rows(
+        db, "SELECT project, count(*) FROM media GROUP BY project ORDER BY project")
+    assert (acme_rows, default_rows) == ("acme", "default") and acme_n == default_n > 0
+
+    # acme's downloader alone: acme's queue drains, the default's is untouched
+    await acme.downloader.start()
+    assert await acme.downloader.drain(30)
+    assert acme.downloader.root == files_dir / "acme"
+    status = await media_admin.files_status(store, cfg.media)
+    assert {p: (c["downloaded"]["files"], c["queued"]["files"])
+            for p, c in status["projects"].items()} == {
+        "acme": (len(want["acme"]), 0), "default": (0, len(want["default"]))}
+    assert (status["downloaded"]["files"], status["queued"]["files"]) == (
+        len(want["acme"]), len(want["default"]))
+    assert project_rows(db, "default") == {}
+    assert url_calls(default.sim) == [] and len(url_calls(acme.sim)) == len(want["acme"])
+
+    await default.downloader.start()
+    assert await default.downloader.drain(30)
+    assert default.downloader.root == files_dir  # where a one-project mirror keeps them
+    for side in (default, acme):
+        rows = project_rows(db, side.name)
+        root = files_dir if side.name == "default" else files_dir / "acme"
+        assert set(rows) == set(want[side.name])
+        for w in want[side.name].values():
+            assert w.path(root).read_bytes() == w.data()
+            assert rows[w.file_id] == (str(w.path(root)), w.size, w.sha256)
+        events = [json.loads(p[0]) for p in db_rows(
+            db, "SELECT payload FROM events WHERE type = 'media.downloaded' "
+            f"AND project = '{side.name}'")]
+        assert sorted(e["media"]["id"] for e in events) == sorted(want[side.name])
+        assert {e["project"] for e in events} == {side.name}
+        assert {e["media"]["local_path"] for e in events} == {
+            str(w.path(root)) for w in want[side.name].values()}
+    assert sorted(on_disk(files_dir)) == sorted(
+        [w.path(files_dir) for w in want["default"].values()]
+        + [w.path(files_dir / "acme") for w in want["acme"].values()])
+    # the one id whose file differs: two files, two sizes, two hashes
+    differ = [m for m in want["acme"] if want["acme"][m].size != want["default"][m].size]
+    assert len(differ) == 1
+    (m,) = differ
+    assert project_rows(db, "acme")[m][1:] != project_rows(db, "default")[m][1:]
+    assert db_rows(db, "SELECT project, value FROM state WHERE key = 'download_form' "
+                       "ORDER BY project") == [("acme", "POST"), ("default", "POST")]
+    # each project has its own lock: a second downloader of either project is refused
+    for side in (default, acme):
+        other = Downloader(store, side.downloader.client, side.cfg)
+        with pytest.raises(BotasyncError, match=f"downloading into {side.downloader.root}"):
+            await other.start()
+        await other.aclose()
+
+
+async def test_a_project_sweeps_verifies_prunes_and_retries_only_its_own(
+    two_projects: Two,
+) -> None:
+    """Removed media, a deleted recording, verify, prune and retry in acme never touch the
+    default's files or rows of the same ids."""
+    t = two_projects
+    cfg, store, default, acme = t.cfg, t.store, t.default, t.acme
+    db = cfg.database.path
+    for side in (default, acme):
+        await side.syncer.full()
+        await side.downloader.start()
+        assert await side.downloader.drain(30)
+    files_dir = Path(cfg.media.files_dir).resolve()
+    want = wanted(default.world)
+    first, second, third = list(want.values())[:3]
+    # acme loses a media item and a recording; the default keeps both
+    acme.world.remove_media(first.recording_id, first.file_id)
+    acme.world.delete(second.recording_id)
+    await acme.syncer.full()
+    await wait_for(lambda: not first.path(files_dir / "acme").exists())
+    assert first.path(files_dir).read_bytes() == first.data()
+    assert await default.downloader.sweep() == 0 and await acme.downloader.sweep() == 0
+    report = await media_admin.prune_deleted(store, cfg.media, project="default")
+    assert report.files == 0  # nothing deleted in the default project
+    report = await media_admin.prune_deleted(store, cfg.media)
+    assert report.recordings == 1 and not second.path(files_dir / "acme").exists()
+    assert second.path(files_dir).read_bytes() == second.data()
+    assert project_rows(db, "default").keys() == want.keys()
+    for side in (default, acme):  # what follows is the command line's, with no daemon running
+        await side.downloader.aclose()
+    # an altered file in the default project: verify of acme alone does not see it
+    third.path(files_dir).write_bytes(bytes(third.size))
+    assert (await media_admin.verify(store, project="acme")).problems == []
+    report = await media_admin.verify(store)
+    assert [(p.project, p.media_id) for p in report.problems] == [("default", third.file_id)]
+    assert third.file_id in project_rows(db, "acme") and third.file_id not in project_rows(
+        db, "default")
+    # a given-up item in each project; retry of one project re-queues that one only
+    async with store.transaction() as conn:
+        await conn.execute("UPDATE media SET download_error = 'x', download_next_at = NULL, "
+                           "download_attempts = 10 WHERE project = 'default' AND id = ?",
+                           (third.file_id,))
+    status = await media_admin.files_status(store, cfg.media)
+    assert {p: c["failed"]["files"] for p, c in status["projects"].items()} == {
+        "acme": 0, "default": 1}
+    assert await media_admin.retry_failed(store, cfg.media, project="acme") == 0
+    assert await media_admin.retry_failed(store, cfg.media, project="default") == 1
+
+
+async def test_files_status_and_download_by_project_on_the_command_line(
+    two_projects: Two,
+) -> None:
+    """`files status` counts each project when there are two; `--project` narrows status and
+    download to one; an unknown project is a usage error."""
+    t = two_projects
+    default, acme = t.default, t.acme
+    for side in (default, acme):
+        await side.syncer.full()
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        return await asyncio.to_thread(runner.invoke, files_cli, [*args, "--config", str(t.conf)])
+
+    n = len(wanted(default.world))
+    before = json.loads((await cli("status", "--json")).output)
+    assert {p: c["queued"]["files"] for p, c in before["projects"].items()} == {
+        "acme": n, "default": n}
+    assert before["queued"]["files"] == 2 * n
+    result = await cli("download", "--project", "acme", "--json", "--timeout", "30")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["projects"] == {
+        "acme": {"files": n, "bytes": before["projects"]["acme"]["queued"]["bytes"],
+                 "failures": 0, "drained": True}}
+    only = json.loads((await cli("status", "--project", "default", "--json")).output)
+    assert list(only["projects"]) == ["default"]
+    assert (only["queued"]["files"], only["downloaded"]["files"]) == (n, 0)
+    shown = (await cli("status")).output
+    rows = {line.split()[0]: line.strip() for line in shown.splitlines()
+            if line.split() and line.split()[0] in ("acme", "default")}
+    # project, downloaded, queued, failed, kept
+    assert re.fullmatch(rf"acme +{n} \([^)]+\) +0 +0 +0", rows["acme"]), shown
+    assert re.fullmatch(rf"default +0 +{n} \([^)]+\) +0 +0", rows["default"]), shown
+    one = (await cli("status", "--project", "acme")).output
+    assert not any(line.startswith(("acme", "default")) for line in one.splitlines())
+    result = await cli("download", "--json", "--timeout", "30")  # every project: the default's left
+    assert result.exit_code == 0, result.output
+    assert {p: r["files"] for p, r in json.loads(result.output)["projects"].items()} == {
+        "default": n, "acme": 0}
+    assert (await cli("status", "--project", "nope")).exit_code == 2

@@ -49,7 +49,7 @@ NOW = "2026-11-28T12:00:00.000Z"
 _ids = itertools.count(1)
 _RECORDING = (
     "INSERT INTO recordings (id, name, status, created_at, raw, first_seen_at, synced_at, "
-    "deleted_at) VALUES (?, ?, ?, ?, '{}', ?, ?, ?)")
+    "deleted_at, project) VALUES (?, ?, ?, ?, '{}', ?, ?, ?, ?)")
 
 
 def transcription(rec_id: str, txn_id: str, segments: Sequence[Seg], *,
@@ -70,25 +70,26 @@ def transcription(rec_id: str, txn_id: str, segments: Sequence[Seg], *,
 
 async def put_recording(store: Store, rec_id: str, *, name: str | None = None,
                         created_at: str = "2026-11-01T10:00:00.000Z",
-                        deleted_at: str | None = None) -> None:
+                        deleted_at: str | None = None, project: str = "default") -> None:
     """A mirrored recording row (the columns a sync writes that the reads here need)."""
     async with store.transaction() as conn:
         await conn.execute(_RECORDING, (rec_id, name, "completed", created_at, created_at,
-                                        created_at, deleted_at))
+                                        created_at, deleted_at, project))
 
 
 async def put_transcription(store: Store, rec_id: str, txn_id: str, segments: Sequence[Seg],
-                            **fields: Any) -> None:
+                            *, project: str = "default", **fields: Any) -> None:
     """One fetch of a recording's transcription, stored by the transcripts writer."""
     fetched = Fetched(rec_id, [parse_transcription(transcription(rec_id, txn_id, segments,
                                                                  **fields))])
     async with store.transaction() as conn:
-        await write(conn, fetched, now=NOW, new_id=lambda: f"evt_{next(_ids):026d}")
+        await write(conn, fetched, now=NOW, new_id=lambda: f"evt_{next(_ids):026d}",
+                    project=project)
 
 
 def add_recording(conn: sqlite3.Connection, rec_id: str) -> None:
     """`put_recording` by plain SQL, for an in-memory database."""
-    conn.execute(_RECORDING, (rec_id, None, "completed", NOW, NOW, NOW, None))
+    conn.execute(_RECORDING, (rec_id, None, "completed", NOW, NOW, NOW, None, "default"))
 
 
 def add_transcript(conn: sqlite3.Connection, rec_id: str, txn_id: str,
@@ -323,7 +324,7 @@ async def test_a_hit_carries_its_recording_speaker_time_and_snippet(db: Path) ->
     """Each hit names its recording, speaker, `mm:ss` (h:mm:ss past an hour) and snippet."""
     hits = await run_search(db, "e-mail")
     assert hits == [{
-        "recording_id": "rec_review", "recording_name": "Quarterly review",
+        "project": "default", "recording_id": "rec_review", "recording_name": "Quarterly review",
         "recording_created_at": "2026-11-20T14:00:00.000Z", "recording_deleted": False,
         "transcription_id": "txn_review", "segment_id": hits[0]["segment_id"], "position": 1,
         "speaker": "Dan", "start_s": 3730.0, "end_s": 3736.0, "time": "1:02:10",
@@ -384,3 +385,50 @@ def test_search_bench_runs(tmp_path: Path) -> None:
     assert result["build"]["segments"] == 1000 and result["measured"]["queries"] >= 20
     assert result["measured"]["no_hits"] < result["measured"]["queries"]
     assert result["end_to_end"]["runs"] == 1
+
+
+# --- two projects in one database ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def two_projects(tmp_path: Path) -> Path:
+    """Projects alpha and beta with the same recording and transcription ids, said apart."""
+    path = tmp_path / "two.db"
+    async with await Store.open(path) as store:
+        for project, said, when in (("alpha", "Aardvark budget talk.", "2026-11-01"),
+                                    ("beta", "Buffalo budget talk.", "2026-11-05")):
+            await put_recording(store, "rec_1", name=f"{project} call", project=project,
+                                created_at=f"{when}T10:00:00.000Z")
+            await put_transcription(store, "rec_1", "txn_1", [(0.0, 2.0, "Ann", said)],
+                                    project=project)
+    return path
+
+
+async def test_the_same_ids_in_two_projects_are_searched_apart(two_projects: Path) -> None:
+    """Every project's segments are searched, each hit naming its project and its own
+    recording; `project` keeps one project's, with every other filter too."""
+    hits = await run_search(two_projects, "budget")
+    assert sorted((h["project"], h["recording_id"], h["transcription_id"], h["recording_name"],
+                   h["text"]) for h in hits) == [
+        ("alpha", "rec_1", "txn_1", "alpha call", "Aardvark budget talk."),
+        ("beta", "rec_1", "txn_1", "beta call", "Buffalo budget talk.")]
+    assert len({h["segment_id"] for h in hits}) == 2
+    for project in ("alpha", "beta"):
+        (hit,) = await run_search(two_projects, "budget", project=project)
+        assert hit["project"] == project and hit["recording_name"] == f"{project} call"
+        assert len(await run_search(two_projects, "talk", project=project, speaker="ann",
+                                    since="2026-10-01")) == 1
+    assert await run_search(two_projects, "aardvark", project="beta") == []
+    assert await run_search(two_projects, "budget", project="gamma") == []
+    assert [h["project"] for h in await run_search(two_projects, "budget",
+                                                   since="2026-11-03")] == ["beta"]
+    with sqlite3.connect(two_projects) as conn:  # past the cap, the newest of alpha's alone
+        sql, params = search_sql(SearchRequest(query="budget", project="alpha"))
+        assert [r["project"] for r in _dict_rows(conn, sql, {**params, "cap": 1})] == ["alpha"]
+        conn.execute("INSERT INTO transcript_fts(transcript_fts) VALUES('integrity-check')")
+    conn.close()
+
+
+def _dict_rows(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[sqlite3.Row]:
+    conn.row_factory = sqlite3.Row
+    return conn.execute(sql, params).fetchall()

@@ -100,7 +100,7 @@ def test_search_json_is_machine_readable(db: Path) -> None:
     assert result.exit_code == 0
     hits = json.loads(result.stdout)
     assert [list(h) for h in hits] == [[
-        "recording_id", "recording_name", "recording_created_at", "recording_deleted",
+        "project", "recording_id", "recording_name", "recording_created_at", "recording_deleted",
         "transcription_id", "segment_id", "position", "speaker", "start_s", "end_s", "time",
         "snippet", "text", "bm25"]]
     assert hits[0]["snippet"] == "The [budget] moved to Friday & the memo <draft> too."
@@ -301,3 +301,98 @@ def test_export_all(db: Path, tmp_path: Path) -> None:
 def test_export_usage_errors_exit_2(db: Path, args: list[str]) -> None:
     """Wrong combinations and values are usage errors, exit 2."""
     assert export(args, db).exit_code == 2
+
+
+# --- two projects in one database -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def two_projects(tmp_path: Path) -> Path:
+    """A configuration of projects alpha and beta over one database in which both have a
+    recording `rec_1` with a transcription `txn_1`, said apart, and a recording `rec_p`,
+    transcribed in alpha and still pending in beta; beta has `rec_b` too."""
+    db = tmp_path / "two.db"
+    async with await Store.open(db) as store:
+        for project, said in (("alpha", "Alpha budget words."), ("beta", "Beta budget words.")):
+            await put_recording(store, "rec_1", name=f"{project} call", project=project)
+            await put_transcription(store, "rec_1", "txn_1", [(0.0, 2.0, "Ann", said)],
+                                    project=project)
+        await put_recording(store, "rec_b", project="beta")
+        await put_transcription(store, "rec_b", "txn_b", [(0.0, 1.0, None, "Only beta.")],
+                                project="beta")
+        for project in ("alpha", "beta"):
+            await put_recording(store, "rec_p", project=project)
+        await put_transcription(store, "rec_p", "txn_p", [(0.0, 1.0, None, "Alpha's own.")],
+                                project="alpha", created_at="2026-11-30T10:00:00.000Z")
+        await put_transcription(store, "rec_p", "txn_q", [], status="pending", text="",
+                                project="beta")
+    conf = tmp_path / "botasync.toml"
+    conf.write_text(f'[database]\npath = "{db}"\n[logging]\nlevel = "error"\n'
+                    '[[projects]]\nname = "alpha"\n[[projects]]\nname = "beta"\n')
+    return conf
+
+
+def in_projects(args: list[str], conf: Path) -> Result:
+    return CliRunner().invoke(main, args, env={"BOTASYNC_CONFIG": str(conf)},
+                              catch_exceptions=False)
+
+
+def test_search_every_project_or_one(two_projects: Path) -> None:
+    """Every project's transcripts are searched, each hit naming its project (a column in
+    the table); --project keeps one; a project not configured is a usage error."""
+    hits = json.loads(in_projects(["search", "budget", "--json"], two_projects).stdout)
+    assert sorted((h["project"], h["recording_id"], h["transcription_id"], h["text"])
+                  for h in hits) == [("alpha", "rec_1", "txn_1", "Alpha budget words."),
+                                     ("beta", "rec_1", "txn_1", "Beta budget words.")]
+    table = in_projects(["search", "budget"], two_projects).stdout.splitlines()
+    assert table[0].split()[:2] == ["project", "recording"]
+    assert sorted(ln.split()[:2] for ln in table[1:3]) == [["alpha", "rec_1"], ["beta", "rec_1"]]
+    one = json.loads(in_projects(["search", "budget", "--json", "--project", "beta"],
+                                 two_projects).stdout)
+    assert [(h["project"], h["text"]) for h in one] == [("beta", "Beta budget words.")]
+    bad = in_projects(["search", "budget", "--project", "gamma"], two_projects)
+    assert bad.exit_code == 2 and "no project 'gamma'" in bad.stderr
+
+
+def test_export_an_id_of_two_projects_needs_project(two_projects: Path) -> None:
+    """An id two projects have: one line naming them, exit 2; --project picks one; an id
+    one project has needs none."""
+    for ref, what in (("rec_1", "recording rec_1"), ("txn_1", "transcription txn_1")):
+        both = in_projects(["transcripts", "export", ref], two_projects)
+        assert both.exit_code == 2 and both.stdout == ""
+        assert one_line(both) == (f"error: {what} is in more than one project (alpha, beta): "
+                                  "name one with --project")
+        for project in ("alpha", "beta"):
+            result = in_projects(["transcripts", "export", ref, "--project", project],
+                                 two_projects)
+            assert result.stdout == f"[00:00] Ann: {project.title()} budget words.\n"
+    assert in_projects(["transcripts", "export", "rec_b"], two_projects).stdout == (
+        "[00:00] Only beta.\n")
+    missing = in_projects(["transcripts", "export", "rec_b", "--project", "alpha"], two_projects)
+    assert missing.exit_code == 1
+    assert one_line(missing) == "error: no recording or transcription rec_b in project alpha"
+    assert in_projects(["transcripts", "export", "rec_p", "--project", "alpha"],
+                       two_projects).stdout == "[00:00] Alpha's own.\n"
+    pending = in_projects(["transcripts", "export", "rec_p", "--project", "beta"], two_projects)
+    assert pending.exit_code == 1 and one_line(pending) == (
+        "error: recording rec_p has no stored transcript: its transcription txn_q is pending")
+
+
+def test_export_all_of_two_projects_one_directory_each(two_projects: Path,
+                                                       tmp_path: Path) -> None:
+    """--all writes each project's files into its own directory, so the same id cannot
+    overwrite another project's; with --project, that project's alone, flat."""
+    out = tmp_path / "all"
+    result = in_projects(["transcripts", "export", "--all", "--out", str(out)], two_projects)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"exported 4 transcripts (txt) to {out} (one directory per project: alpha, beta); 1 "
+        "recordings without a stored transcript skipped")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.txt")) == [
+        "alpha/rec_1.txt", "alpha/rec_p.txt", "beta/rec_1.txt", "beta/rec_b.txt"]
+    assert (out / "alpha" / "rec_1.txt").read_text() == "[00:00] Ann: Alpha budget words.\n"
+    beta = tmp_path / "beta"
+    in_projects(["transcripts", "export", "--all", "--project", "beta", "--out", str(beta)],
+                two_projects)
+    assert sorted(p.name for p in beta.iterdir()) == ["rec_1.txt", "rec_b.txt"]
+    assert (beta / "rec_1.txt").read_text() == "[00:00] Ann: Beta budget words.\n"

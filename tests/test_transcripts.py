@@ -546,3 +546,113 @@ async def test_sigkill_while_fetching_loses_and_duplicates_nothing(
     assert_one_event_each(rig.db, served_summaries(world, want), "summary")
     assert rows(rig.db, "PRAGMA integrity_check") == [("ok",)]
     assert rows(rig.db, "SELECT count(*) FROM transcript_queue") == [(0,)]
+
+
+# --- two projects in one database ---------------------------------------------------------
+
+
+def project_rows(db: str | Path, project: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """One project's stored transcriptions: id -> (recording id, raw)."""
+    return {r[0]: (r[1], json.loads(r[2])) for r in rows(
+        db, "SELECT id, recording_id, raw FROM transcriptions WHERE project = ?", (project,))}
+
+
+async def test_two_projects_serving_the_same_ids_are_mirrored_apart(
+    simulator_factory: SimulatorFactory, tmp_path: Path, dialect: Dialect
+) -> None:
+    """Two projects whose APIs serve the same recording and transcription ids, said
+    differently, into one database: each project's fetcher (its own key, budget and lock)
+    stores its own transcripts, segments, index entries and events; the queues drain apart;
+    `transcripts status --json` and `download --project` speak per project."""
+    worlds = {p: World(seed=15, recordings=30, dialect=dialect) for p in ("alpha", "beta")}
+    rec = next(r["id"] for r in worlds["alpha"].all() if r["status"] == "completed" and any(
+        t["status"] == "completed" for t in worlds["alpha"].transcriptions_of(r["id"])))
+    said = {p: marked(w, rec, word) for (p, w), word in zip(
+        worlds.items(), ("quokka", "zeppelin"), strict=True)}
+    sims = {p: await simulator_factory(w, transcription_rate_limit=None)
+            for p, w in worlds.items()}
+    db = tmp_path / "botasync.db"
+    conf = tmp_path / "botasync.toml"
+    conf.write_text(textwrap.dedent(f"""
+        [database]
+        path = "{db}"
+        [logging]
+        level = "error"
+        [transcripts]
+        download = true
+        concurrency = 4
+        refresh_every_s = 0
+    """) + "".join(f'[[projects]]\nname = "{p}"\nbase_url = "{s.url}"\napi_key = "{KEY}"\n'
+                   "requests_per_minute = 100000\n" for p, s in sims.items()))
+    cfg = config.load(conf, env={})
+    async with contextlib.AsyncExitStack() as stack:
+        store = await Store.open(db)
+        stack.push_async_callback(store.aclose)
+        fetchers: dict[str, TranscriptFetcher] = {}
+        for view in cfg.each_project():
+            client = BotaClient(view.api, budget=RequestBudget(None),
+                                transcripts_budget=RequestBudget(None), backoff_base=0.01,
+                                backoff_cap=0.05)
+            stack.push_async_callback(client.aclose)
+            fetcher = TranscriptFetcher(store, client, view.transcripts, project=view.project,
+                                        poll=(0.05, 0.2), retry=(0.05, 0.2))
+            stack.push_async_callback(fetcher.aclose)
+            await Syncer(view, client, store, on_commit=fetcher.notify).full()
+            fetchers[view.project] = fetcher
+        for fetcher in fetchers.values():  # side by side: one lock each
+            await fetcher.start()
+        for fetcher in fetchers.values():
+            assert await fetcher.drain(60)
+
+    want = {p: served(w) for p, w in worlds.items()}
+    assert want["alpha"].keys() == want["beta"].keys() and len(want["alpha"]) >= 15
+    for project in ("alpha", "beta"):
+        assert project_rows(db, project) == want[project]
+        assert fetchers[project].stats.requests == len(want[project])
+        got = sorted((e["data"]["id"], e["project"]) for e in events_of(db, "transcription")
+                     if e["project"] == project)
+        assert got == sorted((tid, project) for tid, (_, t) in want[project].items()
+                             if t["status"] in FINISHED)
+    assert rows(db, "SELECT DISTINCT project FROM events WHERE json_extract(payload, "
+                    "'$.project') != project") == []
+    for project, other in (("alpha", "beta"), ("beta", "alpha")):
+        word = "quokka" if project == "alpha" else "zeppelin"
+        assert rows(db, "SELECT DISTINCT s.project, s.transcription_id FROM transcript_fts f "
+                        "JOIN transcript_segments s ON s.id = f.rowid "
+                        "WHERE transcript_fts MATCH ?", (word,)) == [(project, said[project])]
+        assert said[project] in project_rows(db, other)  # the same id, the other's words
+    fts_matches_rows(db)
+    assert rows(db, "SELECT count(*) FROM transcript_queue") == [(0,)]
+
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        return await asyncio.to_thread(runner.invoke, transcripts_cli,
+                                       [*args, "--config", str(conf)])
+
+    status_all = json.loads((await cli("status", "--json")).output)
+    assert [(s["project"], s["done"]["recordings"], s["queued"]["recordings"])
+            for s in status_all] == [("alpha", len(want["alpha"]), 0),
+                                     ("beta", len(want["beta"]), 0)]
+    one = json.loads((await cli("status", "--json", "--project", "beta")).output)
+    assert (one["project"], one["done"]["transcriptions"]) == ("beta", len(want["beta"]))
+    text = (await cli("status")).output
+    assert "project alpha" in text and "project beta" in text
+    for world in worlds.values():  # a re-run in both; beta's alone is asked for
+        world.retranscribe(rec)
+    beta = cfg.for_project("beta")  # what makes beta look again (see `notice_rerun`)
+    async with await Store.open(db) as store, BotaClient(
+            beta.api, budget=RequestBudget(None)) as client:
+        await Syncer(beta, client, store).full(kind="reconcile")  # documented: the new id
+        async with store.transaction() as conn:  # deployed: as a refresh would
+            await conn.execute("INSERT INTO transcript_queue (project, recording_id, reason, "
+                               "queued_at) VALUES ('beta', ?, 'refresh', 'now') "
+                               "ON CONFLICT DO NOTHING", (rec,))
+    report = json.loads((await cli("download", "--json", "--project", "beta")).output)
+    assert (report["project"], report["recordings"]) == ("beta", 1)
+    assert project_rows(db, "beta") == served(worlds["beta"])
+    assert project_rows(db, "alpha") == want["alpha"]  # alpha's re-run not fetched yet
+    both = json.loads((await cli("download", "--json")).output)
+    assert [(r["project"], r["recordings"]) for r in both] == [("alpha", 0), ("beta", 0)]
+    assert (await cli("retry")).output.strip() == "0 recordings re-queued (alpha: 0, beta: 0)"
+    fts_matches_rows(db)

@@ -25,15 +25,24 @@ from botasync.api.transcription import (
     parse_summary,
     parse_transcription,
 )
+from botasync.config import TranscriptsConfig
 from botasync.envelope import EVENT_TYPES, EventIds, utc_now
+from botasync.errors import BotasyncError
 from botasync.store import transcript_queue as queue
 from botasync.store import transcripts as tstore
 from botasync.store.sqlite import Mirror, PageWrite, Store, Upsert
-from botasync.transcripts.admin import eta_seconds, eta_text, human_duration
-from botasync.transcripts.fetcher import RESERVE_NAP_S, FetchStats, room_wait, sync_reserve
+from botasync.transcripts.admin import eta_seconds, eta_text, human_duration, transcripts_status
+from botasync.transcripts.fetcher import (
+    RESERVE_NAP_S,
+    FetchStats,
+    lock_for,
+    room_wait,
+    sync_reserve,
+)
 from botasync.transcripts.progress import fetch_progress, time_left
 
 NOW = "2026-11-25T10:00:00.000Z"
+P = "default"  # the project of `[api]` alone
 
 
 def fts_matches_rows(db: str | Path) -> None:
@@ -188,7 +197,8 @@ def test_eta_and_time_left() -> None:
 # --- the write, the index and the queue in SQLite ---------------------------------------
 
 
-async def put_recordings(store: Store, *items: dict[str, Any], backfill: bool = False) -> None:
+async def put_recordings(store: Store, *items: dict[str, Any], backfill: bool = False,
+                         project: str = P) -> None:
     """Write recordings through the sync's own page write (which also queues them)."""
     raws = [{"created_at": f"2026-11-2{i}T00:00:00Z", **item} for i, item in enumerate(items)]
 
@@ -196,18 +206,20 @@ async def put_recordings(store: Store, *items: dict[str, Any], backfill: bool = 
         return PageWrite(upserts=[Upsert(parse_recording(r), r, None, r["id"] not in old)
                                   for r in raws], backfill=backfill)
 
-    await Mirror(store).apply([r["id"] for r in raws], build, NOW)
+    await Mirror(store, project).apply([r["id"] for r in raws], build, NOW)
 
 
 IDS = EventIds()
 
 
 async def write(store: Store, rec: str, *objs: dict[str, Any],
-                summaries: dict[str, list[dict[str, Any]]] | None = None) -> tstore.Written:
+                summaries: dict[str, list[dict[str, Any]]] | None = None,
+                project: str = P) -> tstore.Written:
     fetched = tstore.Fetched(rec, [parse_transcription(o) for o in objs], {
         k: [parse_summary(s) for s in v] for k, v in (summaries or {}).items()})
     async with store.transaction() as conn:
-        return await tstore.write(conn, fetched, now=NOW, new_id=lambda: IDS.new(utc_now()))
+        return await tstore.write(conn, fetched, now=NOW, new_id=lambda: IDS.new(utc_now()),
+                                  project=project)
 
 
 def rows(db: Path, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
@@ -307,8 +319,8 @@ async def test_nothing_is_queued_before_transcripts_are_on(store: Store) -> None
         await conn.execute("UPDATE recordings SET deleted_at = ? WHERE id = 'rec_5'", (NOW,))
     assert rows(store.path, "SELECT count(*) FROM transcript_queue") == [(0,)]
     async with store.transaction() as conn:
-        assert await queue.enable(conn, NOW, summaries=False) == 2
-        assert await queue.enable(conn, NOW, summaries=False) == 0
+        assert await queue.enable(conn, P, NOW, summaries=False) == 2
+        assert await queue.enable(conn, P, NOW, summaries=False) == 0
     assert rows(store.path, "SELECT recording_id, reason FROM transcript_queue ORDER BY 1") == [
         ("rec_1", "backfill"), ("rec_2", "backfill")]
     await put_recordings(store, {"id": "rec_3", "status": "completed", "created_at": "2026-12-01"},
@@ -318,17 +330,17 @@ async def test_nothing_is_queued_before_transcripts_are_on(store: Store) -> None
         ("rec_1", "backfill"), ("rec_2", "backfill"), ("rec_3", "finished"),
         ("rec_6", "transcription_id")]
     async with store.read() as conn:  # newest first; a tombstoned one never
-        assert [j.recording_id for j in await queue.due(conn, NOW, 10)] == [
+        assert [j.recording_id for j in await queue.due(conn, P, NOW, 10)] == [
             "rec_6", "rec_3", "rec_2", "rec_1"]
 
 
 async def test_a_row_queued_again_while_fetched_is_not_finished(store: Store) -> None:
     """The sync queues a recording again while it is being fetched: the fetch leaves it queued."""
     async with store.transaction() as conn:
-        await queue.enable(conn, NOW, summaries=False)
+        await queue.enable(conn, P, NOW, summaries=False)
     await put_recordings(store, {"id": "rec_1", "status": "completed", "transcription_id": "t"})
     async with store.read() as conn:
-        (job,) = await queue.due(conn, NOW, 10)
+        (job,) = await queue.due(conn, P, NOW, 10)
     assert job.by_id and job.transcription_id == "t"
     async with store.transaction() as conn:
         await conn.execute("UPDATE transcript_queue SET queued_at = 'later'")
@@ -341,7 +353,7 @@ async def test_a_row_queued_again_while_fetched_is_not_finished(store: Store) ->
 async def test_stored_terminal_transcription_is_not_queued_again(store: Store) -> None:
     """A recording naming a transcription stored terminal is not queued by its next write."""
     async with store.transaction() as conn:
-        await queue.enable(conn, NOW, summaries=False)
+        await queue.enable(conn, P, NOW, summaries=False)
     await put_recordings(store, {"id": "rec_1", "status": "completed", "transcription_id": "txn_a"})
     await write(store, "rec_1", txn("txn_a", "rec_1"))
     async with store.transaction() as conn:
@@ -350,13 +362,13 @@ async def test_stored_terminal_transcription_is_not_queued_again(store: Store) -
                                  "name": "renamed"})
     assert rows(store.path, "SELECT count(*) FROM transcript_queue") == [(0,)]
     async with store.transaction() as conn:  # summaries turned on later: it is queued for them
-        assert await queue.enable(conn, NOW, summaries=True) == 1
+        assert await queue.enable(conn, P, NOW, summaries=True) == 1
 
 
 async def test_first_sync_queues_as_backfill(store: Store) -> None:
     """Rows written by the first sync are queued as a backfill (their events are one too)."""
     async with store.transaction() as conn:
-        await queue.enable(conn, NOW, summaries=False)
+        await queue.enable(conn, P, NOW, summaries=False)
     await put_recordings(store, {"id": "rec_1", "status": "completed"}, backfill=True)
     assert rows(store.path, "SELECT reason FROM transcript_queue") == [("backfill",)]
 
@@ -388,7 +400,7 @@ async def test_refresh_queues_stale_finished_recordings_naming_no_transcription(
     again, stalest first; one naming its transcription (documented), a tombstoned one, one
     already queued, and a fresh one are not."""
     async with store.transaction() as conn:
-        await queue.enable(conn, NOW, summaries=False)
+        await queue.enable(conn, P, NOW, summaries=False)
     await put_recordings(store, {"id": "rec_1", "status": "completed"},
                          {"id": "rec_2", "status": "completed"},
                          {"id": "rec_3", "status": "completed", "transcription_id": "txn_3"},
@@ -402,9 +414,9 @@ async def test_refresh_queues_stale_finished_recordings_naming_no_transcription(
             ("2026-01-02", "txn_1"), ("2026-01-01", "txn_2"), ("2026-01-01", "txn_3"),
             ("2026-01-01", "txn_4"), ("2026-01-01", "txn_5"), ])
         await conn.execute("UPDATE recordings SET deleted_at = ? WHERE id = 'rec_4'", (NOW,))
-        assert await queue.refresh(conn, "2026-06-01", NOW, 1) == 1
-        assert await queue.refresh(conn, "2026-06-01", NOW, 10) == 1
-        assert await queue.refresh(conn, "2026-06-01", NOW, 10) == 0
+        assert await queue.refresh(conn, P, "2026-06-01", NOW, 1) == 1
+        assert await queue.refresh(conn, P, "2026-06-01", NOW, 10) == 1
+        assert await queue.refresh(conn, P, "2026-06-01", NOW, 10) == 0
     assert rows(store.path, "SELECT recording_id, reason FROM transcript_queue "
                             "WHERE reason = 'refresh' ORDER BY queued_at, rowid") == [
         ("rec_2", "refresh"), ("rec_1", "refresh")]
@@ -444,10 +456,162 @@ async def test_a_transcription_without_segments_is_searchable(tmp_path: Any) -> 
             t = parse_transcription({"id": "txn_a", "recording_id": "rec_a",
                                      "status": "completed", "full_text": "quarterly budget",
                                      "segments": None})
-            assert await _put_transcription(conn, t, "rec_a", "t") == 1
+            assert await _put_transcription(conn, "default", t, "rec_a", "t") == 1
         rows = await store.fetchall(
             "SELECT s.position, s.start_s, s.text FROM transcript_fts f JOIN transcript_segments s "
             "ON s.id = f.rowid WHERE transcript_fts MATCH 'budget'")
         assert [tuple(r) for r in rows] == [(0, None, "quarterly budget")]
     finally:
         await store.aclose()
+
+
+# --- two projects in one database -------------------------------------------------------
+
+
+def by_project(db: str | Path, words: str) -> list[tuple[str, str]]:
+    """(project, transcription id) of the segments an FTS query matches."""
+    return sorted(set(rows(Path(db), (
+        "SELECT s.project, s.transcription_id FROM transcript_fts f "
+        "JOIN transcript_segments s ON s.id = f.rowid WHERE transcript_fts MATCH ?"),
+        (words,))))
+
+
+async def test_two_projects_with_the_same_ids_keep_their_own_transcripts(store: Store) -> None:
+    """The same recording, transcription and summary ids in two projects: each has its own
+    queue, settings, rows, segments, index entries, summaries and events, and a re-run in
+    one replaces nothing of the other's."""
+    for project in ("alpha", "beta"):
+        await put_recordings(store, {"id": "rec_1", "status": "completed",
+                                     "transcription_id": "txn_a"},
+                             {"id": "rec_2", "status": "completed"}, project=project)
+    async with store.transaction() as conn:  # alpha's turned on: alpha's rows alone queued
+        assert await queue.enable(conn, "alpha", NOW, summaries=False) == 2
+        assert await queue.settings(conn, "beta") is None
+        assert await queue.due(conn, "beta", NOW, 10) == []
+    assert rows(store.path, "SELECT project, recording_id FROM transcript_queue "
+                            "ORDER BY 1, 2") == [("alpha", "rec_1"), ("alpha", "rec_2")]
+    async with store.transaction() as conn:
+        assert await queue.enable(conn, "beta", NOW, summaries=False) == 2
+    assert rows(store.path, "SELECT project FROM state WHERE key = ? ORDER BY 1",
+                (queue.STATE_KEY,)) == [("alpha",), ("beta",)]
+
+    summary = {"id": "sum_1", "transcription_id": "txn_a", "status": "completed"}
+    alpha = await write(store, "rec_1", txn("txn_a", "rec_1", words="aardvark"), project="alpha",
+                        summaries={"txn_a": [{**summary, "output": {"said": "aardvark"}}]})
+    beta = await write(store, "rec_1", txn("txn_a", "rec_1", words="buffalo"), project="beta",
+                       summaries={"txn_a": [{**summary, "output": {"said": "buffalo"}}]})
+    assert [(e.project, e.type) for e in alpha.events + beta.events] == [
+        ("alpha", "transcription.completed"), ("alpha", "summary.completed"),
+        ("beta", "transcription.completed"), ("beta", "summary.completed")]
+    assert [e.previous for e in beta.events] == [{}, {}]  # first stored in beta
+    assert rows(store.path, "SELECT project, json_extract(payload, '$.project'), "
+                            "json_extract(payload, '$.data.id') FROM events ORDER BY seq") == [
+        ("alpha", "alpha", "txn_a"), ("alpha", "alpha", "sum_1"),
+        ("beta", "beta", "txn_a"), ("beta", "beta", "sum_1")]
+    assert rows(store.path, "SELECT project, id, recording_id, text FROM transcriptions "
+                            "ORDER BY 1") == [
+        ("alpha", "txn_a", "rec_1", "aardvark one aardvark two"),
+        ("beta", "txn_a", "rec_1", "buffalo one buffalo two")]
+    assert rows(store.path, "SELECT project, transcription_id, count(*) FROM "
+                            "transcript_segments GROUP BY 1, 2 ORDER BY 1") == [
+        ("alpha", "txn_a", 2), ("beta", "txn_a", 2)]
+    assert rows(store.path, "SELECT project, id, output FROM summaries ORDER BY 1") == [
+        ("alpha", "sum_1", '{"said":"aardvark"}'), ("beta", "sum_1", '{"said":"buffalo"}')]
+    assert by_project(store.path, "aardvark") == [("alpha", "txn_a")]
+    assert by_project(store.path, "buffalo") == [("beta", "txn_a")]
+    fts_matches_rows(store.path)
+
+    async with store.transaction() as conn:  # alpha's fetches done: beta's rows stay
+        for job in await queue.due(conn, "alpha", NOW, 10):
+            assert job.project == "alpha" and await queue.finish(conn, job)
+        (gone,) = [j for j in await queue.due(conn, "beta", NOW, 10) if j.recording_id == "rec_2"]
+        assert await queue.again(conn, gone, None, "boom", 10)  # beta's rec_2 gives up
+        assert (await queue.counts(conn, "alpha", NOW))["rows"] == 0
+        assert {k: v for k, v in (await queue.counts(conn, "beta", NOW)).items() if v} == {
+            "queued": 1, "due": 1, "gave_up": 1, "rows": 2}
+        assert await queue.gave_up_items(conn, "alpha", 10) == []
+        assert await queue.retry_gave_up(conn, "alpha") == 0
+        assert await queue.retry_gave_up(conn, "beta") == 1
+    assert rows(store.path, "SELECT project, recording_id, attempts FROM transcript_queue "
+                            "ORDER BY 1, 2") == [("beta", "rec_1", 0), ("beta", "rec_2", 0)]
+
+    rerun = await write(store, "rec_1", txn("txn_new", "rec_1", words="cheetah"),
+                        project="alpha")  # a re-run in alpha replaces alpha's txn_a alone
+    assert rerun.replaced == ["txn_a"] and rerun.events[0].previous == {"id": "txn_a"}
+    assert rows(store.path, "SELECT project, id FROM transcriptions ORDER BY 1, 2") == [
+        ("alpha", "txn_new"), ("beta", "txn_a")]
+    assert rows(store.path, "SELECT project, id FROM summaries") == [("beta", "sum_1")]
+    assert by_project(store.path, "aardvark") == []
+    assert by_project(store.path, "buffalo") == [("beta", "txn_a")]
+    assert by_project(store.path, "cheetah") == [("alpha", "txn_new")]
+    fts_matches_rows(store.path)
+
+    # a recording naming txn_a is queued again in alpha (its txn_a is gone), not in beta
+    # (its txn_a is stored terminal)
+    async with store.transaction() as conn:
+        await conn.execute("DELETE FROM transcript_queue")
+    for project in ("alpha", "beta"):
+        await put_recordings(store, {"id": "rec_1", "status": "completed",
+                                     "transcription_id": "txn_a", "name": "renamed"},
+                             project=project)
+    assert rows(store.path, "SELECT project, recording_id FROM transcript_queue") == [
+        ("alpha", "rec_1")]
+    # a third project turned on: its rec_1 is queued, whatever the others hold of theirs
+    await put_recordings(store, {"id": "rec_1", "status": "completed"}, project="gamma")
+    async with store.transaction() as conn:
+        assert await queue.enable(conn, "gamma", NOW, summaries=True) == 1
+
+
+async def test_refresh_summaries_and_status_are_per_project(store: Store) -> None:
+    """The refresh of stale transcriptions, the summaries backfill and `transcripts status`
+    each read one project: the other's same ids are not touched nor counted."""
+    for project in ("alpha", "beta"):
+        async with store.transaction() as conn:
+            await queue.enable(conn, project, NOW, summaries=False)
+        await put_recordings(store, {"id": "rec_1", "status": "completed"},
+                             {"id": "rec_2", "status": "completed"}, project=project)
+        await write(store, "rec_1", txn("txn_1", "rec_1"), project=project)
+    await write(store, "rec_2", txn("txn_2", "rec_2"), project="beta", summaries={"txn_2": [
+        {"id": "sum_1", "transcription_id": "txn_2", "status": "completed"}]})
+    async with store.transaction() as conn:  # beta's stay queued: alpha's are refreshed
+        await conn.execute("DELETE FROM transcript_queue WHERE project = 'alpha'")
+        await conn.execute("UPDATE transcriptions SET fetched_at = '2026-01-01'")
+        assert await queue.refresh(conn, "alpha", "2026-06-01", NOW, 10) == 1
+    assert rows(store.path, "SELECT project, recording_id, reason FROM transcript_queue "
+                            "ORDER BY 1, 2") == [
+        ("alpha", "rec_1", "refresh"), ("beta", "rec_1", "finished"),
+        ("beta", "rec_2", "finished")]
+    async with store.transaction() as conn:
+        await conn.execute("DELETE FROM transcript_queue")
+        assert await queue.enable(conn, "beta", NOW, summaries=True) == 2  # its rec_1, rec_2
+    assert rows(store.path, "SELECT project, recording_id FROM transcript_queue "
+                            "ORDER BY 2") == [("beta", "rec_1"), ("beta", "rec_2")]
+    async with store.read() as conn:
+        assert (await queue.settings(conn, "alpha"), (await queue.settings(conn, "beta"))) == (
+            queue.Settings(NOW, False), queue.Settings(NOW, True))
+        assert await queue.next_due_at(conn, "alpha") is None
+
+    tcfg = TranscriptsConfig()
+    alpha = await transcripts_status(store, tcfg, "alpha")
+    beta = await transcripts_status(store, tcfg, "beta")
+    assert (alpha["project"], alpha["done"], alpha["queued"]["recordings"]) == (
+        "alpha", {"recordings": 1, "transcriptions": 1, "segments": 2, "summaries": 0}, 0)
+    assert (beta["project"], beta["done"], beta["queued"]["recordings"]) == (
+        "beta", {"recordings": 2, "transcriptions": 2, "segments": 4, "summaries": 1}, 2)
+    assert (await transcripts_status(store, tcfg))["done"]["recordings"] == 0  # `default`
+
+
+def test_each_project_has_its_own_fetch_lock(tmp_path: Path) -> None:
+    """A fetcher per project may run at once; two of one project may not. The project
+    `default` keeps the lock file it always had."""
+    db = tmp_path / "botasync.db"
+    assert lock_for(db).path.name == "botasync.db.transcripts.lock"
+    alpha, beta = lock_for(db, "alpha"), lock_for(db, "beta")
+    alpha.acquire()
+    try:
+        beta.acquire()
+        beta.release()
+        with pytest.raises(BotasyncError, match=r"fetching transcripts for .* \(project alpha\)"):
+            lock_for(db, "alpha").acquire()
+    finally:
+        alpha.release()

@@ -118,8 +118,10 @@ class BotaClient(AsyncClosing):
         rand: Callable[[], float] = random.random,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
         backoff_cap: float = DEFAULT_BACKOFF_CAP_S,
+        project: str = metrics.PROJECT,
     ) -> None:
         self._api = api
+        self.project = project  # the metrics' label
         self.budget = budget if budget is not None else RequestBudget(api.requests_per_minute)
         self.download_budget = download_budget
         self.transcripts_budget = transcripts_budget  # the transcription/summary endpoints
@@ -338,7 +340,7 @@ class BotaClient(AsyncClosing):
                 body = await resp.read()
                 return _Response(resp.status, resp.headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            metrics.api_response(req.path, None)
+            metrics.api_response(req.path, None, project=self.project)
             raise _transport_error(req, exc, self._api.timeout_s) from exc
 
     def _observe(self, req: _Request, resp: _Response) -> None:
@@ -347,7 +349,8 @@ class BotaClient(AsyncClosing):
         reset = _int_header(resp.headers, "X-RateLimit-Reset")
         for budget in self._server_budgets(req):
             budget.observe(remaining, reset, self._clock())
-        metrics.api_response(req.path, resp.status, remaining if req.bucket == "main" else None)
+        metrics.api_response(req.path, resp.status, remaining if req.bucket == "main" else None,
+                             self.project)
 
     def _get_session(self) -> aiohttp.ClientSession:
         """The one session, made on first use inside the running loop."""

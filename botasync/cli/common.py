@@ -134,3 +134,16 @@ def _since(_ctx: click.Context, _p: click.Parameter, value: str | None) -> str |
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (plural or word + 's')}"
+
+
+def project_option(help_text: str) -> Callable[[F], F]:
+    """`--project NAME`: a `[[projects]]` name (`default` with `[api]` alone)."""
+    return click.option("--project", metavar="NAME", help=help_text)
+
+
+def _known_project(cfg: config.Config, project: str | None) -> None:
+    """A `--project` the configuration does not name is a usage error (exit 2)."""
+    if project is not None and project not in cfg.project_names():
+        raise click.BadParameter(
+            f"no project {project!r} (configured: {', '.join(cfg.project_names())})",
+            param_hint="--project")

@@ -8,6 +8,12 @@ it adds itself to the `transcripts` group of `botasync/cli/transcripts.py`.
 Which transcription is a recording's: the stored ones that completed (a replaced
 transcription stays stored while its replacement is still running), the one the
 recording names (`transcription_id`) first, then the newest.
+
+Ids are a project's: the same id can name recordings of two projects. An id is looked
+up in `--project`, or else in the one project that has it (two that have it: one line
+naming them, exit 2). `--all` exports every project's, each into its own directory
+`<out>/<project>/` when the database holds more than one (flat as before with one, or
+with `--project`).
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ import click
 
 from botasync.cli.common import (
     _config_option,
+    _known_project,
     _since,
     _state,
     _with_store,
     handle_errors,
+    project_option,
     run_async,
 )
 from botasync.cli.transcripts import transcripts
+from botasync.config import DEFAULT_PROJECT
 from botasync.errors import BotasyncError
 from botasync.media.files import fsync_dir
 from botasync.store.sqlite import Store
@@ -39,14 +48,21 @@ from botasync.transcripts.export import FORMATS, ExportFormat, Segment, Transcri
 # the recording's transcript: completed, the one it names first, then the newest (two
 # subqueries: SQLite lets a subquery's WHERE name the outer row, not its ORDER BY)
 _CURRENT = """coalesce(
-    (SELECT t.id FROM transcriptions t WHERE t.id = r.transcription_id
-        AND t.recording_id = r.id AND t.status = 'completed'),
-    (SELECT t.id FROM transcriptions t WHERE t.recording_id = r.id AND t.status = 'completed'
+    (SELECT t.id FROM transcriptions t WHERE t.project = r.project
+        AND t.id = r.transcription_id AND t.recording_id = r.id AND t.status = 'completed'),
+    (SELECT t.id FROM transcriptions t WHERE t.project = r.project AND t.recording_id = r.id
+        AND t.status = 'completed'
         ORDER BY t.created_at DESC, t.fetched_at DESC, t.id DESC LIMIT 1))"""
 
 
 class NoTranscript(BotasyncError):
     """The recording or transcription asked for has no stored transcript to export."""
+
+
+class AmbiguousId(BotasyncError):
+    """The id names a recording (or transcription) of more than one project."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +71,19 @@ class Exported:
 
     written: int
     skipped: int
+    projects: tuple[str, ...] = ()  # each written into its own directory (more than one)
 
 
-async def _transcript(store: Store, txn_id: str) -> Transcript:
-    """A stored transcription and its segments, in order."""
+async def _transcript(store: Store, txn_id: str, project: str = DEFAULT_PROJECT) -> Transcript:
+    """A stored transcription of the project and its segments, in order."""
     row = await store.fetchone(
-        "SELECT id, recording_id, language, text FROM transcriptions WHERE id = ?", (txn_id,))
+        "SELECT id, recording_id, language, text FROM transcriptions "
+        "WHERE project = ? AND id = ?", (project, txn_id))
     if row is None:
         raise NoTranscript(f"no transcription {txn_id} in the mirror")
     segments = await store.fetchall(
         "SELECT position, start_s, end_s, speaker, text, confidence FROM transcript_segments "
-        "WHERE transcription_id = ? ORDER BY position", (txn_id,))
+        "WHERE project = ? AND transcription_id = ? ORDER BY position", (project, txn_id))
     return Transcript(
         recording_id=row["recording_id"], transcription_id=row["id"], language=row["language"],
         full_text=row["text"] or "",
@@ -74,27 +92,45 @@ async def _transcript(store: Store, txn_id: str) -> Transcript:
                                confidence=s["confidence"]) for s in segments))
 
 
-async def find_transcript(store: Store, ref: str) -> Transcript:
-    """The transcript of a recording id (its current completed transcription) or a txn id."""
+def _one_project(rows: list[Any], what: str) -> Any:
+    """The one row of the id's project; the projects named when more than one has it."""
+    if len(rows) > 1:
+        names = ", ".join(sorted(r["project"] for r in rows))
+        raise AmbiguousId(f"{what} is in more than one project ({names}): name one with "
+                          "--project")
+    return rows[0] if rows else None
+
+
+async def find_transcript(store: Store, ref: str, project: str | None = None) -> Transcript:
+    """The transcript of a recording id (its current completed transcription) or a txn id,
+    in `project`, or in the one project that has that id."""
+    scope, args = (" AND project = ?", (project,)) if project is not None else ("", ())
+    where = f" in project {project}" if project is not None else " in the mirror"
     if ref.startswith("txn_"):
-        row = await store.fetchone("SELECT status FROM transcriptions WHERE id = ?", (ref,))
-        if row is not None and row["status"] != "completed":
+        row = _one_project(await store.fetchall(
+            f"SELECT project, status FROM transcriptions WHERE id = ?{scope}",  # noqa: S608
+            (ref, *args)), f"transcription {ref}")
+        if row is None:
+            raise NoTranscript(f"no transcription {ref}{where}")
+        if row["status"] != "completed":
             raise NoTranscript(f"transcription {ref} is {row['status']}: no transcript to export")
-        return await _transcript(store, ref)
-    row = await store.fetchone(
-        f"SELECT r.id, ({_CURRENT}) AS txn FROM recordings r WHERE r.id = ?", (ref,))  # noqa: S608
+        return await _transcript(store, ref, row["project"])
+    row = _one_project(await store.fetchall(
+        f"SELECT r.project, r.id, ({_CURRENT}) AS txn FROM recordings r "  # noqa: S608
+        f"WHERE r.id = ?{scope}", (ref, *args)),
+        f"recording {ref}")
     if row is None:
-        raise NoTranscript(f"no recording or transcription {ref} in the mirror")
+        raise NoTranscript(f"no recording or transcription {ref}{where}")
     if row["txn"] is None:
-        raise NoTranscript(await _why_none(store, ref))
-    return await _transcript(store, row["txn"])
+        raise NoTranscript(await _why_none(store, ref, row["project"]))
+    return await _transcript(store, row["txn"], row["project"])
 
 
-async def _why_none(store: Store, rec_id: str) -> str:
+async def _why_none(store: Store, rec_id: str, project: str = DEFAULT_PROJECT) -> str:
     """One line on why a recording has no transcript to export."""
     row = await store.fetchone(
-        "SELECT id, status FROM transcriptions WHERE recording_id = ? "
-        "ORDER BY created_at DESC, id DESC LIMIT 1", (rec_id,))
+        "SELECT id, status FROM transcriptions WHERE project = ? AND recording_id = ? "
+        "ORDER BY created_at DESC, id DESC LIMIT 1", (project, rec_id))
     if row is not None:
         return (f"recording {rec_id} has no stored transcript: its transcription {row['id']} "
                 f"is {row['status']}")
@@ -103,16 +139,23 @@ async def _why_none(store: Store, rec_id: str) -> str:
 
 
 async def all_transcripts(
-    store: Store, since: str | None,
+    store: Store, since: str | None, project: str = DEFAULT_PROJECT,
 ) -> AsyncIterator[tuple[str, Transcript | None]]:
-    """Every recording (created at or after `since`), newest first, with its transcript or
-    None. Tombstoned recordings keep theirs."""
-    where = " WHERE r.created_at >= ?" if since else ""
+    """Every recording of the project (created at or after `since`), newest first, with its
+    transcript or None. Tombstoned recordings keep theirs."""
+    where = " AND r.created_at >= ?" if since else ""
     rows = await store.fetchall(
-        f"SELECT r.id, ({_CURRENT}) AS txn FROM recordings r{where} "  # noqa: S608
-        "ORDER BY r.created_at DESC, r.id", (since,) if since else ())
+        f"SELECT r.id, ({_CURRENT}) AS txn FROM recordings r "  # noqa: S608
+        f"WHERE r.project = ?{where} ORDER BY r.created_at DESC, r.id",
+        (project, since) if since else (project,))
     for row in rows:
-        yield row["id"], (await _transcript(store, row["txn"]) if row["txn"] else None)
+        yield row["id"], (await _transcript(store, row["txn"], project) if row["txn"] else None)
+
+
+async def stored_projects(store: Store) -> list[str]:
+    """The projects whose recordings the database holds, by name."""
+    return [r["project"] for r in await store.fetchall(
+        "SELECT DISTINCT project FROM recordings ORDER BY project")]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -135,21 +178,36 @@ def _why(e: OSError) -> str:
     return (e.strerror or str(e)).lower()
 
 
-async def export_all(store: Store, fmt: ExportFormat, since: str | None, out_dir: Path) -> Exported:
-    """`--all`: `<recording_id>.<fmt>` in `out_dir` for each recording with a transcript."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BotasyncError(f"cannot write to {out_dir}: {_why(e)}") from None
+async def export_all(store: Store, fmt: ExportFormat, since: str | None, out_dir: Path,
+                     project: str | None = None) -> Exported:
+    """`--all`: `<recording_id>.<fmt>` in `out_dir` for each recording with a transcript, of
+    `project`, or of every project: in `out_dir/<project>/` when the database holds more
+    than one (the same id can be two projects' recordings)."""
+    projects = [project] if project is not None else await stored_projects(store)
+    split = len(projects) > 1
+    _mkdir(out_dir)
     written = skipped = 0
-    async for rec_id, transcript in all_transcripts(store, since):
-        if transcript is None:
-            skipped += 1
-            continue
-        write_atomic(out_dir / f"{rec_id}.{fmt}", export(transcript, fmt))
-        written += 1
-    fsync_dir(out_dir)
-    return Exported(written=written, skipped=skipped)
+    for name in projects:
+        into = out_dir / name if split else out_dir
+        if split:
+            _mkdir(into)
+        async for rec_id, transcript in all_transcripts(store, since, name):
+            if transcript is None:
+                skipped += 1
+                continue
+            write_atomic(into / f"{rec_id}.{fmt}", export(transcript, fmt))
+            written += 1
+        fsync_dir(into)
+    if split:
+        fsync_dir(out_dir)
+    return Exported(written=written, skipped=skipped, projects=tuple(projects) if split else ())
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BotasyncError(f"cannot write to {path}: {_why(e)}") from None
 
 
 @click.command("export")
@@ -165,20 +223,24 @@ async def export_all(store: Store, fmt: ExportFormat, since: str | None, out_dir
                    "<recording_id>.<format> in the --out directory.")
 @click.option("--since", metavar="ISO", callback=_since,
               help="With --all: only recordings created at or after this date or time.")
+@project_option("The project whose id it is, by its [[projects]] name (default: the one "
+                "project that has it); with --all, only this project's (default: every "
+                "project's, each in its own directory when there are several).")
 @handle_errors
 def export_command(ref: str | None, fmt: ExportFormat, out_path: Path | None, all_: bool,
-                   since: str | None) -> None:
+                   since: str | None, project: str | None) -> None:
     """Export a recording's stored transcript (by recording or transcription id), or all of
     them with --all. Files are written whole or not at all (temporary file, then rename)."""
     if all_:
-        _export_all(ref, fmt, out_path, since)
+        _export_all(ref, fmt, out_path, since, project)
         return
     if ref is None:
         raise click.UsageError("name a recording or transcription id, or use --all --out DIR")
     if since is not None:
         raise click.UsageError("--since goes with --all")
     cfg = _state().load()
-    transcript = run_async(_with_store(cfg, lambda s: find_transcript(s, ref)))
+    _known_project(cfg, project)
+    transcript = run_async(_with_store(cfg, lambda s: find_transcript(s, ref, project)))
     text = export(transcript, fmt)
     if out_path is None:
         click.echo(text, nl=False)
@@ -187,16 +249,20 @@ def export_command(ref: str | None, fmt: ExportFormat, out_path: Path | None, al
 
 
 def _export_all(ref: str | None, fmt: ExportFormat, out_dir: Path | None,
-                since: str | None) -> None:
+                since: str | None, project: str | None) -> None:
     if ref is not None:
         raise click.UsageError("--all exports every recording: give no id with it")
     if out_dir is None:
         raise click.UsageError("--all needs --out DIR, the directory for the files")
     cfg = _state().load()
-    done: Any = run_async(_with_store(cfg, lambda s: export_all(s, fmt, since, out_dir)))
+    _known_project(cfg, project)
+    done: Exported = run_async(_with_store(cfg, lambda s: export_all(s, fmt, since, out_dir,
+                                                                     project)))
     skipped = (f"; {done.skipped:,} recordings without a stored transcript skipped"
                if done.skipped else "")
-    click.echo(f"exported {done.written:,} transcripts ({fmt}) to {out_dir}{skipped}")
+    each = (f" (one directory per project: {', '.join(done.projects)})"
+            if done.projects else "")
+    click.echo(f"exported {done.written:,} transcripts ({fmt}) to {out_dir}{each}{skipped}")
 
 
 transcripts.add_command(export_command)

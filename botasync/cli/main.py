@@ -21,6 +21,7 @@ from botasync.cli import export as _export  # noqa: F401  (adds `transcripts exp
 from botasync.cli.common import (
     State,
     _config_option,
+    _known_project,
     _plural,
     _print_json,
     _since,
@@ -29,6 +30,7 @@ from botasync.cli.common import (
     err,
     handle_errors,
     out,
+    project_option,
     run_async,
 )
 from botasync.cli.files import files as files_group
@@ -74,20 +76,25 @@ def _summary(stats: Any) -> str:
 @click.option("--deliver-timeout", type=float, default=30.0, show_default=True,
               help="Seconds to spend delivering the pass's events before exiting.")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass summary as JSON.")
+@project_option("Sync this project alone (default: every project, side by side).")
 @handle_errors
-def sync(full: bool, deliver_timeout: float, as_json: bool) -> None:
+def sync(full: bool, deliver_timeout: float, as_json: bool, project: str | None) -> None:
     """Run one pass against the API, deliver its events, and exit."""
     from botasync.service.app import sync_once
     from botasync.sync.progress import walk_progress
 
     # on a terminal the summary below reports the pass: the log must not say it again
     cfg = _state().load(mute=("pass_done",) if err.is_terminal and not as_json else ())
+    _known_project(cfg, project)
+    # one bar follows one walk: with several projects at once the log tells their progress
+    one = project is not None or len(cfg.project_names()) == 1
+    view = cfg.for_project(project or cfg.project_names()[0])
     try:
-        with walk_progress(err, cfg.api.requests_per_minute, cfg.sync.page_size,
-                           enabled=not as_json) as progress:
+        with walk_progress(err, view.api.requests_per_minute, view.sync.page_size,
+                           enabled=not as_json and one) as progress:
             stats, delivered = run_async(sync_once(
                 cfg, full=full, deliver_timeout=deliver_timeout, on_progress=progress,
-                on_budget=progress.watch_budget if progress else None))
+                on_budget=progress.watch_budget if progress else None, only=project))
     except KeyboardInterrupt:
         err.print(escape(_where_it_resumes(cfg)), soft_wrap=True)
         sys.exit(130)
@@ -203,13 +210,16 @@ def recordings() -> None:
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--deleted", is_flag=True, help="Include tombstoned (deleted) recordings.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@project_option("Only this project's recordings (default: every project's).")
 @handle_errors
 def recordings_list(status: str | None, device: str | None, user: str | None,
-                    since: str | None, limit: int, deleted: bool, as_json: bool) -> None:
+                    since: str | None, limit: int, deleted: bool, as_json: bool,
+                    project: str | None) -> None:
     """List recordings, newest first."""
     cfg = _state().load()
+    _known_project(cfg, project)
     filters: dict[str, Any] = {"status": status, "device": device, "user": user,
-                               "since": since, "include_deleted": deleted}
+                               "since": since, "include_deleted": deleted, "project": project}
 
     async def both(s: Any) -> tuple[list[dict[str, Any]], int]:
         return (await queries.list_recordings(s, limit=limit, **filters),
@@ -220,6 +230,9 @@ def recordings_list(status: str | None, device: str | None, user: str | None,
         _print_json(rows)
         return
     table = Table(box=None)
+    several = len(cfg.project_names()) > 1
+    if several:
+        table.add_column("project", no_wrap=True)
     table.add_column("id", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=40)
@@ -230,8 +243,9 @@ def recordings_list(status: str | None, device: str | None, user: str | None,
         name = escape(r["name"] or "")
         if r["deleted_at"]:
             name = f"[strike]{name}[/strike] (deleted)"
-        table.add_row(r["id"], r["status"], name, r["device_id"] or "",
-                      _duration(r["duration_ms"]), (r["created_at"] or "")[:16].replace("T", " "))
+        table.add_row(*([r["project"]] if several else []), r["id"], r["status"], name,
+                      r["device_id"] or "", _duration(r["duration_ms"]),
+                      (r["created_at"] or "")[:16].replace("T", " "))
     out.print(table)
     more = f" of {total:,}, --limit for more" if total > len(rows) else ""
     out.print(f"[dim]{_plural(len(rows), 'recording')}{more}[/dim]" if not more else
@@ -250,11 +264,21 @@ def _duration(ms: int | None) -> str:
 @_config_option
 @click.argument("recording_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@project_option("The project the recording is in (needed only when two projects have it).")
 @handle_errors
-def recordings_show(recording_id: str, as_json: bool) -> None:
+def recordings_show(recording_id: str, as_json: bool, project: str | None) -> None:
     """One recording with its media and its event history."""
     cfg = _state().load()
-    rec = run_async(_with_store(cfg, lambda s: queries.show_recording(s, recording_id)))
+    _known_project(cfg, project)
+
+    async def one(s: Any) -> dict[str, Any] | None:
+        where = [project] if project else await queries.projects_of(s, recording_id)
+        if len(where) > 1:
+            raise BotasyncError(f"recording {recording_id} is in projects {', '.join(where)}: "
+                                "say which with --project")
+        return await queries.show_recording(s, recording_id, where[0]) if where else None
+
+    rec = run_async(_with_store(cfg, one))
     if rec is None:
         raise BotasyncError(f"no recording {recording_id} in the mirror")
     if as_json:
@@ -291,21 +315,27 @@ def events() -> None:
 @click.option("--undelivered", is_flag=True, help="Only events some handler still has to take.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@project_option("Only this project's events (default: every project's).")
 @handle_errors
-def events_list(type_: str | None, undelivered: bool, limit: int, as_json: bool) -> None:
+def events_list(type_: str | None, undelivered: bool, limit: int, as_json: bool,
+                project: str | None) -> None:
     """List events, newest first."""
     from botasync.events.outbox import list_events
 
     cfg = _state().load()
+    _known_project(cfg, project)
     rows = run_async(_with_store(cfg, lambda s: list_events(
-        s, type_pattern=type_, undelivered=undelivered, limit=limit)))
+        s, type_pattern=type_, undelivered=undelivered, limit=limit, project=project)))
     if as_json:
         _print_json([dataclasses.asdict(r) for r in rows])
         return
-    table = Table("seq", "id", "type", "recording", "created", "deliveries", box=None)
+    several = len(cfg.project_names()) > 1
+    table = Table("seq", "id", "type", *(["project"] if several else []), "recording", "created",
+                  "deliveries", box=None)
     for r in rows:
         states = ", ".join(f"{h}: {st}" for h, st in r.deliveries.items())
-        table.add_row(str(r.seq), r.id, r.type, r.recording_id or "", r.created_at, states)
+        table.add_row(str(r.seq), r.id, r.type, *([r.project] if several else []),
+                      r.recording_id or "", r.created_at, states)
     out.print(table)
 
 
@@ -314,13 +344,17 @@ def events_list(type_: str | None, undelivered: bool, limit: int, as_json: bool)
 @click.option("--handler", "handler_name", required=True, help="The handler to deliver to.")
 @click.option("--since", "since_seq", type=int, metavar="SEQ", help="From this event seq on.")
 @click.option("--type", "type_", metavar="GLOB", help="Only types matching this glob.")
+@project_option("Only this project's events.")
 @handle_errors
-def events_replay(handler_name: str, since_seq: int | None, type_: str | None) -> None:
+def events_replay(handler_name: str, since_seq: int | None, type_: str | None,
+                  project: str | None) -> None:
     """Deliver stored events to one handler again, in order."""
     from botasync.service.app import replay_events as replay
 
     cfg = _state().load()
-    result = run_async(replay(cfg, handler_name, since_seq=since_seq, type_pattern=type_))
+    _known_project(cfg, project)
+    result = run_async(replay(cfg, handler_name, since_seq=since_seq, type_pattern=type_,
+                              project=project))
     click.echo(f"replayed to {handler_name}: {result.delivered} delivered, {result.failed} failed")
     if result.failed:
         sys.exit(1)
@@ -411,28 +445,44 @@ def config_show() -> None:
               show_default=True,
               help="Speak the API as documented (offset pages, media[]) or as deployed "
                    "(cursor pages, one signed file per recording, seven statuses).")
+@click.option("--projects", type=click.IntRange(1, 1000), default=None, metavar="N",
+              help="Serve N Bota projects, each with its own key (sk_test_project_0, ...), "
+                   "world (seeds derived from --seed) and rate limit; prints [[projects]] "
+                   "entries to paste.")
 @handle_errors
 def simulate(host: str, port: int, n: int, seed: int, api_key: str, rate_limit: int,
              no_rate_limit: bool, latency_ms: int, move_every: float,
-             dialect: Literal["documented", "deployed"]) -> None:
+             dialect: Literal["documented", "deployed"], projects: int | None) -> None:
     """Serve the built-in Bota API simulator (for trying botasync without a key)."""
     from botasync.simulator import DEFAULT_API_KEYS, World, run_forever
 
     configure("info", "auto")
+    if projects is not None and api_key != "sk_test_botasync":
+        raise click.UsageError("--api-key is the key of the one project; with --projects the "
+                               "keys are sk_test_project_0, sk_test_project_1, ...")
     if not _is_loopback(host):
         err.print(f"[yellow]warning:[/yellow] binding {escape(host)}, not a loopback address: "
                   "anyone who can reach this host can use the simulator", soft_wrap=True)
     world = World(seed=seed, recordings=n, dialect=dialect)
 
     def ready(sim: Any) -> None:
-        err.print(f"simulator serving {n} recordings ({dialect} dialect) at [bold]{sim.url}"
-                  f"[/bold] (key {api_key}); "
-                  f"try: BOTA_API_URL={sim.url} BOTA_API_KEY={api_key} botasync sync")
+        if projects is None:
+            err.print(f"simulator serving {n} recordings ({dialect} dialect) at [bold]{sim.url}"
+                      f"[/bold] (key {api_key}); "
+                      f"try: BOTA_API_URL={sim.url} BOTA_API_KEY={api_key} botasync sync")
+            return
+        lines = [f"simulator serving {projects} projects of {n} recordings ({dialect} dialect) "
+                 f"at {sim.url}, one key each; admin: {sim.origin}/_sim/...?project=INDEX|KEY",
+                 "", "[api]", f'base_url = "{sim.url}"']
+        for p in sim.projects:
+            lines += ["", "[[projects]]", f'name = "project_{p.index}"',
+                      f'api_key = "{p.key}"  # seed {p.world.seed}']
+        err.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
     try:
         run_async(run_forever(
-            world, host=host, port=port,
-            api_keys={**DEFAULT_API_KEYS, api_key: {"recordings:read"}},
+            world, host=host, port=port, projects=projects,
+            api_keys=None if projects else {**DEFAULT_API_KEYS, api_key: {"recordings:read"}},
             rate_limit=None if no_rate_limit else rate_limit,
             download_rate_limit=None if no_rate_limit else 30, latency_s=latency_ms / 1000,
             move_every_s=move_every or None, on_ready=ready))

@@ -50,7 +50,8 @@ ERROR_PAUSE_S = 1.0  # after an unexpected error (the database), before trying a
 IDLE_POLL_S = 30.0
 
 _NEXT_EVENTS = """
-SELECT e.seq, e.id, e.type, e.backfill, e.payload, d.state, d.attempts, d.next_attempt_at
+SELECT e.seq, e.id, e.type, e.backfill, e.payload, d.state, d.attempts, d.next_attempt_at,
+    e.project
 FROM events e LEFT JOIN deliveries d ON d.handler = ? AND d.event_seq = e.seq
 WHERE e.seq > ? ORDER BY e.seq LIMIT ?
 """
@@ -155,6 +156,7 @@ class _Lane:
     ahead: asyncio.Task[list[Any]] | None = None  # the rows after a batch in flight
     ahead_after: int = 0
     takes: dict[str, bool] = field(default_factory=dict)  # event type -> its patterns match
+    projects: frozenset[str] = frozenset()  # the projects it takes; empty: every one
     cursor: int = 0
     saved_cursor: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -177,12 +179,18 @@ class _Row:
     state: str | None
     attempts: int
     next_attempt_at: str | None
+    project: str
+
+    @classmethod
+    def of(cls, r: Any) -> _Row:
+        return cls(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6] or 0, r[7], r[8])
 
 
 class Dispatcher(AsyncClosing):
     """Delivers the outbox to the handlers; `start()`, `notify()`, `drain()`, `aclose()`.
 
-    It owns the handlers it is given: `aclose()` closes them too.
+    It owns the handlers it is given: `aclose()` closes them too. `projects`: handler name
+    -> the projects whose events it takes (`[[handlers]] projects`; absent: every one).
     """
 
     def __init__(
@@ -193,6 +201,7 @@ class Dispatcher(AsyncClosing):
         *,
         clock: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
+        projects: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         names = [h.name for h in handlers]
         if len(set(names)) != len(names):
@@ -201,7 +210,9 @@ class Dispatcher(AsyncClosing):
         self._events = events
         self._clock = clock
         self._rand = rand
-        self._lanes = {h.name: _Lane(h, batching(h)) for h in handlers}
+        only = projects or {}
+        self._lanes = {h.name: _Lane(h, batching(h), projects=frozenset(only.get(h.name, ())))
+                       for h in handlers}
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[str] = set()
         self._settled = asyncio.Event()
@@ -347,7 +358,7 @@ class Dispatcher(AsyncClosing):
         for r in rows:
             if self._stop.is_set():
                 break
-            row = _Row(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6] or 0, r[7])
+            row = _Row.of(r)
             wait = await self._settle(lane, row)
             if wait is not None:
                 await self._flush(lane)
@@ -377,7 +388,7 @@ class Dispatcher(AsyncClosing):
         last = lane.cursor  # where the cursor goes when the whole batch is delivered
         whole = True
         for r in rows:
-            row = _Row(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6] or 0, r[7])
+            row = _Row.of(r)
             if self._stop.is_set():
                 whole = False
                 break
@@ -434,6 +445,8 @@ class Dispatcher(AsyncClosing):
         if row.state in ("delivered", "dead"):  # settled by a replay ahead of the cursor
             return False
         if row.backfill and not self._events.deliver_backfill:
+            return False
+        if lane.projects and row.project not in lane.projects:
             return False
         takes = lane.takes.get(row.type)
         if takes is None:  # a handler's patterns never change: each type is matched once
@@ -516,12 +529,14 @@ class Dispatcher(AsyncClosing):
     # --- replay ----------------------------------------------------------------------
 
     async def replay(
-        self, handler: str, *, since_seq: int | None = None, type_pattern: str | None = None
+        self, handler: str, *, since_seq: int | None = None, type_pattern: str | None = None,
+        project: str | None = None,
     ) -> ReplayResult:
         """Deliver past events again to one handler, now, in seq order, one attempt each.
 
         Takes the events the handler's patterns match (backfill included), from
-        `since_seq` (inclusive) and of `type_pattern` (a glob) when given. A failure is
+        `since_seq` (inclusive), of `type_pattern` (a glob) and of `project` when given
+        (and only of the handler's own projects). A failure is
         recorded: dead if the handler's worker had already settled that event, else
         pending (the worker will retry it).
         """
@@ -534,7 +549,7 @@ class Dispatcher(AsyncClosing):
         after = (since_seq - 1) if since_seq is not None else 0
         delivered = failed = 0
         while True:
-            rows = await self._replay_batch(after, type_pattern)
+            rows = await self._replay_batch(after, type_pattern, project)
             if not rows:
                 break
             ok, bad = await self._replay_rows(lane, rows)
@@ -542,9 +557,14 @@ class Dispatcher(AsyncClosing):
             after = rows[-1][0]
         return ReplayResult(handler, delivered, failed)
 
-    async def _replay_batch(self, after: int, type_pattern: str | None) -> list[Any]:
-        sql = "SELECT seq, id, type, payload FROM events WHERE seq > ?"
+    async def _replay_batch(
+        self, after: int, type_pattern: str | None, project: str | None,
+    ) -> list[Any]:
+        sql = "SELECT seq, id, type, payload, project FROM events WHERE seq > ?"
         params: list[Any] = [after]
+        if project is not None:
+            sql += " AND project = ?"
+            params.append(project)
         if type_pattern:
             sql += " AND type GLOB ?"
             params.append(to_glob(type_pattern))
@@ -557,8 +577,10 @@ class Dispatcher(AsyncClosing):
         done: list[tuple[str, int, str, str]] = []
         failures: list[tuple[Any, ...]] = []
         settled = await self._cursor(lane.name)
-        for seq, event_id, event_type, payload in rows:
+        for seq, event_id, event_type, payload, project in rows:
             if not matches(event_type, lane.handler.patterns):
+                continue
+            if lane.projects and project not in lane.projects:
                 continue
             try:
                 async with lane.lock:
@@ -613,6 +635,7 @@ class EventRow:
     created_at: str
     backfill: bool
     deliveries: dict[str, str]
+    project: str = "default"
 
 
 async def backlog(
@@ -668,15 +691,20 @@ async def dead(
 
 
 async def list_events(
-    store: Store, *, type_pattern: str | None = None, undelivered: bool = False, limit: int = 100
+    store: Store, *, type_pattern: str | None = None, undelivered: bool = False, limit: int = 100,
+    project: str | None = None,
 ) -> list[EventRow]:
     """The newest events first, optionally of a type glob or only the undelivered ones.
 
     Undelivered: past some handler's cursor (not settled yet), or pending or dead for
     some handler.
     """
-    sql = "SELECT seq, id, type, recording_id, created_at, backfill FROM events e WHERE 1"
+    sql = ("SELECT seq, id, type, recording_id, created_at, backfill, project "
+           "FROM events e WHERE 1")
     params: list[Any] = []
+    if project is not None:
+        sql += " AND project = ?"
+        params.append(project)
     if type_pattern:
         sql += " AND type GLOB ?"
         params.append(to_glob(type_pattern))
@@ -698,5 +726,6 @@ async def list_events(
             if int(d[0]) in states:
                 states[int(d[0])][d[1]] = d[2]
     return [
-        EventRow(int(r[0]), r[1], r[2], r[3], r[4], bool(r[5]), states[int(r[0])]) for r in rows
+        EventRow(int(r[0]), r[1], r[2], r[3], r[4], bool(r[5]), states[int(r[0])], r[6])
+        for r in rows
     ]

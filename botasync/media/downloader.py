@@ -1,21 +1,24 @@
 """The media download queue: mirror uploaded files to disk, patiently, resumably, verified.
 
 The queue is the database itself: a media item is queued while it is `uploaded`, of
-a wanted type, its recording not tombstoned, and it has no verified local file. One
-runner task picks due items (newest recordings first) and keeps up to `concurrency`
-downloads in flight. Each download asks the API for a pre-signed URL (the client holds
-it to the download budget and the project's overall one), streams it with a session
-of its own (no API key on it) into `.<media_id>.part`, checks the size and, when the
-API gave one, the sha256, fsyncs, renames into place, and records `local_path`,
-`sha256` and `downloaded_at` with a `media.downloaded` event in one transaction.
+a wanted type, its recording not tombstoned, and it has no verified local file. A
+downloader serves one project (the Config view it is built with): its queue, its rows,
+its files (under `files.project_root`) and its learned form are that project's, and
+its client holds it to that project's budgets. One runner task picks due items (newest
+recordings first) and keeps up to `concurrency` downloads in flight. Each download asks
+the API for a pre-signed URL (the client holds it to the download budget and the
+project's overall one), streams it with a session of its own (no API key on it) into
+`.<media_id>.part`, checks the size and, when the API gave one, the sha256, fsyncs,
+renames into place, and records `local_path`, `sha256` and `downloaded_at` with a
+`media.downloaded` event (of the project) in one transaction.
 Downloads never touch the metadata sync: they run after the rows that name them are
 committed, from their own task, and only read the mirror.
 
 The URL comes in one of two forms, and the API says which by refusing the other: the
 documented `POST /recordings/{id}/download-url {"media_id"}` for a media item, and the
 deployed `GET /recordings/{id}/download-url` for a recording's own file (the media
-row whose id is the recording's). The form that worked is kept in the `state` table
-(`download_form`) and tried first from then on.
+row whose id is the recording's). The form that worked is kept in the project's `state`
+row `download_form` and tried first from then on.
 
 Failures are bookkeeping on the media row (`download_attempts`, `download_error`,
 `download_next_at`): retried with backoff, given up after `max_attempts` (an error
@@ -45,13 +48,13 @@ from botasync import __version__
 from botasync.api.client import BotaClient, DownloadUrl
 from botasync.api.models import normalize_ts
 from botasync.backoff import backoff_delay
-from botasync.config import MediaConfig
+from botasync.config import DEFAULT_PROJECT, Config, MediaConfig
 from botasync.envelope import MEDIA_DOWNLOADED, EventFactory, EventIds, iso, utc_now
 from botasync.errors import ApiError, AuthError, BotasyncError
-from botasync.jsoncodec import dumps, loads
+from botasync.jsoncodec import loads
 from botasync.lifecycle import AsyncClosing, wait_set
 from botasync.media import files as fs
-from botasync.store.sqlite import Mirror, Store
+from botasync.store.sqlite import Mirror, Store, insert_events
 
 log = structlog.get_logger("botasync.media")
 
@@ -80,11 +83,13 @@ SHA256_DIFFERS = "media.sha256_differs"
 
 Form = Literal["GET", "POST"]
 
-# The queue, as SQL over `media m JOIN recordings r`; `{types}` is filled by `wanted_sql`.
-# NEEDS reads the media row alone, so SQLite settles the many files already on disk
-# before it looks up their recordings (a term on `r` in it, such as comparing the
-# recording's `content_sha256` with the file's, made the queue query of a mirror of
-# 100,000 files about three times slower).
+# The queue, as SQL over `media m JOIN recordings r` (JOIN_SQL: on both key columns);
+# `{types}` is filled by `wanted_sql`, which scopes it to a project. NEEDS reads the
+# media row alone, so SQLite settles the many files already on disk before it looks up
+# their recordings (a term on `r` in it, such as comparing the recording's
+# `content_sha256` with the file's, made the queue query of a mirror of 100,000 files
+# about three times slower).
+JOIN_SQL = "media m JOIN recordings r ON r.project = m.project AND r.id = m.recording_id"
 WANTED = "m.status = 'uploaded' AND r.deleted_at IS NULL AND m.type IN ({types})"
 NEEDS = ("(m.downloaded_at IS NULL OR (m.file_size_bytes IS NOT NULL "
          "AND m.local_size_bytes IS NOT m.file_size_bytes))")
@@ -96,22 +101,32 @@ Clock = Callable[[], datetime]
 OnCommit = Callable[[], None]
 
 
-def wanted_sql(types: Sequence[str]) -> tuple[str, list[str]]:
-    """The WHERE clause (and its parameters) of the items that should be on disk."""
+def wanted_sql(
+    types: Sequence[str], project: str | None = DEFAULT_PROJECT,
+) -> tuple[str, list[str]]:
+    """The WHERE clause (and its parameters) of one project's items that should be on disk;
+    every project's with `project=None` (`files status` of them all)."""
     marks = ",".join("?" * len(types)) or "NULL"  # no type wanted: nothing matches
-    return WANTED.format(types=marks), list(types)
+    where = WANTED.format(types=marks)
+    if project is None:
+        return where, list(types)
+    return f"m.project = ? AND {where}", [project, *types]
 
 
-def queued_sql(types: Sequence[str]) -> tuple[str, list[str]]:
+def queued_sql(
+    types: Sequence[str], project: str | None = DEFAULT_PROJECT,
+) -> tuple[str, list[str]]:
     """The WHERE clause of the queue: wanted, not on disk, not given up."""
-    where, params = wanted_sql(types)
+    where, params = wanted_sql(types, project)
     return f"{where} AND {NEEDS} AND NOT {GAVE_UP}", params
 
 
-def queue_query(types: Sequence[str], select: str, extra: str = "") -> tuple[str, list[str]]:
+def queue_query(
+    types: Sequence[str], select: str, extra: str = "", project: str | None = DEFAULT_PROJECT,
+) -> tuple[str, list[str]]:
     """`SELECT <select>` over the queue, with `extra` conditions and clauses after it."""
-    where, params = queued_sql(types)
-    sql = f"SELECT {select} FROM media m JOIN recordings r ON r.id = m.recording_id WHERE {where}"  # noqa: S608
+    where, params = queued_sql(types, project)
+    sql = f"SELECT {select} FROM {JOIN_SQL} WHERE {where}"  # noqa: S608
     return f"{sql} {extra}", params
 
 
@@ -252,19 +267,29 @@ def _range_start(header: str | None) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-class Downloader(AsyncClosing):
-    """Mirrors media files: `start()`, `notify()` after a sync commit, `drain()`, `aclose()`.
+# bytes that downloads in flight may still write, by files_dir, shared by the downloaders
+# of one process (one per project) since their projects' files share the disk:
+# files_dir -> (project, media id) -> bytes; an entry stays (one small dict per files_dir)
+_RESERVED: dict[Path, dict[tuple[str, str], int]] = {}
 
-    With `[media] download = false` it does nothing (every method returns at once), so
-    it can be wired in unconditionally.
+
+class Downloader(AsyncClosing):
+    """Mirrors one project's media files: `start()`, `notify()` after a sync commit,
+    `drain()`, `aclose()`.
+
+    Built with the project's Config view (`cfg`), it serves `cfg.project` with
+    `cfg.media`; built with a `MediaConfig` alone, it serves `project` (`default`
+    unless given). With `[media] download = false` it does nothing (every method
+    returns at once), so it can be wired in unconditionally.
     """
 
     def __init__(
         self,
         store: Store,
         client: BotaClient,
-        media: MediaConfig,
+        media: MediaConfig | Config,
         *,
+        project: str | None = None,
         on_commit: OnCommit | None = None,
         clock: Clock = utc_now,
         rand: Callable[[], float] = random.random,
@@ -274,10 +299,17 @@ class Downloader(AsyncClosing):
         retry_max_s: float = RETRY_MAX_S,
         sweep_every_s: float = SWEEP_EVERY_S,
     ) -> None:
+        if isinstance(media, Config):
+            project = project if project is not None else media.project
+            media = media.media
         self.store = store
         self.client = client
         self.media = media
-        self.root = Path(media.files_dir)  # made absolute in start(), off the loop
+        self.project = project if project is not None else DEFAULT_PROJECT
+        self.mirror = Mirror(store, self.project)
+        self.files_dir = Path(media.files_dir)  # made absolute in start(), off the loop
+        # this project's files: files_dir itself for `default`; a bad name fails here
+        self.root = fs.project_root(self.files_dir, self.project)
         self.on_commit = on_commit or (lambda: None)
         self.on_progress = on_progress
         self.stats = DownloadStats()
@@ -292,7 +324,7 @@ class Downloader(AsyncClosing):
         self._session: aiohttp.ClientSession | None = None
         self._runner: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._reserved: dict[str, int] = {}  # media id -> bytes it may still write
+        self._reserved: dict[tuple[str, str], int] = {}  # see `_RESERVED` (set in start())
         self._urls: dict[str, DownloadUrl] = {}
         self._url_lock = asyncio.Lock()  # one download-url call at a time, see `_new_url`
         self._form: Form | None = None  # the download-url form the API took (`state`)
@@ -313,10 +345,12 @@ class Downloader(AsyncClosing):
             return
         if self._closed:
             raise BotasyncError("the downloader is closed")
-        self.root = await asyncio.to_thread(self.root.resolve)
-        self._lock = fs.DirLock(self.root)
+        self.files_dir = await asyncio.to_thread(self.files_dir.resolve)
+        self.root = fs.project_root(self.files_dir, self.project)
+        self._reserved = _RESERVED.setdefault(self.files_dir, {})
+        self._lock = fs.DirLock(self.root)  # one per project: projects never share a file
         await asyncio.to_thread(self._lock.acquire)
-        learned = await Mirror(self.store).get_state(FORM_KEY)
+        learned = await self.mirror.get_state(FORM_KEY)
         self._form = "GET" if learned == "GET" else "POST" if learned == "POST" else None
         await self.sweep()
         self._session = aiohttp.ClientSession(
@@ -327,8 +361,14 @@ class Downloader(AsyncClosing):
         )
         self._idle.clear()
         self._runner = asyncio.create_task(self._run(), name="botasync-media")
-        log.info("media.started", files_dir=str(self.root), types=list(self.media.types),
-                 concurrency=self.media.concurrency)
+        self._log.info("media.started", files_dir=str(self.root), types=list(self.media.types),
+                       concurrency=self.media.concurrency)
+
+    @property
+    def _log(self) -> Any:
+        """The module's logger with this downloader's project on every line (bound at each
+        call, so a logging configuration made after the constructor applies)."""
+        return log.bind(project=self.project)
 
     def notify(self) -> None:
         """The sync committed: uploaded media (or removed media) may be waiting."""
@@ -374,7 +414,7 @@ class Downloader(AsyncClosing):
             try:
                 started, wait = await self._tick()
             except Exception as e:  # the database; keep the runner alive and look again
-                log.error("media.queue_error", error=str(e) or type(e).__name__)
+                self._log.error("media.queue_error", error=str(e) or type(e).__name__)
                 started, wait = 0, ERROR_PAUSE_S
             if self._wake.is_set() or self._stop.is_set():
                 continue
@@ -401,7 +441,8 @@ class Downloader(AsyncClosing):
         return len(jobs), await self._next_retry_in()
 
     async def _room(self) -> int:
-        """Bytes downloads may still take: free space less the floor and what is in flight."""
+        """Bytes downloads may still take: free space less the floor and what is in flight
+        (this project's and those of the other projects' downloaders in this process)."""
         free = await asyncio.to_thread(fs.disk_free, self.root)
         return free - self.media.min_free_bytes - sum(self._reserved.values())
 
@@ -415,6 +456,7 @@ class Downloader(AsyncClosing):
             "json_extract(m.raw, '$.sha256'), m.download_error",
             f"AND {_DUE} AND coalesce(m.file_size_bytes, 0) <= ? {not_busy} "
             "ORDER BY r.created_at DESC, m.recording_id, m.position LIMIT ?",
+            project=self.project,
         )
         rows = await self.store.fetchall(sql, (*params, iso(self._clock()), room, *busy, limit))
         return [Job(r[0], r[1], r[2], r[3], int(r[4]), expected_sha256(r[5]), r[6])
@@ -423,23 +465,25 @@ class Downloader(AsyncClosing):
     async def _check_blocked(self, room: int) -> None:
         """Count the due items that do not fit; say so once when that starts and ends."""
         sql, params = queue_query(self.media.types, "count(*), min(m.file_size_bytes)",
-                                  f"AND {_DUE} AND coalesce(m.file_size_bytes, 0) > ?")
+                                  f"AND {_DUE} AND coalesce(m.file_size_bytes, 0) > ?",
+                                  project=self.project)
         row = await self.store.fetchone(sql, (*params, iso(self._clock()), room))
         blocked, smallest = (int(row[0]), row[1]) if row else (0, None)
         if blocked and not self.stats.disk_blocked:
-            log.warning(
+            self._log.warning(
                 "media.disk_low", waiting=blocked, files_dir=str(self.root),
                 free_bytes=room + self.media.min_free_bytes, next_needs=smallest,
                 min_free_bytes=self.media.min_free_bytes,
                 detail="downloads that would leave less than min_free_bytes free are not started",
             )
         elif not blocked and self.stats.disk_blocked:
-            log.info("media.disk_ok", files_dir=str(self.root))
+            self._log.info("media.disk_ok", files_dir=str(self.root))
         self.stats.disk_blocked = blocked
 
     async def _next_retry_in(self) -> float:
         """Seconds until the earliest retry comes due (capped: a notify may come first)."""
-        sql, params = queue_query(self.media.types, "min(m.download_next_at)")
+        sql, params = queue_query(self.media.types, "min(m.download_next_at)",
+                                  project=self.project)
         row = await self.store.fetchone(sql, params)
         if row is None or row[0] is None:
             return IDLE_RECHECK_S
@@ -450,13 +494,13 @@ class Downloader(AsyncClosing):
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self._job(job), name=f"botasync-media-{job.media_id}")
         self._inflight[job.media_id] = task
-        self._reserved[job.media_id] = job.size or 0
+        self._reserved[(self.project, job.media_id)] = job.size or 0
         self.stats.in_flight = len(self._inflight)
         task.add_done_callback(lambda _t: self._done(job.media_id))
 
     def _done(self, media_id: str) -> None:
         self._inflight.pop(media_id, None)
-        self._reserved.pop(media_id, None)
+        self._reserved.pop((self.project, media_id), None)
         self.stats.in_flight = len(self._inflight)
         self._wake.set()
 
@@ -471,7 +515,7 @@ class Downloader(AsyncClosing):
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug or the database: record it, keep the queue going
-            log.exception("media.download_error", media_id=job.media_id)
+            self._log.exception("media.download_error", media_id=job.media_id)
             await self._fail(job, _Failure(f"unexpected {type(e).__name__}: {e}"))
 
     async def _fetch(self, job: Job) -> None:
@@ -520,7 +564,7 @@ class Downloader(AsyncClosing):
         if job.media_id in self._differs_said:
             return
         self._differs_said.add(job.media_id)
-        log.warning(SHA256_DIFFERS, media_id=job.media_id, recording_id=job.recording_id,
+        self._log.warning(SHA256_DIFFERS, media_id=job.media_id, recording_id=job.recording_id,
                     bytes=size, sha256=digest, content_sha256=job.sha256,
                     note="kept: the stored object may be an encrypted container")
 
@@ -537,13 +581,13 @@ class Downloader(AsyncClosing):
                 renewals += 1
                 if renewals > RENEWALS:
                     raise _Failure(f"file URL refused {renewals} times: {e}") from None
-                log.info("media.url_renewed", media_id=job.media_id, reason=str(e))
+                self._log.info("media.url_renewed", media_id=job.media_id, reason=str(e))
                 url = await self._url(job)
             except _Dropped as e:
                 resumes += 1
                 if not e.progressed or resumes > RESUMES:
                     raise _Failure(f"download interrupted: {e}") from None
-                log.info("media.download_resumed", media_id=job.media_id, reason=str(e))
+                self._log.info("media.download_resumed", media_id=job.media_id, reason=str(e))
 
     async def _transfer(
         self, url: DownloadUrl, part: Path, expected: int | None
@@ -675,7 +719,7 @@ class Downloader(AsyncClosing):
         # the error of the form the API has (its 404), not of the one it refused (405)
         err = next((e for e in errors if e.status != 405), errors[-1])
         if isinstance(err, AuthError):
-            log.error("media.auth_failed", error=str(err))
+            self._log.error("media.auth_failed", error=str(err))
         raise _Failure(f"download-url: {err}")
 
     async def _ask(self, form: Form, job: Job) -> DownloadUrl:
@@ -697,9 +741,9 @@ class Downloader(AsyncClosing):
         """Keep the form the API speaks, in memory and in the database, when it is news."""
         if form is None or form == self._form:
             return
-        log.info("media.download_form", form=form, previous=self._form)
+        self._log.info("media.download_form", form=form, previous=self._form)
         self._form = form
-        await Mirror(self.store).set_state(FORM_KEY, form)
+        await self.mirror.set_state(FORM_KEY, form)
 
     # --- bookkeeping -----------------------------------------------------------------
 
@@ -712,12 +756,12 @@ class Downloader(AsyncClosing):
         self._urls.pop(job.media_id, None)
         if not landed:  # the item was removed while it downloaded: so goes its file
             await asyncio.to_thread(fs.remove, final)
-            log.info("media.file_removed", media_id=job.media_id, reason="media removed")
+            self._log.info("media.file_removed", media_id=job.media_id, reason="media removed")
             return
         self.stats.files += 1
         if self.on_progress:
             self.on_progress(self.stats)
-        log.info("media.downloaded", media_id=job.media_id, recording_id=job.recording_id,
+        self._log.info("media.downloaded", media_id=job.media_id, recording_id=job.recording_id,
                  bytes=size, path=str(final))
         self.on_commit()
 
@@ -728,26 +772,21 @@ class Downloader(AsyncClosing):
             cur = await conn.execute(
                 "UPDATE media SET local_path = ?, local_size_bytes = ?, sha256 = ?, "
                 "downloaded_at = ?, download_attempts = 0, download_error = NULL, "
-                "download_next_at = NULL WHERE id = ? AND recording_id = ?",
-                (str(final), size, sha256, now, job.media_id, job.recording_id),
+                "download_next_at = NULL WHERE project = ? AND id = ? AND recording_id = ?",
+                (str(final), size, sha256, now, self.project, job.media_id, job.recording_id),
             )
             if cur.rowcount == 0:
                 return False
             async with conn.execute(
-                "SELECT r.raw, m.raw FROM media m JOIN recordings r ON r.id = m.recording_id "
-                "WHERE m.id = ?", (job.media_id,),
+                f"SELECT r.raw, m.raw FROM {JOIN_SQL} WHERE m.project = ? AND m.id = ?",  # noqa: S608
+                (self.project, job.media_id),
             ) as c:
                 row = await c.fetchone()
             assert row is not None
             item = {**loads(row[1]), "local_path": str(final), "sha256": sha256}
-            make = EventFactory(lambda: self._ids.new(now_dt), now)
+            make = EventFactory(lambda: self._ids.new(now_dt), now, self.project)
             event = make.make(MEDIA_DOWNLOADED, loads(row[0]), {}, media=item)
-            await conn.execute(
-                "INSERT INTO events (id, type, recording_id, created_at, payload, backfill) "
-                "VALUES (?, ?, ?, ?, ?, 0)",
-                (event.id, event.type, event.recording_id, event.created_at,
-                 dumps(event.envelope())),
-            )
+            await insert_events(conn, [event])
         return True
 
     async def _fail(self, job: Job, f: _Failure) -> None:
@@ -765,18 +804,18 @@ class Downloader(AsyncClosing):
             async with self.store.transaction() as conn:
                 await conn.execute(
                     "UPDATE media SET download_attempts = ?, download_error = ?, "
-                    "download_next_at = ? WHERE id = ?",
-                    (attempts, f.reason, next_at, job.media_id),
+                    "download_next_at = ? WHERE project = ? AND id = ?",
+                    (attempts, f.reason, next_at, self.project, job.media_id),
                 )
         except BotasyncError as e:
-            log.error("media.bookkeeping_failed", media_id=job.media_id, error=str(e))
+            self._log.error("media.bookkeeping_failed", media_id=job.media_id, error=str(e))
         self.stats.failures += 1
         self.stats.gave_up += int(gave_up)
         if gave_up:
-            log.error("media.download_gave_up", media_id=job.media_id, attempts=attempts,
+            self._log.error("media.download_gave_up", media_id=job.media_id, attempts=attempts,
                       error=f.reason)
             return
-        log.warning("media.download_failed", media_id=job.media_id,
+        self._log.warning("media.download_failed", media_id=job.media_id,
                     recording_id=job.recording_id, attempt=attempts, error=f.reason,
                     retry_in_s=round(delay, 1))
 
@@ -794,7 +833,7 @@ class Downloader(AsyncClosing):
         for f, reason in doomed:
             await asyncio.to_thread(fs.remove, f.path)
             await asyncio.to_thread(fs.remove_dir_if_empty, f.path.parent)
-            log.info("media.file_removed", media_id=f.media_id, recording_id=f.recording_id,
+            self._log.info("media.file_removed", media_id=f.media_id, recording_id=f.recording_id,
                      reason=reason)
         return len(doomed)
 
@@ -808,12 +847,13 @@ class Downloader(AsyncClosing):
         for i in range(0, len(ids), _CHUNK_IDS):
             chunk = ids[i : i + _CHUNK_IDS]
             marks = ",".join("?" * len(chunk))
-            rec_sql = f"SELECT id, deleted_at FROM recordings WHERE id IN ({marks})"  # noqa: S608
-            for r in await self.store.fetchall(rec_sql, chunk):
+            rec_sql = "SELECT id, deleted_at FROM recordings WHERE project = ? "
+            rec_sql += f"AND id IN ({marks})"
+            for r in await self.store.fetchall(rec_sql, (self.project, *chunk)):
                 recordings[r[0]] = r[1] is not None
-            med_sql = "SELECT id, recording_id, local_path FROM media WHERE recording_id IN "
-            med_sql += f"({marks})"
-            for m in await self.store.fetchall(med_sql, chunk):
+            med_sql = "SELECT id, recording_id, local_path FROM media WHERE project = ? "
+            med_sql += f"AND recording_id IN ({marks})"
+            for m in await self.store.fetchall(med_sql, (self.project, *chunk)):
                 media[m[0]] = (m[1], m[2])
         return recordings, media
 

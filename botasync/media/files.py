@@ -1,14 +1,19 @@
 """The media files on disk: names, hashing, atomic publication, the directory lock.
 
-Layout: `<files_dir>/<recording_id>/<media_id>.<ext>`, and while a download is under
-way `<files_dir>/<recording_id>/.<media_id>.part` beside it, so the final rename is
-atomic (same directory, same filesystem) and a partial file never shows under its
-final name. A deployed recording's own file has the recording's id for its media id:
-`<files_dir>/<rec_id>/<rec_id>.<ext>`. Ids are the models' (`rec_`/`med_` and a short
-run of letters, digits, `_` and `-`) and extensions a short run of letters and digits,
-so no name the API sends can climb out of `files_dir`. The naming is pure; the helpers
-that touch the disk are blocking and are meant to run in a worker thread
-(`asyncio.to_thread`).
+Layout: each project has a root, `files_dir` itself for the project `default` (where a
+mirror of one project always kept its files) and `<files_dir>/<project>` for any other;
+under it `<root>/<recording_id>/<media_id>.<ext>`, and while a download is under way
+`<root>/<recording_id>/.<media_id>.part` beside it, so the final rename is atomic (same
+directory, same filesystem) and a partial file never shows under its final name. A
+deployed recording's own file has the recording's id for its media id:
+`<root>/<rec_id>/<rec_id>.<ext>`. A project's files sit one level deeper than the
+default's, so the two never share a path, even for a project named like a recording;
+the default's scan, which looks for recording directories holding files, passes over
+the project directories. Ids are the models' (`rec_`/`med_` and a short run of letters,
+digits, `_` and `-`), project names the configuration's (a-z, 0-9, `_`, `-`) and
+extensions a short run of letters and digits, so no name the API sends can climb out of
+`files_dir`. The naming is pure; the helpers that touch the disk are blocking and are
+meant to run in a worker thread (`asyncio.to_thread`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from botasync.api.models import MEDIA_ID, RECORDING_ID
+from botasync.envelope import DEFAULT_PROJECT
 from botasync.locks import ExclusiveLock
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
@@ -54,6 +60,16 @@ MEDIA_ID_RE = MEDIA_ID
 _FILE_ID = f"(?:{MEDIA_ID.pattern}|{RECORDING_ID.pattern})"  # a media id, or a recording's own
 _FINAL_RE = re.compile(rf"({_FILE_ID})(\.[A-Za-z0-9]{{1,10}})?")
 _PART_RE = re.compile(rf"\.({_FILE_ID})\.part")
+PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a project's name, as config allows it
+
+
+def project_root(files_dir: Path, project: str = DEFAULT_PROJECT) -> Path:
+    """Where a project's files live: `files_dir` for `default`, else `<files_dir>/<project>`."""
+    if project == DEFAULT_PROJECT:
+        return files_dir
+    if not PROJECT_RE.fullmatch(project):
+        raise ValueError(f"not a project name: {project!r}")
+    return files_dir / project
 
 
 def extension_for(mime_type: str | None) -> str:

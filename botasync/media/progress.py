@@ -2,7 +2,8 @@
 
 Every file costs one download-url call, so the queue can go no faster than the
 download budget allows (25 a minute by default), however fast the network is; the
-ETA is the slower of that pace and the byte rate measured so far.
+ETA is the slower of that pace and the byte rate measured so far. Projects download
+side by side, each at its own budget: the pace is that of the projects with files queued.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class DownloadProgress:
 
     def __init__(self, progress: Progress, requests_per_minute: int) -> None:
         self.progress = progress
+        self.per_project_rpm = requests_per_minute
         self.rpm = requests_per_minute
         self.files_total = 0
         self.bytes_total = 0
@@ -44,6 +46,8 @@ class DownloadProgress:
         """Size the bar from `files_status` (the queue as it stands)."""
         self.files_total = int(status["queued"]["files"])
         self.bytes_total = int(status["queued"]["bytes"])
+        busy = sum(1 for p in status.get("projects", {}).values() if p["queued"]["files"])
+        self.rpm = self.per_project_rpm * max(busy, 1)
         self.started = time.monotonic()
         self.task = self.progress.add_task("files", total=max(self.bytes_total, 1), eta="")
         self._show(DownloadStats())

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from botasync.api.budget import RequestBudget
@@ -30,42 +31,38 @@ SHUTDOWN_GRACE_S = 5.0
 
 
 
-class App(AsyncClosing):
-    """Store, client, dispatcher and syncer, opened together and closed in reverse."""
+@dataclass
+class ProjectParts:
+    """One Bota project's share of the service: its configuration view, its client with its
+    own budgets (each project has its own rate limit), its syncer, downloader and
+    transcript fetcher."""
 
-    def __init__(self, cfg: Config, store: Store, client: BotaClient, dispatcher: Dispatcher,
-                 syncer: Syncer, budget: RequestBudget, downloader: Downloader,
-                 transcripts: TranscriptFetcher) -> None:
-        self.cfg = cfg
-        self.store = store
-        self.client = client
-        self.dispatcher = dispatcher
-        self.syncer = syncer
-        self.budget = budget
-        self.downloader = downloader
-        self.transcripts = transcripts
-        self._closed = False
+    cfg: Config
+    client: BotaClient
+    budget: RequestBudget
+    syncer: Syncer
+    downloader: Downloader
+    transcripts: TranscriptFetcher
+
+    @property
+    def name(self) -> str:
+        return self.cfg.project
 
     @classmethod
-    async def open(
-        cls, cfg: Config, *, on_progress: Progress | None = None,
-        extra_handlers: Sequence[Handler] = (),
-    ) -> App:
-        """Open the database (migrating it), build the handlers and the client."""
-        require_key(cfg)
-        handlers = build_handlers(cfg) + list(extra_handlers)
-        store = await Store.open(cfg.database.path)
+    def build(cls, cfg: Config, store: Store, dispatcher: Dispatcher,
+              on_progress: Progress | None = None) -> ProjectParts:
         budget = RequestBudget(cfg.api.requests_per_minute)
         share = max(1, int(cfg.api.requests_per_minute * cfg.sync.reconcile_budget_share))
         client = BotaClient(
             cfg.api, budget=budget, download_budget=RequestBudget(cfg.media.requests_per_minute),
             transcripts_budget=RequestBudget(cfg.transcripts.requests_per_minute),
             backoff_base=cfg.api.retry_base_s, backoff_cap=cfg.api.retry_max_s,
+            project=cfg.project,
         )
-        dispatcher = Dispatcher(store, handlers, cfg.events)
-        downloader = Downloader(store, client, cfg.media, on_commit=dispatcher.notify)
+        downloader = Downloader(store, client, cfg.media, on_commit=dispatcher.notify,
+                                project=cfg.project)
         transcripts = TranscriptFetcher(store, client, cfg.transcripts,
-                                        on_commit=dispatcher.notify)
+                                        on_commit=dispatcher.notify, project=cfg.project)
 
         def committed() -> None:
             dispatcher.notify()
@@ -74,8 +71,58 @@ class App(AsyncClosing):
 
         syncer = Syncer(cfg, client, store, on_commit=committed, on_progress=on_progress,
                         reconcile_budget=RequestBudget(share))
-        return cls(cfg, store, client, dispatcher, syncer, budget, downloader, transcripts)
+        return cls(cfg, client, budget, syncer, downloader, transcripts)
 
+    async def start(self) -> None:
+        await self.downloader.start()
+        await self.transcripts.start()
+
+    async def aclose(self, grace_s: float) -> None:
+        await self.transcripts.aclose(grace_s=grace_s)
+        await self.downloader.aclose(grace_s=grace_s)
+        await self.client.aclose()
+
+
+class App(AsyncClosing):
+    """Store, dispatcher, and each project's parts, opened together and closed in reverse.
+
+    `syncer`, `client`, `budget`, `downloader`, `transcripts`: the first project's (the
+    only one, with `[api]` alone).
+    """
+
+    def __init__(self, cfg: Config, store: Store, dispatcher: Dispatcher,
+                 projects: Sequence[ProjectParts]) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.dispatcher = dispatcher
+        self.projects = {p.name: p for p in projects}
+        first = projects[0]
+        self.client, self.budget, self.syncer = first.client, first.budget, first.syncer
+        self.downloader, self.transcripts = first.downloader, first.transcripts
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, cfg: Config, *, on_progress: Progress | None = None,
+        extra_handlers: Sequence[Handler] = (), only: str | None = None,
+    ) -> App:
+        """Open the database (migrating it), build the handlers and each project's parts
+        (`only`: that project's alone)."""
+        views = [cfg.for_project(only)] if only else cfg.each_project()
+        for view in views:
+            require_key(view)
+        handlers = build_handlers(cfg) + list(extra_handlers)
+        store = await Store.open(cfg.database.path)
+        dispatcher = Dispatcher(store, handlers, cfg.events,
+                                projects={h.name: h.projects for h in cfg.handlers if h.projects})
+        parts = [ProjectParts.build(view, store, dispatcher, on_progress) for view in views]
+        return cls(cfg, store, dispatcher, parts)
+
+    async def start_workers(self) -> None:
+        """The dispatcher, and each project's downloader and transcript fetcher."""
+        await self.dispatcher.start()
+        for part in self.projects.values():
+            await part.start()
 
     async def prune_events(self) -> retention.PruneResult | None:
         """Forget settled events past `[events] retention_days` (None when that is 0)."""
@@ -90,10 +137,9 @@ class App(AsyncClosing):
         if self._closed:
             return
         self._closed = True
-        await self.transcripts.aclose(grace_s=grace_s)
-        await self.downloader.aclose(grace_s=grace_s)
+        for part in reversed(self.projects.values()):
+            await part.aclose(grace_s)
         await self.dispatcher.aclose(grace_s=grace_s)
-        await self.client.aclose()
         await self.store.aclose()
 
 
@@ -130,15 +176,17 @@ async def sync_once(
     cfg: Config, *, full: bool = True, deliver_timeout: float = 30.0,
     on_progress: Progress | None = None,
     on_budget: Callable[[RequestBudget], None] | None = None,
+    only: str | None = None,
 ) -> tuple[list[PassStats], bool]:
-    """`botasync sync`: one pass (full, or quick), then deliver its events for a while.
+    """`botasync sync`: one pass (full, or quick) of every project (or `only` that one),
+    then deliver their events for a while.
 
     A first sync that fails (a rejected key, an API not there) leaves no empty database.
     """
     db = Path(cfg.database.path)
     fresh = not any(f.exists() for f in _db_files(db))
     try:
-        return await _sync_once(cfg, full, deliver_timeout, on_progress, on_budget)
+        return await _sync_once(cfg, full, deliver_timeout, on_progress, on_budget, only)
     except BaseException:
         if fresh:
             await asyncio.shield(asyncio.to_thread(_remove_if_empty, db))
@@ -147,21 +195,29 @@ async def sync_once(
 
 async def _sync_once(
     cfg: Config, full: bool, deliver_timeout: float, on_progress: Progress | None,
-    on_budget: Callable[[RequestBudget], None] | None,
+    on_budget: Callable[[RequestBudget], None] | None, only: str | None,
 ) -> tuple[list[PassStats], bool]:
-    async with await App.open(cfg, on_progress=on_progress) as app:
+    async with await App.open(cfg, on_progress=on_progress, only=only) as app:
         if on_budget is not None:
             on_budget(app.budget)
         await app.dispatcher.start()
-        stats = [await app.syncer.full()] if full else await app.syncer.quick()
+        # each project has its own rate limit: they sync side by side
+        passes = await asyncio.gather(*(
+            _one_pass(part.syncer, full) for part in app.projects.values()))
+        stats = [s for one in passes for s in one]
         delivered = await app.dispatcher.drain(deliver_timeout) if cfg.handlers else True
         if full:
             await app.prune_events()
         return stats, delivered
 
 
+async def _one_pass(syncer: Syncer, full: bool) -> list[PassStats]:
+    return [await syncer.full()] if full else await syncer.quick()
+
+
 async def replay_events(
-    cfg: Config, handler: str, *, since_seq: int | None = None, type_pattern: str | None = None
+    cfg: Config, handler: str, *, since_seq: int | None = None, type_pattern: str | None = None,
+    project: str | None = None,
 ) -> ReplayResult:
     """`botasync events replay`: deliver stored events to one handler again."""
     names = [h.name for h in cfg.handlers]
@@ -170,20 +226,25 @@ async def replay_events(
         raise ConfigError(f"no handler named {handler!r} (configured: {known})")
     handlers = build_handlers(cfg, [handler])
     async with await Store.open(cfg.database.path) as store:
-        dispatcher = Dispatcher(store, handlers, cfg.events)
+        dispatcher = Dispatcher(store, handlers, cfg.events,
+                                projects={h.name: h.projects for h in cfg.handlers if h.projects})
         try:
-            return await dispatcher.replay(handler, since_seq=since_seq, type_pattern=type_pattern)
+            return await dispatcher.replay(handler, since_seq=since_seq, type_pattern=type_pattern,
+                                           project=project)
         finally:
             await dispatcher.aclose()
 
 
 async def check(cfg: Config) -> list[str]:
-    """`botasync config check`: the config is valid, the key resolves, the API answers."""
+    """`botasync config check`: the config is valid, each project's key resolves and the
+    API accepts it, the handlers are ready."""
     lines = ["configuration is valid"]
-    key = require_key(cfg)
-    source = ("BOTA_API_KEY / api_key" if not cfg.api.api_key_file
-              else f"api_key_file {cfg.api.api_key_file}")
-    lines.append(f"API key found ({key[:8]}..., from {source})")
+    views = cfg.each_project()
+    for view in views:
+        key = require_key(view)
+        source = ("BOTA_API_KEY / api_key" if not view.api.api_key_file
+                  else f"api_key_file {view.api.api_key_file}")
+        lines.append(f"{_of(view, views)}API key found ({key[:8]}..., from {source})")
     handlers = build_handlers(cfg)
     try:  # a broker's stream, checked now
         await start_handlers(handlers, cfg.events, strict=True)
@@ -194,9 +255,17 @@ async def check(cfg: Config) -> list[str]:
         names = ", ".join(h.name for h in cfg.handlers)
         count = len(cfg.handlers)
         lines.append(f"{count} handler{'' if count == 1 else 's'} ready: {names}")
-    quick = cfg.api.model_copy(update={"max_retries": 1})  # a check answers now, not in a minute
-    async with BotaClient(quick, budget=RequestBudget(cfg.api.requests_per_minute),
-                          backoff_base=0.2, backoff_cap=1.0) as client:
-        await client.check()
-    lines.append(f"API at {cfg.api.base_url} accepted the key (recordings:read)")
+    for view in views:
+        # a check answers now, not in a minute
+        quick = view.api.model_copy(update={"max_retries": 1})
+        async with BotaClient(quick, budget=RequestBudget(view.api.requests_per_minute),
+                              backoff_base=0.2, backoff_cap=1.0) as client:
+            await client.check()
+        lines.append(f"{_of(view, views)}API at {view.api.base_url} accepted the key "
+                     "(recordings:read)")
     return lines
+
+
+def _of(view: Config, views: Sequence[Config]) -> str:
+    """`project staging: ` before a line, when there is more than one project."""
+    return f"project {view.project}: " if len(views) > 1 else ""

@@ -23,13 +23,13 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from botasync import metrics
-from botasync.config import Config
+from botasync.config import DEFAULT_PROJECT, SERVICE, Config
 from botasync.envelope import iso, utc_now
 from botasync.errors import AuthError, BotasyncError
 from botasync.events.handlers import Handler
 from botasync.jsoncodec import dumps
 from botasync.locks import ExclusiveLock
-from botasync.service.app import App
+from botasync.service.app import App, ProjectParts
 from botasync.store.sqlite import Mirror
 from botasync.sync.syncer import PassStats
 
@@ -73,6 +73,11 @@ class _QuietMaxInstances(logging.Filter):
 
 
 logging.getLogger("apscheduler.scheduler").addFilter(_QuietMaxInstances())
+
+
+def job_id(kind: str, project: str) -> str:
+    """`tick`, `reconcile` for the project `default`; `tick:staging` for the others."""
+    return kind if project == DEFAULT_PROJECT else f"{kind}:{project}"
 
 
 def daemon_lock(db: str | Path) -> ExclusiveLock:
@@ -131,16 +136,14 @@ class Daemon:
         """Schedule the passes and serve until stopped, then shut down."""
         self.app = app
         await self._start_monitor()
-        await app.dispatcher.start()
-        await app.downloader.start()
-        await app.transcripts.start()
+        await app.start_workers()
         self._install_signals()
         self._scheduler = self._schedule(app)
         self._scheduler.start()
         self.notifier.send("READY=1\nSTATUS=syncing")
         watchdog = asyncio.create_task(self._watchdog())
         log.info("daemon_started", db=str(app.store.path), interval_s=self.cfg.sync.interval_s,
-                 handlers=[h.name for h in self.cfg.handlers])
+                 handlers=[h.name for h in self.cfg.handlers], projects=list(app.projects))
         try:
             await self._stop.wait()
         finally:
@@ -164,21 +167,29 @@ class Daemon:
         sched = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         sched.add_listener(self._on_skip, EVENT_JOB_MAX_INSTANCES)
         now = datetime.now().astimezone()
+        for part in app.projects.values():
+            self._schedule_project(sched, app, part, now)
+        return sched
+
+    def _schedule_project(self, sched: AsyncIOScheduler, app: App, part: ProjectParts,
+                          now: datetime) -> None:
+        """A project's tick and reconcile, on its own `interval_s` and `reconcile_every_s`."""
         opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        sched.add_job(self._job, "interval", args=["tick", app.syncer.quick], id="tick",
-                      seconds=self.cfg.sync.interval_s, next_run_time=now, **opts)
+        sync = part.cfg.sync
+        tick, walk = job_id("tick", part.name), job_id("reconcile", part.name)
+        sched.add_job(self._job, "interval", args=[tick, part.syncer.quick, part.name], id=tick,
+                      seconds=sync.interval_s, next_run_time=now, **opts)
+
         async def reconcile() -> PassStats:
-            stats = await app.syncer.full(kind="reconcile")
+            stats = await part.syncer.full(kind="reconcile")
             cutoff = iso(utc_now() - timedelta(days=RUN_LOG_DAYS))
-            await Mirror(app.store).prune_runs(cutoff)
+            await Mirror(app.store, part.name).prune_runs(cutoff)
             await app.prune_events()
             return stats
 
-        sched.add_job(self._job, "interval", args=["reconcile", reconcile], id="reconcile",
-                      seconds=self.cfg.sync.reconcile_every_s,
-                      next_run_time=now + timedelta(seconds=self.cfg.sync.reconcile_every_s),
-                      **opts)
-        return sched
+        sched.add_job(self._job, "interval", args=[walk, reconcile, part.name], id=walk,
+                      seconds=sync.reconcile_every_s,
+                      next_run_time=now + timedelta(seconds=sync.reconcile_every_s), **opts)
 
     def _on_skip(self, event: JobSubmissionEvent) -> None:
         """A run came due while the last one still ran (a slow walk, an API retrying)."""
@@ -191,7 +202,8 @@ class Daemon:
             log.warning("ticks_skipped", job=name, count=count,
                         reason=f"the previous {name} pass was still running")
 
-    async def _job(self, name: str, body: Callable[[], Awaitable[Any]]) -> None:
+    async def _job(self, name: str, body: Callable[[], Awaitable[Any]],
+                   project: str = DEFAULT_PROJECT) -> None:
         """Run one pass; an error is logged and the schedule goes on, except a rejected key."""
         if self._stop.is_set():
             return
@@ -202,7 +214,7 @@ class Daemon:
         try:
             result = await body()
             for stats in result if isinstance(result, list) else [result]:
-                metrics.pass_finished(stats.kind, stats.seconds)
+                metrics.pass_finished(stats.kind, stats.seconds, project)
                 if self.on_pass:
                     self.on_pass(stats)
         except AuthError as e:
@@ -210,7 +222,7 @@ class Daemon:
             self.error = e
             self.stop(e.exit_code)
         except BotasyncError as e:
-            log.error("pass_failed", job=name, error=str(e))
+            log.error("pass_failed", job=name, project=project, error=str(e))
         except asyncio.CancelledError:
             # the shutdown cancels a pass in flight (its page in hand still commits); ending
             # here keeps APScheduler from logging the cancel as a crash, with a traceback
@@ -227,9 +239,13 @@ class Daemon:
         jobs = {j.id: iso(j.next_run_time) for j in self._scheduler.get_jobs() if j.next_run_time}
         state = {"pid": os.getpid(), "updated_at": iso(utc_now()),
                  "requests_last_minute": self.app.budget.used(),
-                 "requests_per_minute": self.cfg.api.requests_per_minute, "next_runs": jobs}
+                 "requests_per_minute": self.app.syncer.cfg.api.requests_per_minute,
+                 "next_runs": jobs,
+                 "projects": {name: {"requests_last_minute": part.budget.used(),
+                                     "requests_per_minute": part.cfg.api.requests_per_minute}
+                              for name, part in self.app.projects.items()}}
         try:
-            await Mirror(self.app.store).set_state(DAEMON_STATE, dumps(state))
+            await Mirror(self.app.store, SERVICE).set_state(DAEMON_STATE, dumps(state))
         except BotasyncError as e:
             log.warning("state_save_failed", error=str(e))
 

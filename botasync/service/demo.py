@@ -21,6 +21,7 @@ from typing import Any, Literal
 from rich.console import Console
 
 from botasync import config
+from botasync.config import SERVICE
 from botasync.envelope import iso, utc_now
 from botasync.errors import BotasyncError
 from botasync.jsoncodec import loads
@@ -131,7 +132,7 @@ async def prepare(db: Path) -> ExclusiveLock:
     try:
         clear_demo_database(db)
         async with await Store.open(db) as store:
-            await Mirror(store).set_state(DEMO_MARK, iso(utc_now()))
+            await Mirror(store, SERVICE).set_state(DEMO_MARK, iso(utc_now()))
     except BaseException:
         lock.release()
         raise

@@ -48,8 +48,8 @@ PROJECT = metrics.PROJECT
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
                 14400.0)
 STATUS_LABELS = (*RECORDING_STATUSES, "deleted")  # any other status is counted as `other`
-_LAST_SUCCESS = ("SELECT kind, max(ended_at) FROM sync_runs "
-                 "WHERE ended_at IS NOT NULL AND error IS NULL GROUP BY kind")
+_LAST_SUCCESS = ("SELECT project, kind, max(ended_at) FROM sync_runs "
+                 "WHERE ended_at IS NOT NULL AND error IS NULL GROUP BY project, kind")
 
 
 class Instruments:
@@ -76,16 +76,17 @@ class Instruments:
         return [self.requests, self.rate_limit_remaining, self.delivery_results,
                 self.pass_duration]
 
-    def api_response(self, endpoint: str, code: str, remaining: int | None) -> None:
-        self.requests.labels(PROJECT, endpoint, code).inc()
+    def api_response(self, endpoint: str, code: str, remaining: int | None,
+                     project: str) -> None:
+        self.requests.labels(project, endpoint, code).inc()
         if remaining is not None:
-            self.rate_limit_remaining.labels(PROJECT).set(remaining)
+            self.rate_limit_remaining.labels(project).set(remaining)
 
     def deliveries(self, handler: str, result: str, count: int) -> None:
         self.delivery_results.labels(PROJECT, handler, result).inc(count)
 
-    def pass_finished(self, kind: str, seconds: float) -> None:
-        self.pass_duration.labels(PROJECT, kind).observe(seconds)
+    def pass_finished(self, kind: str, seconds: float, project: str) -> None:
+        self.pass_duration.labels(project, kind).observe(seconds)
 
 
 _instruments: Instruments | None = None
@@ -106,12 +107,14 @@ class Snapshot:
     """The gauges read from the database at one scrape; `problems` is `/readyz`'s verdict."""
 
     problems: list[str]
-    last_success: dict[str, float] = field(default_factory=dict)  # kind -> Unix time
-    recordings: dict[str, int] = field(default_factory=dict)  # status -> count
+    # (project, kind) -> Unix time
+    last_success: dict[tuple[str, str], float] = field(default_factory=dict)
+    recordings: dict[tuple[str, str], int] = field(default_factory=dict)  # (project, status)
     outbox_pending: dict[str, int] = field(default_factory=dict)  # handler -> events
     outbox_oldest_age: dict[str, float] = field(default_factory=dict)  # handler -> seconds
-    media_files: dict[str, int] | None = None  # queued | done | failed; None: not mirrored
-    transcripts: dict[str, int] | None = None
+    # (project, queued | done | failed) -> count; None: not mirrored
+    media_files: dict[tuple[str, str], int] | None = None
+    transcripts: dict[tuple[str, str], int] | None = None
 
 
 def readiness_limits(cfg: Config) -> health.Limits:
@@ -127,22 +130,29 @@ async def read_snapshot(store: Store, cfg: Config, limits: health.Limits,
     facts = await status.health_facts(store, cfg)
     patterns = {h.name: list(h.events) for h in cfg.handlers}
     pending = await backlog(store, patterns, deliver_backfill=cfg.events.deliver_backfill)
-    last = {r[0]: datetime.fromisoformat(r[1]).timestamp()
+    last = {(r[0], r[1]): datetime.fromisoformat(r[2]).timestamp()
             for r in await store.fetchall(_LAST_SUCCESS)}
-    recordings: dict[str, int] = {}
-    for name, count in (await queries.counts_by_status(store)).items():
-        label = name if name in STATUS_LABELS else "other"
-        recordings[label] = recordings.get(label, 0) + count
+    recordings: dict[tuple[str, str], int] = {}
+    for project in cfg.project_names():
+        for name, count in (await queries.counts_by_status(store, project)).items():
+            key = (project, name if name in STATUS_LABELS else "other")
+            recordings[key] = recordings.get(key, 0) + count
     oldest = {name: _age(h["oldest_undelivered_at"], now) for name, h in facts["handlers"].items()}
     media = transcripts = None
     if cfg.media.download:
-        f = await files_status(store, cfg.media)
-        media = {"queued": f["queued"]["files"], "done": f["downloaded"]["files"],
-                 "failed": f["failed"]["files"]}
+        media = {}
+        for name in cfg.project_names():
+            f = await files_status(store, cfg.media, project=name)
+            media.update({(name, "queued"): f["queued"]["files"],
+                          (name, "done"): f["downloaded"]["files"],
+                          (name, "failed"): f["failed"]["files"]})
     if cfg.transcripts.download:
-        t = await transcripts_status(store, cfg.transcripts)
-        transcripts = {"queued": t["queued"]["recordings"], "done": t["done"]["recordings"],
-                       "failed": t["gave_up"]["recordings"]}
+        transcripts = {}
+        for name in cfg.project_names():
+            t = await transcripts_status(store, cfg.transcripts, name)
+            transcripts.update({(name, "queued"): t["queued"]["recordings"],
+                                (name, "done"): t["done"]["recordings"],
+                                (name, "failed"): t["gave_up"]["recordings"]})
     return Snapshot(health.problems(facts, limits, now=now), last, recordings, pending, oldest,
                     media, transcripts)
 
@@ -169,9 +179,11 @@ class DatabaseCollector(Collector):
         yield _family("botasync_ready", "1 when /readyz answers 200 (the `status --check` "
                       "rule passes), else 0", [], {(): float(not s.problems)})
         yield _family("botasync_last_success_timestamp_seconds", "When the newest successful "
-                      "pass of each kind ended (Unix time)", ["kind"], _by(s.last_success))
+                      "pass of each kind ended (Unix time)", ["kind"],
+                      {k: float(v) for k, v in s.last_success.items()}, per_project=True)
         yield _family("botasync_recordings", "Recordings in the mirror by status (`deleted`: "
-                      "tombstones)", ["status"], _by(s.recordings))
+                      "tombstones)", ["status"],
+                      {k: float(v) for k, v in s.recordings.items()}, per_project=True)
         yield _family("botasync_outbox_pending", "Events past each handler's cursor that it "
                       "still has to take", ["handler"], _by(s.outbox_pending))
         yield _family("botasync_outbox_oldest_pending_age_seconds", "How long the oldest "
@@ -179,11 +191,13 @@ class DatabaseCollector(Collector):
                       _by(s.outbox_oldest_age))
         if s.media_files is not None:
             yield _family("botasync_media_files", "Media files to download (queued), on disk "
-                          "(done) and given up (failed)", ["state"], _by(s.media_files))
+                          "(done) and given up (failed)", ["state"],
+                          {k: float(v) for k, v in s.media_files.items()}, per_project=True)
         if s.transcripts is not None:
             yield _family("botasync_transcripts", "Recordings whose transcripts wait to be "
                           "fetched (queued), are mirrored (done) or were given up (failed)",
-                          ["state"], _by(s.transcripts))
+                          ["state"],
+                          {k: float(v) for k, v in s.transcripts.items()}, per_project=True)
 
 
 def _by(values: dict[str, Any]) -> dict[tuple[str, ...], float]:
@@ -191,10 +205,13 @@ def _by(values: dict[str, Any]) -> dict[tuple[str, ...], float]:
 
 
 def _family(name: str, doc: str, labels: list[str],
-            values: dict[tuple[str, ...], float]) -> GaugeMetricFamily:
+            values: dict[tuple[str, ...], float], *, per_project: bool = False,
+            ) -> GaugeMetricFamily:
+    """A gauge family; `per_project`: the keys lead with the project, else they are the
+    service's (the outbox, the files) and carry the project `default`."""
     family = GaugeMetricFamily(name, doc, labels=["project", *labels])
     for key, value in sorted(values.items()):
-        family.add_metric([PROJECT, *key], value)
+        family.add_metric(list(key) if per_project else [PROJECT, *key], value)
     return family
 
 

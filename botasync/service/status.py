@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from botasync.config import Config
+from botasync.config import SERVICE, Config
 from botasync.errors import BotasyncError
 from botasync.events.outbox import backlog
 from botasync.jsoncodec import loads
@@ -46,14 +46,25 @@ async def health_facts(store: Store, cfg: Config) -> dict[str, Any]:
     dead_rows = await store.fetchall(
         "SELECT handler, count(*) FROM deliveries WHERE state = 'dead' GROUP BY handler")
     dead_by_handler = {r[0]: int(r[1]) for r in dead_rows}
+    names = cfg.project_names()
     return {
-        "last_walk": await queries.last_run_of(store, ("full", "reconcile")),
-        "last_finished_walk": await queries.last_run_of(
-            store, ("full", "reconcile"), finished=True),
-        "last_ok": await queries.last_finished(store, ok=True),
-        "passes": await queries.last_runs(store, 10),
+        **await _pass_facts(store, None),
+        "projects": ({name: await _pass_facts(store, name) for name in names}
+                     if len(names) > 1 else {}),
         "handlers": {name: {"dead": dead_by_handler.get(name, 0),
                             "oldest_undelivered_at": waiting.get(name)} for name in patterns},
+    }
+
+
+async def _pass_facts(store: Store, project: str | None) -> dict[str, Any]:
+    """The passes and walks of one project (None: of all)."""
+    walks = ("full", "reconcile")
+    return {
+        "last_walk": await queries.last_run_of(store, walks, project=project),
+        "last_finished_walk": await queries.last_run_of(
+            store, walks, finished=True, project=project),
+        "last_ok": await queries.last_finished(store, ok=True, project=project),
+        "passes": await queries.last_runs(store, 10, project=project),
     }
 
 
@@ -67,17 +78,22 @@ async def collect(cfg: Config) -> dict[str, Any]:
         patterns = {h.name: list(h.events) for h in cfg.handlers}
         pending = await backlog(store, patterns, deliver_backfill=cfg.events.deliver_backfill)
         facts = await health_facts(store, cfg)
-        daemon_raw = await Mirror(store).get_state(DAEMON_STATE)
+        daemon_raw = await Mirror(store, SERVICE).get_state(DAEMON_STATE)
         daemon = loads(daemon_raw) if daemon_raw else None
         if daemon:
             daemon["running"] = _alive(daemon.get("pid"))
         row = await store.fetchone("SELECT count(*), max(seq), min(created_at) FROM events")
         files = await files_status(store, cfg.media) if cfg.media.download else None
-        transcripts = (await transcripts_status(store, cfg.transcripts)
-                       if cfg.transcripts.download else None)
+        by_project = ({name: await transcripts_status(store, cfg.transcripts, name)
+                       for name in cfg.project_names()} if cfg.transcripts.download else {})
+        transcripts = next(iter(by_project.values()), None)
         return {
             "database": {"path": str(path), "bytes": path.stat().st_size},
             "recordings": await queries.counts_by_status(store),
+            "projects": {name: {"recordings": await queries.counts_by_status(store, name),
+                                **facts["projects"].get(name, {}),
+                                **({"transcripts": by_project[name]} if by_project else {})}
+                         for name in cfg.project_names()},
             "last_walk": facts["last_walk"],
             "last_finished_walk": facts["last_finished_walk"],
             "last_ok": facts["last_ok"],
@@ -100,6 +116,23 @@ def render(console: Console, data: dict[str, Any]) -> None:
     counts = data["recordings"]
     console.print("[bold]recordings[/bold] " + (", ".join(
         f"{k} {v}" for k, v in counts.items()) or "none yet"))
+    projects = data.get("projects") or {}
+    if len(projects) > 1:
+        t = Table("project", "recordings", "last walk", "newest pass", box=None)
+        budgets = ((data["daemon"] or {}).get("projects") or {}) if data["daemon"] else {}
+        for name, facts in projects.items():
+            walk = facts.get("last_walk")
+            newest = (facts.get("passes") or [None])[0]
+            live = sum(v for k, v in facts["recordings"].items() if k != "deleted")
+            budget = budgets.get(name)
+            used = (f", budget {budget['requests_last_minute']}/{budget['requests_per_minute']}"
+                    if budget else "")
+            t.add_row(name, f"{live:,}{used}",
+                      f"{walk['kind']} {walk['started_at']}" if walk else "none yet",
+                      (f"{newest['kind']} {newest['started_at']}"
+                       + (f" [red]{newest['error']}[/red]" if newest.get("error") else ""))
+                      if newest else "none yet")
+        console.print(t)
     d = data["daemon"]
     if d:
         state = "running" if d.get("running") else "not running"
@@ -122,11 +155,15 @@ def render(console: Console, data: dict[str, Any]) -> None:
         console.print("[bold]files[/bold] see `botasync files status` for the download queue: "
                       + ", ".join(f"{k} {v}" for k, v in data["files"].items()
                                   if isinstance(v, int | float)))
-    tr = data.get("transcripts")
-    if tr:
+    several = len(projects) > 1
+    for name, tr in ([(n, p.get("transcripts")) for n, p in projects.items()] if several
+                     else [("", data.get("transcripts"))]):
+        if not tr:
+            continue
         q = tr["queued"]
         console.print(
-            f"[bold]transcripts[/bold] {tr['done']['recordings']:,} recordings done, "
+            f"[bold]transcripts[/bold] {f'{name}: ' if name else ''}"
+            f"{tr['done']['recordings']:,} recordings done, "
             f"{q['recordings']:,} queued" + (f" ({q['eta']})" if q["recordings"] else "")
             + f", {tr['failed']['transcriptions']:,} failed, "
             f"{tr['gave_up']['recordings']:,} gave up; see `botasync transcripts status`")

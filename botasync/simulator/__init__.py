@@ -8,6 +8,13 @@ bug in the other.
     world = World(seed=1, recordings=500)  # dialect="deployed" for the API as deployed
     async with serve(world, rate_limit=None) as sim:
         ...  # point a client at sim.url; change sim.world; queue sim.faults
+
+Several Bota projects, each its own key, world and limits:
+
+    async with serve(World(seed=1, recordings=500), projects=3) as sim:
+        ...  # keys sk_test_project_0..2; sim.project(1).world, sim.project(1).faults
+    async with serve({"sk_a": World(seed=1), "sk_b": World(seed=1)}) as sim:
+        ...  # two projects with the same ids
 """
 
 from botasync.simulator.app import DEFAULT_API_KEYS, RequestRecord, Simulator, run_forever, serve
@@ -15,6 +22,7 @@ from botasync.simulator.clock import Clock, ManualClock, SystemClock
 from botasync.simulator.faults import KINDS as FAULT_KINDS
 from botasync.simulator.faults import Faults
 from botasync.simulator.files import file_bytes, recording_bytes, recording_sha256
+from botasync.simulator.projects import Project, project_key, project_seed, project_worlds
 from botasync.simulator.world import DIALECTS, Dialect, World
 
 __all__ = [
@@ -25,11 +33,15 @@ __all__ = [
     "Dialect",
     "Faults",
     "ManualClock",
+    "Project",
     "RequestRecord",
     "Simulator",
     "SystemClock",
     "World",
     "file_bytes",
+    "project_key",
+    "project_seed",
+    "project_worlds",
     "recording_bytes",
     "recording_sha256",
     "run_forever",

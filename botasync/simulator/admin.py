@@ -2,6 +2,10 @@
 
 No auth (the simulator serves loopback tooling); not rate limited, not faulted, and
 left out of the request log so they never disturb what a test measures.
+
+Each endpoint acts on one project, named by `?project=` (its index, 0, 1, .., or its API
+key); it may be left out while the simulator serves one project. `GET /_sim/stats` and
+`GET /_sim/requests` span every project unless one is named.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from aiohttp import web
 
 from botasync.simulator.api import SIM_KEY
 from botasync.simulator.clock import ManualClock
-from botasync.simulator.faults import KINDS
+from botasync.simulator.faults import KINDS, Faults
 
 if TYPE_CHECKING:
     from botasync.simulator.app import Simulator
+    from botasync.simulator.projects import Project
     from botasync.simulator.world import World
 
 BATCH = 1000  # items per write when streaming the whole world
@@ -42,6 +47,42 @@ def _sim(request: web.Request) -> Simulator:
     return request.app[SIM_KEY]
 
 
+def _named(request: web.Request) -> Project | None:
+    """The project `?project=` names (an index or an API key), or None when it is absent;
+    an unknown one is a 404."""
+    sim, raw = _sim(request), request.query.get("project")
+    if raw is None:
+        return None
+    try:
+        return sim.project(raw)
+    except KeyError:
+        raise web.HTTPNotFound(text=orjson.dumps({
+            "error": f"no such project: {raw!r}", "projects": _listing(sim)}).decode(),
+            content_type="application/json") from None
+
+
+def _listing(sim: Simulator) -> list[dict[str, Any]]:
+    return [{"index": p.index, "key": p.key} for p in sim.projects]
+
+
+def _project(request: web.Request) -> Project:
+    """The one project an endpoint acts on: the one `?project=` names, or the only one; a
+    400 when several are served and none is named."""
+    sim, named = _sim(request), _named(request)
+    if named is not None:
+        return named
+    if len(sim.projects) > 1:
+        raise web.HTTPBadRequest(text=orjson.dumps({
+            "error": f"this simulator serves {len(sim.projects)} projects: name one with "
+                     "?project= (its index or its API key)", "projects": _listing(sim)}).decode(),
+            content_type="application/json")
+    return sim.projects[0]
+
+
+def _world(request: web.Request) -> World:
+    return _project(request).world
+
+
 def _number(request: web.Request, name: str, default: float | None = None) -> float:
     raw = request.query.get(name)
     if raw is None:
@@ -55,9 +96,13 @@ def _number(request: web.Request, name: str, default: float | None = None) -> fl
 
 
 async def stats(request: web.Request) -> web.Response:
-    """GET /_sim/stats: the dialect, recordings by status, requests by status code, faults,
-    settings."""
-    return _json(_sim(request).stats())
+    """GET /_sim/stats: the dialect, recordings by status, requests by status code (summed
+    over the projects), the first project's faults and settings, and each project's own
+    under `projects`; `?project=` gives that one project's (with the dialect)."""
+    sim, named = _sim(request), _named(request)
+    if named is not None:
+        return _json({"dialect": sim.dialect, **named.stats()})
+    return _json(sim.stats())
 
 
 async def recordings(request: web.Request) -> web.StreamResponse:
@@ -66,12 +111,12 @@ async def recordings(request: web.Request) -> web.StreamResponse:
     With `limit` (and `offset`) it returns that slice instead, unfiltered and unlimited.
     Deployed `audio_url`s are signed as an answer would sign them.
     """
-    sim = _sim(request)
-    world = sim.world
+    sim, project = _sim(request), _project(request)
+    world = project.world
     origin = str(request.url.origin())
 
     def sign_url(file_id: str) -> str:
-        return sim.file_url(origin, file_id)
+        return sim.file_url(origin, file_id, project.index)
 
     if "limit" in request.query:
         try:
@@ -106,7 +151,7 @@ async def _fields(request: web.Request) -> dict[str, Any]:
         raise ValueError("the body must be JSON") from None
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object of recording fields")
-    world = _sim(request).world
+    world = _world(request)
     other = "documented" if world.deployed else "deployed"
     foreign = sorted(set(body) & ONLY_IN[other])
     if foreign:
@@ -118,7 +163,7 @@ async def _fields(request: web.Request) -> dict[str, Any]:
 async def create_recording(request: web.Request) -> web.Response:
     """POST /_sim/recordings: a new recording at the top, with any fields of the body."""
     try:
-        item = _sim(request).world.create(**await _fields(request))
+        item = _world(request).create(**await _fields(request))
     except ValueError as exc:
         return _bad(str(exc))
     return _json(item, status=201)
@@ -128,7 +173,7 @@ async def update_recording(request: web.Request) -> web.Response:
     """PATCH /_sim/recordings/{id}: change fields (deployed: `updated_at` moves on)."""
     try:
         fields = await _fields(request)
-        item = _sim(request).world.update(request.match_info["id"], **fields)
+        item = _world(request).update(request.match_info["id"], **fields)
     except ValueError as exc:
         return _bad(str(exc))
     except KeyError:
@@ -139,7 +184,7 @@ async def update_recording(request: web.Request) -> web.Response:
 async def delete_recording(request: web.Request) -> web.Response:
     """DELETE /_sim/recordings/{id}: remove a recording; returns its last state."""
     try:
-        item = _sim(request).world.delete(request.match_info["id"])
+        item = _world(request).delete(request.match_info["id"])
     except KeyError:
         return _json({"error": "no such recording"}, status=404)
     return _json(item)
@@ -151,14 +196,14 @@ async def step(request: web.Request) -> web.Response:
         n = int(_number(request, "n", 1))
     except ValueError as exc:
         return _bad(str(exc))
-    return _json({"changes": _sim(request).world.step(n)})
+    return _json({"changes": _world(request).step(n)})
 
 
 async def move(request: web.Request) -> web.Response:
     """POST /_sim/move?every_s=&changes=: keep the world moving in the background."""
-    sim = _sim(request)
+    project = _project(request)
     try:
-        sim.start_moving(_number(request, "every_s"), int(_number(request, "changes", 1)))
+        project.start_moving(_number(request, "every_s"), int(_number(request, "changes", 1)))
     except ValueError as exc:
         return _bad(str(exc))
     return _json({"moving": True})
@@ -166,13 +211,12 @@ async def move(request: web.Request) -> web.Response:
 
 async def freeze(request: web.Request) -> web.Response:
     """POST /_sim/freeze: stop the background changes."""
-    await _sim(request).stop_moving()
+    await _project(request).stop_moving()
     return _json({"moving": False})
 
 
-def _apply_faults(sim: Simulator, body: dict[str, Any]) -> None:
+def _apply_faults(faults: Faults, body: dict[str, Any]) -> None:
     """Apply a faults document: clear, rates (nested or flat), slow_s, latency_s, queue."""
-    faults = sim.faults
     unknown = set(body) - {"clear", "rates", "slow_s", "latency_s", "queue", *KINDS}
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}")
@@ -191,37 +235,40 @@ def _apply_faults(sim: Simulator, body: dict[str, Any]) -> None:
 
 async def faults(request: web.Request) -> web.Response:
     """GET or POST /_sim/faults: read, or change, the fault settings (JSON body)."""
-    sim = _sim(request)
+    project = _project(request)
     if request.method == "POST":
         try:
             body = orjson.loads(await request.read() or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
-            _apply_faults(sim, body)
+            _apply_faults(project.faults, body)
         except (ValueError, TypeError, KeyError) as exc:
             return _bad(f"bad faults document: {exc}")
-    return _json(sim.faults.snapshot())
+    return _json(project.faults.snapshot())
 
 
 async def requests_log(request: web.Request) -> web.Response:
-    """GET /_sim/requests?since=N: log entries from index N on, and the next index to ask.
+    """GET /_sim/requests?since=N: log entries from index N on, and the next index to ask;
+    each names its `project` (an index). With `?project=`, only that project's entries
+    (`next` still counts them all).
 
     A long-running simulator lets its oldest entries go; `since` then starts at the
     oldest it still has.
     """
-    sim = _sim(request)
+    sim, named = _sim(request), _named(request)
     try:
         since = max(0, int(_number(request, "since", 0)))
     except ValueError as exc:
         return _bad(str(exc))
     since = max(since, sim.logged_before)  # older entries were let go
-    entries = [r.as_dict() for r in sim.requests[since - sim.logged_before:]]
-    return _json({"requests": entries, "next": since + len(entries)})
+    records = sim.requests[since - sim.logged_before:]
+    entries = [r.as_dict() for r in records if named is None or r.project == named.index]
+    return _json({"requests": entries, "next": since + len(records)})
 
 
 async def clock(request: web.Request) -> web.Response:
     """POST /_sim/clock?advance=S: move a manual clock forward (409 on a real clock)."""
-    world_clock = _sim(request).world.clock
+    world_clock = _world(request).clock
     if not isinstance(world_clock, ManualClock):
         return _json({"error": "the world runs on the real clock"}, status=409)
     try:
@@ -234,7 +281,7 @@ async def clock(request: web.Request) -> web.Response:
 async def rate_limit(request: web.Request) -> web.Response:
     """POST /_sim/rate-limit?limit=N|off[&bucket=transcriptions]: change the per-minute limit
     (a fresh window): the overall one, or the transcription and summary endpoints' own."""
-    sim = _sim(request)
+    sim = _project(request)
     raw = request.query.get("limit", "")
     if raw != "off" and not raw.isdigit():
         return _bad("limit must be a whole number or 'off'")
@@ -278,7 +325,7 @@ def _answer(make: Callable[[], Any], missing: str, status: int = 200) -> web.Res
 async def recording_transcriptions(request: web.Request) -> web.Response:
     """GET /_sim/recordings/{id}/transcriptions: its transcriptions as served, newest first.
     POST: (deployed) add another one beside its own, `{"status"}` (default completed)."""
-    world, rec_id = _sim(request).world, request.match_info["id"]
+    world, rec_id = _world(request), request.match_info["id"]
     if request.method == "GET":
         return _answer(lambda: {"data": world.transcriptions_of(rec_id)}, "recording")
     try:
@@ -292,7 +339,7 @@ async def recording_transcriptions(request: web.Request) -> web.Response:
 async def retranscribe(request: web.Request) -> web.Response:
     """POST /_sim/recordings/{id}/retranscribe: replace its transcription under a new id
     (body `{"status"}`, default completed); returns the new one. The old id 404s."""
-    world, rec_id = _sim(request).world, request.match_info["id"]
+    world, rec_id = _world(request), request.match_info["id"]
     try:
         body = await _body(request)
     except ValueError as exc:
@@ -304,7 +351,7 @@ async def retranscribe(request: web.Request) -> web.Response:
 async def fail_transcription(request: web.Request) -> web.Response:
     """POST /_sim/recordings/{id}/fail-transcription: its transcription fails now (body
     `{"message"}` optional); returns it."""
-    world, rec_id = _sim(request).world, request.match_info["id"]
+    world, rec_id = _world(request), request.match_info["id"]
     try:
         message = (await _body(request)).get("message")
     except ValueError as exc:
@@ -316,7 +363,7 @@ async def fail_transcription(request: web.Request) -> web.Response:
 async def transcription(request: web.Request) -> web.Response:
     """GET /_sim/transcriptions/{id}: one as served. PATCH: force `status` (and `error`);
     other fields of the body are served as given."""
-    world, txn_id = _sim(request).world, request.match_info["id"]
+    world, txn_id = _world(request), request.match_info["id"]
     if request.method == "GET":
         return _answer(lambda: world.transcription(txn_id), "transcription")
     try:
@@ -328,13 +375,13 @@ async def transcription(request: web.Request) -> web.Response:
 
 async def transcription_summaries(request: web.Request) -> web.Response:
     """GET /_sim/transcriptions/{id}/summaries: its summaries as served, newest first."""
-    world, txn_id = _sim(request).world, request.match_info["id"]
+    world, txn_id = _world(request), request.match_info["id"]
     return _answer(lambda: {"data": world.summaries_of(txn_id)}, "transcription")
 
 
 async def summary(request: web.Request) -> web.Response:
     """GET /_sim/summaries/{id}: one summary as served."""
-    world, sum_id = _sim(request).world, request.match_info["id"]
+    world, sum_id = _world(request), request.match_info["id"]
     return _answer(lambda: world.summary(sum_id), "summary")
 
 
@@ -352,6 +399,7 @@ def _every(world: World, summaries: bool) -> Iterator[dict[str, Any]]:
 async def every_transcription(request: web.Request) -> web.StreamResponse:
     """GET /_sim/transcriptions (or /_sim/summaries): all of them as served, newest recording
     first (streamed; it makes every transcript there is: meant for worlds of thousands)."""
+    world = _world(request)  # before the answer starts: a missing ?project= is a 400
     response = web.StreamResponse()
     response.content_type = "application/json"
     await response.prepare(request)
@@ -359,7 +407,7 @@ async def every_transcription(request: web.Request) -> web.StreamResponse:
     summaries = request.path.rstrip("/").endswith("/summaries")
     batch: list[bytes] = []
     first = True
-    for item in _every(_sim(request).world, summaries):
+    for item in _every(world, summaries):
         batch.append(orjson.dumps(item))
         if len(batch) == BATCH // 10:
             await response.write((b"" if first else b",") + b",".join(batch))

@@ -1,7 +1,10 @@
 """The /v1 API and the file URLs: handlers, the auth/rate-limit/fault gate, the request log.
 
 Every /v1 answer goes through `api_gate`: latency, the rate limit (counted per key),
-then an injected fault if one is due, then auth, then the handler. The documented
+then an injected fault if one is due, then auth, then the handler. The latency, the
+limits and the faults are those of the project the request's key belongs to
+(`project_of`), and the handler reads that project's world; a file URL names its project
+in its query (`&project=N`, absent for the first). The documented
 dialect sends `X-RateLimit-*` headers on every answer and `Retry-After` on a 429, and
 its errors use the `{"error": {"code", "message", "details"}}` envelope. The deployed
 dialect (handlers in `api_deployed`) enforces the same limit without any of those
@@ -30,6 +33,7 @@ from botasync.simulator.world import FileRef
 
 if TYPE_CHECKING:
     from botasync.simulator.app import Simulator
+    from botasync.simulator.projects import Project
 
 SIM_KEY: web.AppKey[Simulator] = web.AppKey("botasync_simulator")
 READ_SCOPE = "recordings:read"
@@ -92,6 +96,18 @@ def sim_of(request: web.Request) -> Simulator:
     return request.app[SIM_KEY]
 
 
+def project_of(request: web.Request) -> Project:
+    """The project this request reads and counts against: its bearer key's (the first
+    project's for a missing or unknown key), or for a file URL the one its query names."""
+    sim = sim_of(request)
+    if not request.path.startswith("/_files/"):
+        return sim.project_for_key(bearer_token(request))
+    try:  # a wrong or unknown one is the first's: its signature check then fails
+        return sim.project(int(request.query.get("project", "0")))
+    except (KeyError, ValueError):
+        return sim.projects[0]
+
+
 # -- the request log ---------------------------------------------------------------------
 
 
@@ -100,8 +116,8 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
     """Record every API and file request with its arrival time and final status."""
     if request.path.startswith("/_sim/"):
         return await handler(request)
-    sim = sim_of(request)
-    arrived = sim.world.clock.now()
+    sim, project = sim_of(request), project_of(request)
+    arrived = project.world.clock.now()
     status = 0  # stays 0 for a dropped connection or a cancelled handler
     try:
         response = await handler(request)
@@ -111,7 +127,8 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
         status = exc.status
         raise
     finally:
-        sim.record(arrived, request.method, request.path, request.query_string, status)
+        sim.record(arrived, request.method, request.path, request.query_string, status,
+                   project.index)
 
 
 # -- the gate in front of /v1 ---------------------------------------------------------------
@@ -122,21 +139,21 @@ async def api_gate(request: web.Request, handler: Handler) -> web.StreamResponse
     """Latency, rate limit, faults and auth for /v1, in the order a real gateway has them."""
     if not request.path.startswith("/v1/") or request.path in OPEN_PATHS:
         return await handler(request)
-    sim = sim_of(request)
-    if sim.faults.latency_s > 0:
-        await asyncio.sleep(sim.faults.latency_s)
+    sim, project = sim_of(request), project_of(request)
+    if project.faults.latency_s > 0:
+        await asyncio.sleep(project.faults.latency_s)
     token = bearer_token(request)
-    decision = sim.limiter.hit(token or "")
+    decision = project.limiter.hit(token or "")
     quiet = sim.world.deployed  # enforces the limit but never says so in headers
     if decision is not None and not decision.allowed:
         return fail(sim, 429, "rate_limit_exceeded",
                     "too many requests; retry after the window resets",
-                    {"limit": decision.limit, "window_s": sim.limiter.window_s},
+                    {"limit": decision.limit, "window_s": project.limiter.window_s},
                     headers=None if quiet else decision.headers(), plain="Too many requests")
-    kind = sim.faults.pick(request.path)
+    kind = project.faults.pick(request.path)
     if kind is not None:
         log.debug("simulator.fault", kind=kind, path=request.path)
-        response = await _fault(sim, kind, request,
+        response = await _fault(sim, project, kind, request,
                                 lambda: _authorized(sim, request, handler, token))
     else:
         response = await _authorized(sim, request, handler, token)
@@ -171,22 +188,22 @@ async def _authorized(
 
 
 async def _fault(
-    sim: Simulator, kind: str, request: web.Request,
+    sim: Simulator, project: Project, kind: str, request: web.Request,
     answer: Callable[[], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """The response for an injected fault; `answer()` gives the real one when needed."""
     if kind == "slow":
-        await asyncio.sleep(sim.faults.slow_s)
+        await asyncio.sleep(project.faults.slow_s)
         return await answer()
     if kind == "server_error":
-        status = sim.faults.server_error_status()
+        status = project.faults.server_error_status()
         return fail(sim, status, "internal_error",
                     "internal error" if status == 500 else "service temporarily unavailable",
                     plain="Internal Server Error" if status == 500 else "Service Unavailable")
     if kind == "rate_limited":
         if sim.world.deployed:
             return fail(sim, 429, "rate_limit_exceeded", "Too many requests")
-        reset = str(math.ceil(sim.world.clock.now()) + 1)
+        reset = str(math.ceil(project.world.clock.now()) + 1)
         return error(429, "rate_limit_exceeded", "too many requests", headers={
             "Retry-After": "1", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
     if kind == "drop":
@@ -261,7 +278,7 @@ async def list_recordings(request: web.Request) -> web.Response:
         return error(400, "invalid_request", str(exc), {"param": exc.param})
     if sim.ignore_offset:  # a broken server (or proxy) that drops the query's offset
         params["offset"] = 0
-    return json_body(sim.world.page_body(**params))
+    return json_body(project_of(request).world.page_body(**params))
 
 
 def _not_found(rec_id: str) -> web.Response:
@@ -271,7 +288,7 @@ def _not_found(rec_id: str) -> web.Response:
 async def get_recording(request: web.Request) -> web.Response:
     """GET /v1/recordings/{id}: one recording, or 404."""
     rec_id = request.match_info["id"]
-    body = sim_of(request).world.detail_body(rec_id)
+    body = project_of(request).world.detail_body(rec_id)
     return _not_found(rec_id) if body is None else json_body(body)
 
 
@@ -289,11 +306,11 @@ async def _requested_media_id(request: web.Request) -> str:
 
 async def create_download_url(request: web.Request) -> web.Response:
     """POST /v1/recordings/{id}/download-url: a pre-signed URL for one uploaded media file."""
-    sim = sim_of(request)
-    decision = sim.download_limiter.hit(bearer_token(request) or "")
+    sim, project = sim_of(request), project_of(request)
+    decision = project.download_limiter.hit(bearer_token(request) or "")
     if decision is not None and not decision.allowed:
         return error(429, "rate_limit_exceeded", "too many download-url requests",
-                     {"limit": decision.limit, "window_s": sim.download_limiter.window_s,
+                     {"limit": decision.limit, "window_s": project.download_limiter.window_s,
                       "scope": "download_url"},
                      headers=decision.headers())
     rec_id = request.match_info["id"]
@@ -301,22 +318,25 @@ async def create_download_url(request: web.Request) -> web.Response:
         media_id = await _requested_media_id(request)
     except BadRequest as exc:
         return error(400, "invalid_request", str(exc), {"param": exc.param})
-    if rec_id not in sim.world:
+    if rec_id not in project.world:
         return _not_found(rec_id)
-    media = sim.world.find_media(media_id, rec_id)
+    media = project.world.find_media(media_id, rec_id)
     if media is None:
         return error(404, "not_found", f"media {media_id} not found on {rec_id}", {"id": media_id})
     if media.get("status") != "uploaded":
         return error(400, "invalid_request", f"media {media_id} is not uploaded yet",
                      {"param": "media_id", "status": media.get("status")})
-    return json_body(orjson.dumps(_signed_url(sim, request, media)))
+    return json_body(orjson.dumps(_signed_url(sim, project, request, media)))
 
 
-def _signed_url(sim: Simulator, request: web.Request, media: dict[str, Any]) -> dict[str, Any]:
-    expires = math.ceil(sim.world.clock.now() + sim.url_ttl_s)
-    sig = sign(sim.secret, media["id"], expires)
+def _signed_url(
+    sim: Simulator, project: Project, request: web.Request, media: dict[str, Any],
+) -> dict[str, Any]:
+    expires = math.ceil(project.world.clock.now() + sim.url_ttl_s)
+    sig = sign(sim.secret_of(project.index), media["id"], expires)
     return {
-        "download_url": f"{request.url.origin()}/_files/{media['id']}?expires={expires}&sig={sig}",
+        "download_url": f"{request.url.origin()}/_files/{media['id']}?expires={expires}&sig={sig}"
+                        f"{sim.project_query(project.index)}",
         "media_id": media["id"],
         "content_type": media.get("mime_type") or "application/octet-stream",
         "file_size_bytes": int(media.get("file_size_bytes") or 0),
@@ -352,26 +372,27 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
 
     The file is a media item's (documented) or a recording's own (deployed).
     """
-    sim = sim_of(request)
+    sim, project = sim_of(request), project_of(request)
     file_id = request.match_info["file_id"]
     query = request.query
-    refused = check_signature(sim.secret, file_id, query.get("expires", ""),
-                              query.get("sig", ""), sim.world.clock.now(),
+    refused = check_signature(sim.secret_of(project.index), file_id, query.get("expires", ""),
+                              query.get("sig", ""), project.world.clock.now(),
                               query.get("nonce", ""))
     if refused:
         return web.Response(status=403, text=refused)
-    ref = sim.world.file(file_id)
+    ref = project.world.file(file_id)
     if ref is None:
         return web.Response(status=404, text="NoSuchKey: the file no longer exists")
     plan = _file_plan(sim, request, ref.size)
     if isinstance(plan, web.Response):
         return plan
     status, start, end = plan
-    return await _stream(sim, request, ref, status, start, end)
+    return await _stream(sim, project, request, ref, status, start, end)
 
 
 async def _stream(
-    sim: Simulator, request: web.Request, ref: FileRef, status: int, start: int, end: int,
+    sim: Simulator, project: Project, request: web.Request, ref: FileRef, status: int,
+    start: int, end: int,
 ) -> web.StreamResponse:
     """Send bytes start..end; a `truncate` fault stops halfway and cuts the connection."""
     size = ref.size
@@ -382,7 +403,7 @@ async def _stream(
         response.headers["Accept-Ranges"] = "bytes"
     if status == 206:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    truncate = sim.faults.pick(request.path) == "truncate"
+    truncate = project.faults.pick(request.path) == "truncate"
     await response.prepare(request)
     stop = start + (end - start) // 2 if truncate else end
     for chunk in ref.chunks(start, stop):

@@ -37,9 +37,11 @@ def parse_list_query(query: Any) -> dict[str, Any]:
 
 
 def _signer(request: web.Request) -> Signer:
-    """Signs file URLs on the origin the client reached, anew for every call."""
+    """Signs file URLs of the request's project on the origin the client reached, anew for
+    every call."""
     sim, origin = api.sim_of(request), str(request.url.origin())
-    return lambda file_id: sim.file_url(origin, file_id)
+    index = api.project_of(request).index
+    return lambda file_id: sim.file_url(origin, file_id, index)
 
 
 def _not_found(request: web.Request) -> web.Response:
@@ -52,7 +54,8 @@ async def list_recordings(request: web.Request) -> web.Response:
     query = api.without_status(request.query) if sim.ignore_status_filter else request.query
     try:
         params = parse_list_query(query)
-        return json_body(sim.world.cursor_page_body(**params, sign_url=_signer(request)))
+        world = api.project_of(request).world
+        return json_body(world.cursor_page_body(**params, sign_url=_signer(request)))
     except BadRequest as exc:
         return fail(sim, 400, "invalid_request", str(exc))
     except InvalidCursor:
@@ -61,19 +64,19 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def get_recording(request: web.Request) -> web.Response:
     """GET /v1/recordings/{id}: one recording with a newly signed `audio_url`, or 404."""
-    body = api.sim_of(request).world.detail_body(request.match_info["id"], _signer(request))
+    body = api.project_of(request).world.detail_body(request.match_info["id"], _signer(request))
     return _not_found(request) if body is None else json_body(body)
 
 
 async def download_url(request: web.Request) -> web.Response:
     """GET /v1/recordings/{id}/download-url: a signed URL to the recording's stored file."""
-    sim = api.sim_of(request)
-    decision = sim.download_limiter.hit(api.bearer_token(request) or "")
+    sim, project = api.sim_of(request), api.project_of(request)
+    decision = project.download_limiter.hit(api.bearer_token(request) or "")
     if decision is not None and not decision.allowed:
         return fail(sim, 429, "rate_limit_exceeded", "Too many requests")
     rec_id = request.match_info["id"]
     try:
-        info = sim.world.download_info(rec_id)
+        info = project.world.download_info(rec_id)
     except KeyError:
         return _not_found(request)
     if info is None:

@@ -6,8 +6,9 @@ summary) and `GET /summaries/{id}`; there are no lists. Deployed: also
 pages), `full_text`, and errors as plain strings.
 
 Besides the overall limit (counted by the gate in `api`), these endpoints share a limit of
-their own per key (Bota documents "transcriptions 10/min"). Documented answers carry that
-bucket's `X-RateLimit-*` headers (its 429 also `Retry-After`); deployed ones carry none.
+their own per key (Bota documents "transcriptions 10/min"), each project its own.
+Documented answers carry that bucket's `X-RateLimit-*` headers (its 429 also
+`Retry-After`); deployed ones carry none.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ SCOPE = "transcriptions"
 def metered(handler: Handler) -> Handler:
     """Count the request against the transcription bucket; refuse it past the limit."""
     async def wrapped(request: web.Request) -> web.Response:
-        sim = api.sim_of(request)
-        decision = sim.transcription_limiter.hit(api.bearer_token(request) or "")
+        sim, limiter = api.sim_of(request), api.project_of(request).transcription_limiter
+        decision = limiter.hit(api.bearer_token(request) or "")
         quiet = sim.world.deployed
         if decision is not None and not decision.allowed:
             return fail(sim, 429, "rate_limit_exceeded", "too many transcription requests",
-                        {"limit": decision.limit, "window_s": sim.transcription_limiter.window_s,
+                        {"limit": decision.limit, "window_s": limiter.window_s,
                          "scope": SCOPE},
                         headers=None if quiet else decision.headers(), plain="Too many requests")
         response = await handler(request)
@@ -55,14 +56,14 @@ def _not_found(request: web.Request, what: str) -> web.Response:
 @metered
 async def get_transcription(request: web.Request) -> web.Response:
     """GET /v1/transcriptions/{id}: one transcription, or 404 (unknown or replaced)."""
-    item = api.sim_of(request).world.transcription(request.match_info["id"])
+    item = api.project_of(request).world.transcription(request.match_info["id"])
     return _not_found(request, "transcription") if item is None else json_body(orjson.dumps(item))
 
 
 @metered
 async def get_summary(request: web.Request) -> web.Response:
     """GET /v1/summaries/{id}: one summary, or 404."""
-    item = api.sim_of(request).world.summary(request.match_info["id"])
+    item = api.project_of(request).world.summary(request.match_info["id"])
     return _not_found(request, "summary") if item is None else json_body(orjson.dumps(item))
 
 
@@ -81,7 +82,7 @@ async def _list(request: web.Request, filter_name: str) -> web.Response:
     sim = api.sim_of(request)
     try:
         value, limit, cursor = parse_keyset_query(request.query, filter_name)
-        transcripts = sim.world.transcripts
+        transcripts = api.project_of(request).world.transcripts
         items = (transcripts.of_recording(value) if filter_name == "recording_id"
                  else transcripts.summaries_of(value))
         return json_body(transcripts.page(items, limit, cursor))

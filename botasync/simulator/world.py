@@ -114,7 +114,15 @@ class World:
         else:
             start_s = (start if start.tzinfo else start.replace(tzinfo=UTC)).timestamp()
         self._last_ms = int(start_s) * 1000
+        self._made = (recordings, start_s)  # what `like` builds another world from
         self._generate(recordings)
+
+    def like(self, seed: int) -> World:
+        """A new world built as this one was (as many recordings, the same start, clock,
+        dialect and file sizes) from another seed: another Bota project beside it."""
+        recordings, start_s = self._made
+        return World(seed, recordings, start=datetime.fromtimestamp(start_s, UTC),
+                     max_file_bytes=self.max_file_bytes, clock=self.clock, dialect=self.dialect)
 
     # -- generation -------------------------------------------------------------------
 

@@ -214,6 +214,205 @@ STEPS: tuple[str, ...] = (
     );
     CREATE INDEX transcript_queue_next ON transcript_queue(next_attempt_at);
     """,
+    # 6: many Bota projects in one database. `project` (the `[[projects]]` name; `default`
+    # for `[api]` alone) joins the key of every table that holds API data; the rows stored
+    # so far are the project `default`'s. SQLite changes a key by rebuilding the table:
+    # each is copied whole (the segments keep their ids, so the FTS index stays valid),
+    # with foreign keys off for the step and checked before it commits.
+    """
+    CREATE TABLE recordings_6 (
+        project          TEXT NOT NULL DEFAULT 'default',
+        id               TEXT NOT NULL,
+        device_id        TEXT,
+        end_user_id      TEXT,
+        name             TEXT,
+        status           TEXT NOT NULL,
+        duration_ms      INTEGER,
+        started_at       TEXT,
+        ended_at         TEXT,
+        transcription_id TEXT,
+        metadata         TEXT,
+        created_at       TEXT,
+        raw              TEXT NOT NULL,
+        fingerprint      TEXT,
+        first_seen_at    TEXT NOT NULL,
+        synced_at        TEXT NOT NULL,
+        deleted_at       TEXT,
+        recorded_at      TEXT,
+        updated_at       TEXT,
+        source           TEXT,
+        project_id       TEXT,
+        file_size_bytes  INTEGER,
+        content_sha256   TEXT,
+        PRIMARY KEY (project, id)
+    );
+    INSERT INTO recordings_6 (id, device_id, end_user_id, name, status, duration_ms,
+        started_at, ended_at, transcription_id, metadata, created_at, raw, fingerprint,
+        first_seen_at, synced_at, deleted_at, recorded_at, updated_at, source, project_id,
+        file_size_bytes, content_sha256)
+    SELECT id, device_id, end_user_id, name, status, duration_ms, started_at, ended_at,
+        transcription_id, metadata, created_at, raw, fingerprint, first_seen_at, synced_at,
+        deleted_at, recorded_at, updated_at, source, project_id, file_size_bytes,
+        content_sha256
+    FROM recordings;
+    DROP TABLE recordings;
+    ALTER TABLE recordings_6 RENAME TO recordings;
+    CREATE INDEX recordings_status ON recordings(project, status);
+    CREATE INDEX recordings_device_id ON recordings(device_id);
+    CREATE INDEX recordings_end_user_id ON recordings(end_user_id);
+    CREATE INDEX recordings_created_at ON recordings(project, created_at);
+    CREATE INDEX recordings_updated_at ON recordings(updated_at);
+
+    CREATE TABLE media_6 (
+        project          TEXT NOT NULL DEFAULT 'default',
+        id               TEXT NOT NULL,
+        recording_id     TEXT NOT NULL,
+        position         INTEGER NOT NULL,
+        type             TEXT,
+        mime_type        TEXT,
+        file_size_bytes  INTEGER,
+        status           TEXT,
+        captured_at      TEXT,
+        created_at       TEXT,
+        raw              TEXT NOT NULL,
+        local_path       TEXT,
+        local_size_bytes INTEGER,
+        sha256           TEXT,
+        downloaded_at    TEXT,
+        download_attempts INTEGER NOT NULL DEFAULT 0,
+        download_error   TEXT,
+        download_next_at TEXT,
+        PRIMARY KEY (project, id),
+        FOREIGN KEY (project, recording_id) REFERENCES recordings(project, id) ON DELETE CASCADE
+    );
+    INSERT INTO media_6 (id, recording_id, position, type, mime_type, file_size_bytes,
+        status, captured_at, created_at, raw, local_path, local_size_bytes, sha256,
+        downloaded_at, download_attempts, download_error, download_next_at)
+    SELECT id, recording_id, position, type, mime_type, file_size_bytes, status,
+        captured_at, created_at, raw, local_path, local_size_bytes, sha256, downloaded_at,
+        download_attempts, download_error, download_next_at
+    FROM media;
+    DROP TABLE media;
+    ALTER TABLE media_6 RENAME TO media;
+    CREATE INDEX media_recording_id ON media(project, recording_id);
+    CREATE INDEX media_downloaded_at ON media(downloaded_at);
+
+    CREATE TABLE transcriptions_6 (
+        project          TEXT NOT NULL DEFAULT 'default',
+        id               TEXT NOT NULL,
+        recording_id     TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        language         TEXT,
+        provider         TEXT,
+        text             TEXT,
+        word_count       INTEGER,
+        error            TEXT,
+        created_at       TEXT,
+        updated_at       TEXT,
+        completed_at     TEXT,
+        raw              TEXT NOT NULL,
+        fetched_at       TEXT NOT NULL,
+        PRIMARY KEY (project, id),
+        FOREIGN KEY (project, recording_id) REFERENCES recordings(project, id)
+    );
+    INSERT INTO transcriptions_6 (id, recording_id, status, language, provider, text,
+        word_count, error, created_at, updated_at, completed_at, raw, fetched_at)
+    SELECT id, recording_id, status, language, provider, text, word_count, error,
+        created_at, updated_at, completed_at, raw, fetched_at
+    FROM transcriptions;
+    DROP TABLE transcriptions;
+    ALTER TABLE transcriptions_6 RENAME TO transcriptions;
+    CREATE INDEX transcriptions_recording_id ON transcriptions(project, recording_id);
+    CREATE INDEX transcriptions_status ON transcriptions(status);
+
+    CREATE TABLE transcript_segments_6 (
+        id               INTEGER PRIMARY KEY,
+        project          TEXT NOT NULL DEFAULT 'default',
+        transcription_id TEXT NOT NULL,
+        position         INTEGER NOT NULL,
+        start_s          REAL,
+        end_s            REAL,
+        speaker          TEXT,
+        text             TEXT NOT NULL,
+        confidence       REAL,
+        UNIQUE (project, transcription_id, position),
+        FOREIGN KEY (project, transcription_id) REFERENCES transcriptions(project, id)
+    );
+    INSERT INTO transcript_segments_6 (id, transcription_id, position, start_s, end_s,
+        speaker, text, confidence)
+    SELECT id, transcription_id, position, start_s, end_s, speaker, text, confidence
+    FROM transcript_segments;
+    DROP TABLE transcript_segments;
+    ALTER TABLE transcript_segments_6 RENAME TO transcript_segments;
+
+    CREATE TABLE summaries_6 (
+        project          TEXT NOT NULL DEFAULT 'default',
+        id               TEXT NOT NULL,
+        transcription_id TEXT NOT NULL,
+        recording_id     TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        template_id      TEXT,
+        custom_prompt    TEXT,
+        provider         TEXT,
+        output           TEXT,
+        error            TEXT,
+        created_at       TEXT,
+        updated_at       TEXT,
+        started_at       TEXT,
+        completed_at     TEXT,
+        raw              TEXT NOT NULL,
+        fetched_at       TEXT NOT NULL,
+        PRIMARY KEY (project, id),
+        FOREIGN KEY (project, recording_id) REFERENCES recordings(project, id)
+    );
+    INSERT INTO summaries_6 (id, transcription_id, recording_id, status, template_id,
+        custom_prompt, provider, output, error, created_at, updated_at, started_at,
+        completed_at, raw, fetched_at)
+    SELECT id, transcription_id, recording_id, status, template_id, custom_prompt, provider,
+        output, error, created_at, updated_at, started_at, completed_at, raw, fetched_at
+    FROM summaries;
+    DROP TABLE summaries;
+    ALTER TABLE summaries_6 RENAME TO summaries;
+    CREATE INDEX summaries_transcription_id ON summaries(project, transcription_id);
+    CREATE INDEX summaries_recording_id ON summaries(project, recording_id);
+
+    CREATE TABLE transcript_queue_6 (
+        project          TEXT NOT NULL DEFAULT 'default',
+        recording_id     TEXT NOT NULL,
+        reason           TEXT NOT NULL,
+        queued_at        TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        last_error       TEXT,
+        next_attempt_at  TEXT,
+        PRIMARY KEY (project, recording_id),
+        FOREIGN KEY (project, recording_id) REFERENCES recordings(project, id)
+    );
+    INSERT INTO transcript_queue_6 (recording_id, reason, queued_at, attempts, last_error,
+        next_attempt_at)
+    SELECT recording_id, reason, queued_at, attempts, last_error, next_attempt_at
+    FROM transcript_queue;
+    DROP TABLE transcript_queue;
+    ALTER TABLE transcript_queue_6 RENAME TO transcript_queue;
+    CREATE INDEX transcript_queue_next ON transcript_queue(project, next_attempt_at);
+
+    CREATE TABLE state_6 (                 -- project '': the service's own rows
+        project          TEXT NOT NULL DEFAULT 'default',
+        key              TEXT NOT NULL,
+        value            TEXT NOT NULL,
+        PRIMARY KEY (project, key)
+    );
+    -- the daemon's own rows and the demo's mark belong to the service, not a project
+    INSERT INTO state_6 (project, key, value)
+    SELECT CASE WHEN key IN ('daemon', 'demo_database') THEN '' ELSE 'default' END, key, value
+    FROM state;
+    DROP TABLE state;
+    ALTER TABLE state_6 RENAME TO state;
+
+    ALTER TABLE events ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX events_project ON events(project, seq);
+    ALTER TABLE sync_runs ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX sync_runs_project ON sync_runs(project, kind, id);
+    """,
 )
 
 LATEST = len(STEPS)
@@ -237,20 +436,44 @@ async def current_version(conn: Any) -> int:
 
 
 async def apply(conn: Any) -> int:
-    """Bring an aiosqlite connection to `LATEST`, each step committed with its number."""
-    for number, sql in pending_steps(await current_version(conn)):
-        # executescript would COMMIT first and run outside our transaction: run the
-        # statements one by one inside BEGIN so a crash leaves the step all or nothing.
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _statements(sql):
-                await conn.execute(stmt)
-            await conn.execute(f"PRAGMA user_version = {number}")
-            await conn.commit()
-        except BaseException:
-            await conn.rollback()
-            raise
+    """Bring an aiosqlite connection to `LATEST`, each step committed with its number.
+
+    Foreign keys are off while the steps run (a step that rebuilds a table drops the old
+    one, which must not cascade to its children) and checked before each commit.
+    """
+    steps = pending_steps(await current_version(conn))
+    if not steps:
+        return LATEST
+    async with conn.execute("PRAGMA foreign_keys") as cur:
+        enforced = (await cur.fetchone())[0]
+    await conn.execute("PRAGMA foreign_keys = OFF")  # a no-op inside a transaction: first
+    try:
+        for number, sql in steps:
+            await _apply_step(conn, number, sql)
+    finally:
+        await conn.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
     return LATEST
+
+
+async def _apply_step(conn: Any, number: int, sql: str) -> None:
+    # executescript would COMMIT first and run outside our transaction: run the
+    # statements one by one inside BEGIN so a crash leaves the step all or nothing.
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in _statements(sql):
+            await conn.execute(stmt)
+        async with conn.execute("PRAGMA foreign_key_check") as cur:
+            broken = await cur.fetchall()
+        if broken:
+            raise MigrationError(
+                f"schema step {number} would leave {len(broken)} rows whose parent is missing "
+                f"(first: {broken[0][0]} row {broken[0][1]} -> {broken[0][2]}); nothing was "
+                "changed")
+        await conn.execute(f"PRAGMA user_version = {number}")
+        await conn.commit()
+    except BaseException:
+        await conn.rollback()
+        raise
 
 
 def _statements(sql: str) -> list[str]:

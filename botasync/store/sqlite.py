@@ -22,7 +22,7 @@ from typing import Any
 import aiosqlite
 
 from botasync.api.models import Recording
-from botasync.envelope import Event
+from botasync.envelope import DEFAULT_PROJECT, Event
 from botasync.errors import MigrationError, StoreError
 from botasync.jsoncodec import dumps, loads
 from botasync.lifecycle import AsyncClosing
@@ -247,12 +247,12 @@ class PageWrite:
 
 
 _UPSERT_RECORDING = """
-INSERT INTO recordings (id, device_id, end_user_id, name, status, duration_ms, started_at,
-    ended_at, transcription_id, metadata, created_at, recorded_at, updated_at, source,
-    project_id, file_size_bytes, content_sha256, raw, fingerprint, first_seen_at,
+INSERT INTO recordings (project, id, device_id, end_user_id, name, status, duration_ms,
+    started_at, ended_at, transcription_id, metadata, created_at, recorded_at, updated_at,
+    source, project_id, file_size_bytes, content_sha256, raw, fingerprint, first_seen_at,
     synced_at, deleted_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
-ON CONFLICT(id) DO UPDATE SET
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
+ON CONFLICT(project, id) DO UPDATE SET
     device_id = excluded.device_id, end_user_id = excluded.end_user_id, name = excluded.name,
     status = excluded.status, duration_ms = excluded.duration_ms,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
@@ -265,10 +265,10 @@ ON CONFLICT(id) DO UPDATE SET
 """
 
 _UPSERT_MEDIA = """
-INSERT INTO media (id, recording_id, position, type, mime_type, file_size_bytes, status,
-    captured_at, created_at, raw)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(id) DO UPDATE SET
+INSERT INTO media (project, id, recording_id, position, type, mime_type, file_size_bytes,
+    status, captured_at, created_at, raw)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(project, id) DO UPDATE SET
     recording_id = excluded.recording_id, position = excluded.position, type = excluded.type,
     mime_type = excluded.mime_type, file_size_bytes = excluded.file_size_bytes,
     status = excluded.status, captured_at = excluded.captured_at,
@@ -276,20 +276,20 @@ ON CONFLICT(id) DO UPDATE SET
 """
 
 
-def _recording_row(u: Upsert, now: str) -> tuple[Any, ...]:
+def _recording_row(project: str, u: Upsert, now: str) -> tuple[Any, ...]:
     r = u.recording
     meta = dumps(r.metadata) if r.metadata is not None else None
     return (
-        r.id, r.device_id, r.end_user_id, r.name, r.status, r.duration_ms, r.started_at,
+        project, r.id, r.device_id, r.end_user_id, r.name, r.status, r.duration_ms, r.started_at,
         r.ended_at, r.transcription_id, meta, r.created_at, r.recorded_at, r.updated_at,
         r.source, r.project_id, r.file_size_bytes, r.content_sha256, dumps(u.raw),
         u.fingerprint, now, now,
     )
 
 
-def _media_rows(u: Upsert) -> list[tuple[Any, ...]]:
+def _media_rows(project: str, u: Upsert) -> list[tuple[Any, ...]]:
     return [
-        (m.id, u.recording.id, i, m.type, m.mime_type, m.file_size_bytes, m.status,
+        (project, m.id, u.recording.id, i, m.type, m.mime_type, m.file_size_bytes, m.status,
          m.captured_at, m.created_at, dumps(raw))
         for i, (m, raw) in enumerate(u.recording.files(u.raw) or [])
     ]
@@ -300,30 +300,45 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
         yield items[i : i + size]
 
 
-async def _write_page(conn: aiosqlite.Connection, page: PageWrite, now: str) -> None:
+async def _write_page(
+    conn: aiosqlite.Connection, project: str, page: PageWrite, now: str,
+) -> None:
     """Upserts, media, tombstones and their events, inside the caller's transaction."""
-    await conn.executemany(_UPSERT_RECORDING, [_recording_row(u, now) for u in page.upserts])
+    await conn.executemany(
+        _UPSERT_RECORDING, [_recording_row(project, u, now) for u in page.upserts])
     for u in page.upserts:
         files = u.recording.files(u.raw)
         if not u.is_new and files is not None:
             keep = [m.id for m, _ in files]
             marks = ",".join("?" * len(keep))
             await conn.execute(
-                f"DELETE FROM media WHERE recording_id = ? AND id NOT IN ({marks})",  # noqa: S608
-                (u.recording.id, *keep),
+                f"DELETE FROM media WHERE project = ? AND recording_id = ? "  # noqa: S608
+                f"AND id NOT IN ({marks})",
+                (project, u.recording.id, *keep),
             )
-    await conn.executemany(_UPSERT_MEDIA, [row for u in page.upserts for row in _media_rows(u)])
+    await conn.executemany(
+        _UPSERT_MEDIA, [row for u in page.upserts for row in _media_rows(project, u)])
     # recordings that can now have a transcript are queued with their row (once turned on)
-    await transcript_queue.enqueue_rows(conn, page.upserts, now, backfill=page.backfill)
+    await transcript_queue.enqueue_rows(
+        conn, project, page.upserts, now, backfill=page.backfill)
     await conn.executemany(
-        "UPDATE recordings SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
-        [(now, rid) for rid in page.tombstones],
+        "UPDATE recordings SET deleted_at = ? "
+        "WHERE project = ? AND id = ? AND deleted_at IS NULL",
+        [(now, project, rid) for rid in page.tombstones],
     )
+    await insert_events(conn, page.events, backfill=page.backfill)
+
+
+async def insert_events(
+    conn: Any, events: Sequence[Event], *, backfill: bool = False,
+) -> None:
+    """Put events in the outbox, inside the caller's transaction (with the change they
+    announce)."""
     await conn.executemany(
-        "INSERT INTO events (id, type, recording_id, created_at, payload, backfill) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [(e.id, e.type, e.recording_id, e.created_at, dumps(e.envelope()), int(page.backfill))
-         for e in page.events],
+        "INSERT INTO events (id, type, recording_id, created_at, payload, backfill, project) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(e.id, e.type, e.recording_id, e.created_at, dumps(e.envelope()), int(backfill),
+          e.project) for e in events],
     )
 
 
@@ -332,10 +347,12 @@ Build = Callable[[dict[str, dict[str, Any]], set[str]], PageWrite]
 
 
 class Mirror:
-    """The queries a pass makes; a thin layer over `Store` that speaks recordings."""
+    """The queries a pass makes, for one project; a thin layer over `Store` that speaks
+    recordings. `project=SERVICE` ('') reads and writes the service's own `state` rows."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, project: str = DEFAULT_PROJECT) -> None:
         self.store = store
+        self.project = project
 
     async def fingerprints(self, ids: Sequence[str]) -> dict[str, tuple[str | None, bool]]:
         """id -> (stored fingerprint, is tombstoned) for the ids that are stored."""
@@ -343,8 +360,9 @@ class Mirror:
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
             rows = await self.store.fetchall(
-                f"SELECT id, fingerprint, deleted_at FROM recordings WHERE id IN ({marks})",  # noqa: S608
-                chunk,
+                f"SELECT id, fingerprint, deleted_at FROM recordings "  # noqa: S608
+                f"WHERE project = ? AND id IN ({marks})",
+                (self.project, *chunk),
             )
             out.update({r[0]: (r[1], r[2] is not None) for r in rows})
         return out
@@ -352,18 +370,22 @@ class Mirror:
     async def live_ids(self, *, status: str | None = None) -> list[str]:
         """Ids of stored recordings not tombstoned, optionally of one status."""
         if status is None:
-            rows = await self.store.fetchall("SELECT id FROM recordings WHERE deleted_at IS NULL")
+            rows = await self.store.fetchall(
+                "SELECT id FROM recordings WHERE project = ? AND deleted_at IS NULL",
+                (self.project,))
         else:
             rows = await self.store.fetchall(
-                "SELECT id FROM recordings WHERE deleted_at IS NULL AND status = ?", (status,)
-            )
+                "SELECT id FROM recordings WHERE project = ? AND deleted_at IS NULL "
+                "AND status = ?", (self.project, status))
         return [r[0] for r in rows]
 
     async def live_ids_not_in(self, seen: Container[str]) -> list[str]:
         """Stored live ids a walk did not see, read in batches: memory stays flat."""
         out: list[str] = []
         async with self.store.read() as conn:
-            async with conn.execute("SELECT id FROM recordings WHERE deleted_at IS NULL") as cur:
+            async with conn.execute(
+                    "SELECT id FROM recordings WHERE project = ? AND deleted_at IS NULL",
+                    (self.project,)) as cur:
                 while rows := await cur.fetchmany(5000):
                     out.extend(r[0] for r in rows if r[0] not in seen)
         return out
@@ -371,28 +393,30 @@ class Mirror:
     async def live_ids_created_after(self, created_at: str) -> list[str]:
         """Live ids newer than a timestamp: what a resumed walk covered before it stopped."""
         rows = await self.store.fetchall(
-            "SELECT id FROM recordings WHERE deleted_at IS NULL AND created_at > ?", (created_at,)
-        )
+            "SELECT id FROM recordings WHERE project = ? AND deleted_at IS NULL "
+            "AND created_at > ?", (self.project, created_at))
         return [r[0] for r in rows]
 
     async def live_ids_in_unknown_status(self, known: Sequence[str]) -> list[str]:
         """Live ids whose status is none of `known`: watched by id, never listed by it."""
         marks = ",".join("?" * len(known))
         rows = await self.store.fetchall(
-            f"SELECT id FROM recordings WHERE deleted_at IS NULL AND status NOT IN ({marks})",  # noqa: S608
-            tuple(known),
+            f"SELECT id FROM recordings WHERE project = ? AND deleted_at IS NULL "  # noqa: S608
+            f"AND status NOT IN ({marks})",
+            (self.project, *known),
         )
         return [r[0] for r in rows]
 
     async def newest_live_id(self) -> str | None:
         """The live recording the list shows first (newest `created_at`, then id)."""
         row = await self.store.fetchone(
-            "SELECT id FROM recordings WHERE deleted_at IS NULL "
-            "ORDER BY created_at DESC, id DESC LIMIT 1")
+            "SELECT id FROM recordings WHERE project = ? AND deleted_at IS NULL "
+            "ORDER BY created_at DESC, id DESC LIMIT 1", (self.project,))
         return str(row[0]) if row else None
 
     async def count(self) -> int:
-        row = await self.store.fetchone("SELECT count(*) FROM recordings")
+        row = await self.store.fetchone(
+            "SELECT count(*) FROM recordings WHERE project = ?", (self.project,))
         return int(row[0]) if row else 0
 
     async def apply(
@@ -416,8 +440,9 @@ class Mirror:
             newer: set[str] = set()
             for chunk in _chunks(list(ids)):
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT id, raw, deleted_at, synced_at FROM recordings WHERE id IN ({marks})"  # noqa: S608
-                async with conn.execute(sql, chunk) as cur:
+                sql = ("SELECT id, raw, deleted_at, synced_at FROM recordings "  # noqa: S608
+                       f"WHERE project = ? AND id IN ({marks})")
+                async with conn.execute(sql, (self.project, *chunk)) as cur:
                     for rid, raw, deleted_at, synced_at in await cur.fetchall():
                         if deleted_at is None:
                             old[rid] = loads(raw)
@@ -425,21 +450,22 @@ class Mirror:
                             newer.add(rid)
             page = build(old, newer)
             if page:
-                await _write_page(conn, page, now)
+                await _write_page(conn, self.project, page, now)
             return page
 
     # -- state and the pass log --
 
     async def get_state(self, key: str) -> str | None:
-        row = await self.store.fetchone("SELECT value FROM state WHERE key = ?", (key,))
+        row = await self.store.fetchone(
+            "SELECT value FROM state WHERE project = ? AND key = ?", (self.project, key))
         return str(row[0]) if row else None
 
     async def set_state(self, key: str, value: str) -> None:
         async with self.store.transaction() as conn:
             await conn.execute(
-                "INSERT INTO state (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
+                "INSERT INTO state (project, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(project, key) DO UPDATE SET value = excluded.value",
+                (self.project, key, value),
             )
 
     async def start_run(
@@ -447,8 +473,9 @@ class Mirror:
     ) -> int:
         async with self.store.transaction() as conn:
             cur = await conn.execute(
-                "INSERT INTO sync_runs (kind, started_at, position, cursor) VALUES (?, ?, ?, ?)",
-                (kind, now, position, cursor),
+                "INSERT INTO sync_runs (project, kind, started_at, position, cursor) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self.project, kind, now, position, cursor),
             )
             return int(cur.lastrowid or 0)
 
@@ -471,9 +498,9 @@ class Mirror:
         """
         marks = ",".join("?" * len(kinds))
         row = await self.store.fetchone(
-            f"SELECT id, position, complete, cursor FROM sync_runs WHERE kind IN ({marks}) "  # noqa: S608
-            "ORDER BY id DESC LIMIT 1",
-            tuple(kinds),
+            "SELECT id, position, complete, cursor FROM sync_runs "  # noqa: S608
+            f"WHERE project = ? AND kind IN ({marks}) ORDER BY id DESC LIMIT 1",
+            (self.project, *kinds),
         )
         if row is None or row[2] or not row[1]:  # position 0: nothing to resume
             return None

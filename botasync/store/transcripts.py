@@ -14,6 +14,11 @@ stays, and stays searchable, while its replacement is still pending or processin
 removed with its segments, index entries and summaries in the transaction that stores its
 replacement in a terminal status, whose event names it (`previous.id`). A tombstoned
 recording keeps its transcripts: nothing here runs for it.
+
+Everything is one project's (`project`): the transcriptions, segments and summaries
+written carry it, every read and delete is scoped by it, and the events name it. The
+FTS index is one over every project's segments (its rowid is the segment's id, unique
+across projects), so a search reads the project from the segment.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from typing import Any
 
 from botasync import envelope as ev
 from botasync.api.transcription import SegmentRow, Summary, Transcription
-from botasync.envelope import Event
+from botasync.envelope import DEFAULT_PROJECT, Event
 from botasync.jsoncodec import canonical, dumps, loads
+from botasync.store.sqlite import insert_events
 
 _UPSERT_TRANSCRIPTION = """
-INSERT INTO transcriptions (id, recording_id, status, language, provider, text, word_count,
-    error, created_at, updated_at, completed_at, raw, fetched_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(id) DO UPDATE SET
+INSERT INTO transcriptions (project, id, recording_id, status, language, provider, text,
+    word_count, error, created_at, updated_at, completed_at, raw, fetched_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(project, id) DO UPDATE SET
     recording_id = excluded.recording_id, status = excluded.status,
     language = excluded.language, provider = excluded.provider, text = excluded.text,
     word_count = excluded.word_count, error = excluded.error,
@@ -40,16 +46,17 @@ ON CONFLICT(id) DO UPDATE SET
 """
 
 _INSERT_SEGMENT = """
-INSERT INTO transcript_segments (transcription_id, position, start_s, end_s, speaker, text,
-    confidence)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO transcript_segments (project, transcription_id, position, start_s, end_s,
+    speaker, text, confidence)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 _UPSERT_SUMMARY = """
-INSERT INTO summaries (id, transcription_id, recording_id, status, template_id, custom_prompt,
-    provider, output, error, created_at, updated_at, started_at, completed_at, raw, fetched_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(id) DO UPDATE SET
+INSERT INTO summaries (project, id, transcription_id, recording_id, status, template_id,
+    custom_prompt, provider, output, error, created_at, updated_at, started_at, completed_at,
+    raw, fetched_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(project, id) DO UPDATE SET
     transcription_id = excluded.transcription_id, recording_id = excluded.recording_id,
     status = excluded.status, template_id = excluded.template_id,
     custom_prompt = excluded.custom_prompt, provider = excluded.provider,
@@ -92,11 +99,13 @@ class Written:
 
 
 async def write(
-    conn: Any, fetched: Fetched, *, now: str, new_id: NewId, backfill: bool = False
+    conn: Any, fetched: Fetched, *, now: str, new_id: NewId, backfill: bool = False,
+    project: str = DEFAULT_PROJECT,
 ) -> Written:
-    """Store one recording's fetch inside the caller's transaction, events included."""
+    """Store one recording's fetch, the project's, inside the caller's transaction, events
+    included."""
     out = Written()
-    stored = await _stored(conn, fetched.recording_id)
+    stored = await _stored(conn, project, fetched.recording_id)
     current = {t.id for t in fetched.transcriptions}
     replaced = [sid for sid in stored if sid not in current] if current else []
     settles = any(t.terminal for t in fetched.transcriptions)
@@ -104,36 +113,35 @@ async def write(
     for t in fetched.transcriptions:
         old = stored.get(t.id)
         if old is None or canonical(old) != canonical(t.raw):
-            out.segments += await _put_transcription(conn, t, fetched.recording_id, now)
+            out.segments += await _put_transcription(conn, project, t, fetched.recording_id,
+                                                     now)
             out.transcriptions += 1
             if t.terminal and _news(old, t.raw):
                 was = named.pop() if named else None
-                out.events.append(_event(new_id, now, t, fetched.recording_id, old, was))
+                out.events.append(_event(new_id, now, t, fetched.recording_id, old, was,
+                                         project))
         else:  # unchanged: only the time it was last seen so (what a refresh goes by)
-            await conn.execute("UPDATE transcriptions SET fetched_at = ? WHERE id = ?",
-                               (now, t.id))
+            await conn.execute(
+                "UPDATE transcriptions SET fetched_at = ? WHERE project = ? AND id = ?",
+                (now, project, t.id))
         out.done &= t.terminal
     if settles:
         for sid in replaced:
-            await _remove_transcription(conn, sid)
+            await _remove_transcription(conn, project, sid)
         out.replaced = replaced
     for tid, summaries in fetched.summaries.items():
-        done = await _put_summaries(conn, fetched.recording_id, tid, summaries, now, new_id, out)
+        done = await _put_summaries(conn, project, fetched.recording_id, tid, summaries, now,
+                                    new_id, out)
         out.done &= done
-    for e in out.events:
-        await conn.execute(
-            "INSERT INTO events (id, type, recording_id, created_at, payload, backfill) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (e.id, e.type, e.recording_id, e.created_at, dumps(e.envelope()), int(backfill)),
-        )
+    await insert_events(conn, out.events, backfill=backfill)
     return out
 
 
-async def _stored(conn: Any, recording_id: str) -> dict[str, dict[str, Any]]:
+async def _stored(conn: Any, project: str, recording_id: str) -> dict[str, dict[str, Any]]:
     """The recording's stored transcriptions: id -> raw JSON, newest first."""
     async with conn.execute(
-        "SELECT id, raw FROM transcriptions WHERE recording_id = ? "
-        "ORDER BY created_at DESC, id DESC", (recording_id,),
+        "SELECT id, raw FROM transcriptions WHERE project = ? AND recording_id = ? "
+        "ORDER BY created_at DESC, id DESC", (project, recording_id),
     ) as cur:
         return {r[0]: loads(r[1]) for r in await cur.fetchall()}
 
@@ -156,25 +164,27 @@ def _previous(old: dict[str, Any] | None, new: dict[str, Any], fields: Sequence[
 
 
 def _event(new_id: NewId, now: str, t: Transcription, recording_id: str,
-           old: dict[str, Any] | None, replaced: str | None) -> Event:
+           old: dict[str, Any] | None, replaced: str | None, project: str) -> Event:
     kind = ev.TRANSCRIPTION_COMPLETED if t.status == "completed" else ev.TRANSCRIPTION_FAILED
     return Event(id=new_id(), type=kind, created_at=now, recording_id=recording_id,
-                 data=t.raw, previous=_previous(old, t.raw, PREVIOUS_FIELDS, replaced))
+                 data=t.raw, previous=_previous(old, t.raw, PREVIOUS_FIELDS, replaced),
+                 project=project)
 
 
-async def _put_transcription(conn: Any, t: Transcription, recording_id: str, now: str) -> int:
+async def _put_transcription(conn: Any, project: str, t: Transcription, recording_id: str,
+                             now: str) -> int:
     """Write the row and replace its segments and their index entries; the segments written."""
     await conn.execute(_UPSERT_TRANSCRIPTION, (
-        t.id, recording_id, t.status, t.language, t.provider, t.text, t.word_count, t.error,
-        t.created_at, t.updated_at, t.completed_at, dumps(t.raw), now))
-    await _remove_segments(conn, t.id)
+        project, t.id, recording_id, t.status, t.language, t.provider, t.text, t.word_count,
+        t.error, t.created_at, t.updated_at, t.completed_at, dumps(t.raw), now))
+    await _remove_segments(conn, project, t.id)
     segments = t.segments if t.segments is not None else _whole_text(t)
     await conn.executemany(_INSERT_SEGMENT, [
-        (t.id, s.position, s.start_s, s.end_s, s.speaker, s.text, s.confidence)
+        (project, t.id, s.position, s.start_s, s.end_s, s.speaker, s.text, s.confidence)
         for s in segments])
     await conn.execute(
-        "INSERT INTO transcript_fts (rowid, text, speaker) "
-        "SELECT id, text, speaker FROM transcript_segments WHERE transcription_id = ?", (t.id,))
+        "INSERT INTO transcript_fts (rowid, text, speaker) SELECT id, text, speaker "
+        "FROM transcript_segments WHERE project = ? AND transcription_id = ?", (project, t.id))
     return len(segments)
 
 
@@ -187,33 +197,37 @@ def _whole_text(t: Transcription) -> tuple[SegmentRow, ...]:
                        confidence=None),)
 
 
-async def _remove_segments(conn: Any, transcription_id: str) -> None:
+async def _remove_segments(conn: Any, project: str, transcription_id: str) -> None:
     """Take a transcription's segments out of the index (with their old values), then delete."""
     await conn.execute(
         "INSERT INTO transcript_fts (transcript_fts, rowid, text, speaker) "
         "SELECT 'delete', id, text, speaker FROM transcript_segments "
-        "WHERE transcription_id = ?", (transcription_id,))
+        "WHERE project = ? AND transcription_id = ?", (project, transcription_id))
     await conn.execute(
-        "DELETE FROM transcript_segments WHERE transcription_id = ?", (transcription_id,))
+        "DELETE FROM transcript_segments WHERE project = ? AND transcription_id = ?",
+        (project, transcription_id))
 
 
-async def _remove_transcription(conn: Any, transcription_id: str) -> None:
+async def _remove_transcription(conn: Any, project: str, transcription_id: str) -> None:
     """A replaced transcription goes with its segments, index entries and summaries."""
-    await _remove_segments(conn, transcription_id)
-    await conn.execute("DELETE FROM summaries WHERE transcription_id = ?", (transcription_id,))
-    await conn.execute("DELETE FROM transcriptions WHERE id = ?", (transcription_id,))
+    await _remove_segments(conn, project, transcription_id)
+    await conn.execute("DELETE FROM summaries WHERE project = ? AND transcription_id = ?",
+                       (project, transcription_id))
+    await conn.execute("DELETE FROM transcriptions WHERE project = ? AND id = ?",
+                       (project, transcription_id))
 
 
 async def _put_summaries(
-    conn: Any, recording_id: str, transcription_id: str, summaries: list[Summary], now: str,
-    new_id: NewId, out: Written,
+    conn: Any, project: str, recording_id: str, transcription_id: str,
+    summaries: list[Summary], now: str, new_id: NewId, out: Written,
 ) -> bool:
     """Store a transcription's summaries as the API shows them now; True when all terminal.
 
     A stored summary of this transcription that the API no longer shows is removed.
     """
     async with conn.execute(
-        "SELECT id, raw FROM summaries WHERE transcription_id = ?", (transcription_id,),
+        "SELECT id, raw FROM summaries WHERE project = ? AND transcription_id = ?",
+        (project, transcription_id),
     ) as cur:
         stored = {r[0]: loads(r[1]) for r in await cur.fetchall()}
     done = True
@@ -223,7 +237,7 @@ async def _put_summaries(
         if old is not None and canonical(old) == canonical(s.raw):
             continue
         await conn.execute(_UPSERT_SUMMARY, (
-            s.id, transcription_id, recording_id, s.status, s.template_id, s.custom_prompt,
+            project, s.id, transcription_id, recording_id, s.status, s.template_id, s.custom_prompt,
             s.provider, s.output, s.error, s.created_at, s.updated_at, s.started_at,
             s.completed_at, dumps(s.raw), now))
         out.summaries += 1
@@ -231,6 +245,7 @@ async def _put_summaries(
             kind = ev.SUMMARY_COMPLETED if s.status == "completed" else ev.SUMMARY_FAILED
             out.events.append(Event(
                 id=new_id(), type=kind, created_at=now, recording_id=recording_id, data=s.raw,
-                previous=_previous(old, s.raw, SUMMARY_PREVIOUS_FIELDS, None)))
-    await conn.executemany("DELETE FROM summaries WHERE id = ?", [(sid,) for sid in stored])
+                previous=_previous(old, s.raw, SUMMARY_PREVIOUS_FIELDS, None), project=project))
+    await conn.executemany("DELETE FROM summaries WHERE project = ? AND id = ?",
+                           [(project, sid) for sid in stored])
     return done

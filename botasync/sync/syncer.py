@@ -124,7 +124,8 @@ class Syncer:
     ) -> None:
         self.cfg = cfg
         self.client = client
-        self.mirror = Mirror(store)
+        self.mirror = Mirror(store, cfg.project)
+        self.log = log.bind(project=cfg.project)
         self.on_commit = on_commit or (lambda: None)
         self.on_progress = on_progress
         self.reconcile_budget = reconcile_budget
@@ -190,7 +191,7 @@ class Syncer:
             return
         missing = await self.mirror.live_ids_not_in(walk.seen)
         if missing:
-            log.info("confirming_unseen", kind=walk.stats.kind, count=len(missing))
+            self.log.info("confirming_unseen", kind=walk.stats.kind, count=len(missing))
         for i in range(0, len(missing), self.cfg.sync.page_size):
             await self._confirm(walk, missing[i : i + self.cfg.sync.page_size], budgets)
         await self._mark_backfill_done(walk)
@@ -235,14 +236,14 @@ class Syncer:
         try:
             listed = await self._walk(walk, status=status, depth=1)
             if self.learned.filter_ignored_at is not None:
-                log.info("status_filter_works", status=status)
+                self.log.info("status_filter_works", status=status)
                 await self._learn(self.learned.filter_works())
             return listed
         except BadRequest as e:
-            log.warning("status_filter_refused", status=status, error=str(e))
+            self.log.warning("status_filter_refused", status=status, error=str(e))
             await self._learn(self.learned.refused(status))
         except _FilterIgnored:
-            log.warning("status_filter_ignored", status=status,
+            self.log.warning("status_filter_ignored", status=status,
                         note="a status-filtered page held other statuses; in-flight "
                              "recordings are asked for by id until the filter works")
             await self._learn(self.learned.filter_ignored(iso(self.clock())))
@@ -305,7 +306,7 @@ class Syncer:
         """Write one page and move the checkpoint past it; True when all was unchanged."""
         walk.resumed = False
         if read.paging is not None and read.paging != self.learned.paging:
-            log.info("paging_learned", paging=read.paging, was=self.learned.paging)
+            self.log.info("paging_learned", paging=read.paging, was=self.learned.paging)
             await self._learn(self.learned.paged(read.paging))
         all_unchanged = await self._page(walk, read.page.items, budgets, read.read_at)
         if read.paging == "cursor":
@@ -350,7 +351,7 @@ class Syncer:
         return False
 
     async def _restart(self, walk: _Walk, why: str) -> None:
-        log.warning("walk_restarted", kind=walk.stats.kind, reason=why)
+        self.log.warning("walk_restarted", kind=walk.stats.kind, reason=why)
         walk.offset, walk.cursor, walk.position, walk.resumed = 0, None, 0, False
         walk.seen = SeenIds() if walk.stats.kind in WALK_KINDS else set()
         await self._checkpoint(walk)
@@ -419,7 +420,7 @@ class Syncer:
             if item is not None:
                 learned = learned.compared(item, raw, VOLATILE_KEYS)
         if learned.detail_keys != self.learned.detail_keys:
-            log.info("details_compared", detail_only_fields=sorted(learned.detail_keys))
+            self.log.info("details_compared", detail_only_fields=sorted(learned.detail_keys))
         await self._learn(learned)
 
     def _validate(
@@ -453,7 +454,7 @@ class Syncer:
         """Once per value: a status botasync does not know is stored as sent, and watched."""
         if rec.status not in self._unknown_statuses:
             self._unknown_statuses.add(rec.status)
-            log.warning("unknown_status", status=rec.status, id=rec.id,
+            self.log.warning("unknown_status", status=rec.status, id=rec.id,
                         note="stored as sent and watched like an in-flight status")
 
     def _wants_detail(self, item: dict[str, Any], stored: bool) -> bool:
@@ -524,7 +525,7 @@ class Syncer:
         events back (completed -> processing). A change it skips is seen by the next pass.
         """
         now_dt = self.clock()
-        make = EventFactory(lambda: self.ids.new(now_dt), iso(now_dt))
+        make = EventFactory(lambda: self.ids.new(now_dt), iso(now_dt), self.cfg.project)
         # every item's row is read inside the write, the ones new to this page too: another
         # pass (a tick beside a reconcile) may have stored it since, and must not be repeated
         ids = [r.id for _, r, _ in items] + [g for g in gone if g in known]
@@ -567,7 +568,8 @@ class Syncer:
         if interrupted and kind in WALK_KINDS:
             old_id, position, cursor = interrupted
             await self.mirror.supersede_run(old_id)
-            log.info("walk_resumed", kind=kind, position=position, by_cursor=cursor is not None)
+            self.log.info("walk_resumed", kind=kind, position=position,
+                          by_cursor=cursor is not None)
         walk = _Walk(PassStats(kind), 0, backfill=backfill)
         if kind in WALK_KINDS:
             walk.seen = SeenIds()
@@ -605,9 +607,9 @@ class Syncer:
         try:
             await asyncio.shield(self.mirror.update_run(walk.run_id, fields))
         except Exception as e:  # the pass's own error matters more than its log row
-            log.warning("run_log_failed", error=str(e))
+            self.log.warning("run_log_failed", error=str(e))
         if s.error is None:  # a failed pass is reported once, by whoever ran it
-            log.info("pass_done", **{k: v for k, v in s.as_dict().items() if v is not None})
+            self.log.info("pass_done", **{k: v for k, v in s.as_dict().items() if v is not None})
 
     async def _checkpoint(self, walk: _Walk) -> None:
         if walk.stats.kind in WALK_KINDS:

@@ -4,19 +4,25 @@ Status reads the database only (no API request, no key). The ETA comes from the
 budget, not from a measured pace: every queued recording costs at least one request
 to the transcription endpoints (two with summaries), and those allow 10 a minute, so
 a backfill of 100,000 recordings takes about a week whatever the network does.
+
+Everything here is one project's (`project`, or the project of the Config view given):
+its queue, its transcripts, its budget. Each project has its own key and so its own 10
+a minute: `download_projects` runs several side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from botasync import config
 from botasync.api.budget import RequestBudget
 from botasync.api.client import BotaClient
-from botasync.config import Config, TranscriptsConfig
+from botasync.config import DEFAULT_PROJECT, Config, TranscriptsConfig
 from botasync.envelope import iso, utc_now
 from botasync.errors import BotasyncError
 from botasync.store import transcript_queue as queue
@@ -55,21 +61,27 @@ def eta_text(recordings: int, requests_per_minute: int, summaries: bool) -> str:
             f"about {human_duration(seconds)}")
 
 
-async def transcripts_status(store: Store, cfg: TranscriptsConfig) -> dict[str, Any]:
-    """Done, queued and failed transcripts, and how long the queue takes at the budget."""
+async def transcripts_status(
+    store: Store, cfg: TranscriptsConfig, project: str = DEFAULT_PROJECT,
+) -> dict[str, Any]:
+    """The project's done, queued and failed transcripts, and how long its queue takes at
+    the budget."""
     async with store.read() as conn:
-        turned_on = await queue.settings(conn)
-        q = await queue.counts(conn, iso(utc_now()))
-        gave_up = await queue.gave_up_items(conn, GAVE_UP_SHOWN)
+        turned_on = await queue.settings(conn, project)
+        q = await queue.counts(conn, project, iso(utc_now()))
+        gave_up = await queue.gave_up_items(conn, project, GAVE_UP_SHOWN)
         row = await _one(conn, (
             "SELECT count(DISTINCT recording_id), count(*), coalesce(sum(status = 'failed'), 0), "
-            "coalesce(sum(status NOT IN ('completed', 'failed')), 0) FROM transcriptions"))
-        segments = await _one(conn, "SELECT count(*) FROM transcript_segments")
+            "coalesce(sum(status NOT IN ('completed', 'failed')), 0) FROM transcriptions "
+            "WHERE project = ?"), project)
+        segments = await _one(
+            conn, "SELECT count(*) FROM transcript_segments WHERE project = ?", project)
         sums = await _one(conn, "SELECT count(*), coalesce(sum(status = 'failed'), 0) "
-                                "FROM summaries")
+                                "FROM summaries WHERE project = ?", project)
     rpm, summaries = cfg.requests_per_minute, cfg.summaries
     return {
-        "download": cfg.download, "summaries": summaries, "requests_per_minute": rpm,
+        "project": project, "download": cfg.download, "summaries": summaries,
+        "requests_per_minute": rpm,
         "enabled_at": turned_on.enabled_at if turned_on else None,
         "done": {"recordings": row[0], "transcriptions": row[1], "segments": segments[0],
                  "summaries": sums[0]},
@@ -82,21 +94,21 @@ async def transcripts_status(store: Store, cfg: TranscriptsConfig) -> dict[str, 
     }
 
 
-async def _one(conn: Any, sql: str) -> tuple[int, ...]:
-    async with conn.execute(sql) as cur:
+async def _one(conn: Any, sql: str, project: str) -> tuple[int, ...]:
+    async with conn.execute(sql, (project,)) as cur:
         row = await cur.fetchone()
     return tuple(int(x or 0) for x in row)
 
 
-async def retry_gave_up(store: Store) -> int:
-    """Put the recordings whose fetch gave up back in the queue."""
+async def retry_gave_up(store: Store, project: str = DEFAULT_PROJECT) -> int:
+    """Put the project's recordings whose fetch gave up back in its queue."""
     async with store.transaction() as conn:
-        return await queue.retry_gave_up(conn)
+        return await queue.retry_gave_up(conn, project)
 
 
 @dataclass(frozen=True)
 class DownloadReport:
-    """What `transcripts download` did, and whether the queue drained."""
+    """What `transcripts download` did for one project, and whether its queue drained."""
 
     recordings: int
     done: int
@@ -107,6 +119,13 @@ class DownloadReport:
     requests: int
     failures: int
     drained: bool
+    project: str = DEFAULT_PROJECT
+
+
+def total_stats(stats: Sequence[FetchStats]) -> FetchStats:
+    """Several fetchers' stats added up, field by field (pure)."""
+    return FetchStats(**{f.name: sum(getattr(s, f.name) for s in stats)
+                         for f in fields(FetchStats)})
 
 
 async def download_now(
@@ -114,26 +133,62 @@ async def download_now(
     on_progress: Callable[[FetchStats], None] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> DownloadReport:
-    """Run the transcript queue now, until nothing is due (or `limit` recordings, or
-    `within_s`), whatever `download` says; turning transcripts on for the database."""
+    """Run the queue of `cfg`'s project (a view: `cfg.project`) now, until nothing is due
+    (or `limit` recordings, or `within_s`), whatever `download` says; turning transcripts on
+    for the project. `on_start` gets the project's status once its fetcher has started."""
+    (report,) = await download_projects(
+        cfg, [cfg.project], within_s=within_s, limit=limit, on_progress=on_progress,
+        on_start=(lambda statuses: on_start(statuses[0])) if on_start else None)
+    return report
 
-    config.require_key(cfg)
+
+async def download_projects(
+    cfg: Config, projects: Sequence[str], *, within_s: float, limit: int | None = None,
+    on_progress: Callable[[FetchStats], None] | None = None,
+    on_start: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[DownloadReport]:
+    """Run these projects' queues now, side by side (each with its own key and budgets),
+    until nothing is due (or `limit` recordings of each, or `within_s`); one report each.
+
+    Every key is checked and every project's lock taken before any request is sent.
+    `on_progress` gets the fetchers' stats added up; `on_start` each project's status once
+    they have all started.
+    """
+    views = [cfg.for_project(name) for name in projects]
+    for view in views:
+        config.require_key(view)
     tcfg = cfg.transcripts.model_copy(update={"download": True})
-    async with await Store.open(cfg.database.path) as store:
-        client = BotaClient(
-            cfg.api, budget=RequestBudget(cfg.api.requests_per_minute),
-            transcripts_budget=RequestBudget(tcfg.requests_per_minute),
-            backoff_base=cfg.api.retry_base_s, backoff_cap=cfg.api.retry_max_s)
-        fetcher = TranscriptFetcher(store, client, tcfg, max_recordings=limit,
-                                    on_progress=on_progress)
-        async with client, fetcher:
+    stats = {view.project: FetchStats() for view in views}
+
+    def progress(project: str) -> Callable[[FetchStats], None] | None:
+        if on_progress is None:
+            return None
+
+        def report(s: FetchStats) -> None:
+            stats[project] = s
+            on_progress(total_stats(list(stats.values())))
+
+        return report
+
+    async with await Store.open(cfg.database.path) as store, \
+            contextlib.AsyncExitStack() as stack:
+        fetchers: list[TranscriptFetcher] = []
+        for view in views:
+            client = await stack.enter_async_context(BotaClient(
+                view.api, budget=RequestBudget(view.api.requests_per_minute),
+                transcripts_budget=RequestBudget(tcfg.requests_per_minute),
+                backoff_base=view.api.retry_base_s, backoff_cap=view.api.retry_max_s))
+            fetchers.append(await stack.enter_async_context(TranscriptFetcher(
+                store, client, tcfg, max_recordings=limit, on_progress=progress(view.project),
+                project=view.project)))
+        for fetcher in fetchers:
             await fetcher.start()
-            if on_start:
-                on_start(await transcripts_status(store, tcfg))
-            drained = await fetcher.drain(within_s)
-            s = fetcher.stats
-        return DownloadReport(s.recordings, s.done, s.transcriptions, s.segments, s.summaries,
-                              s.events, s.requests, s.failures, drained)
+        if on_start:
+            on_start([await transcripts_status(store, tcfg, f.project) for f in fetchers])
+        drained = await asyncio.gather(*(f.drain(within_s) for f in fetchers))
+        return [DownloadReport(s.recordings, s.done, s.transcriptions, s.segments, s.summaries,
+                               s.events, s.requests, s.failures, ok, f.project)
+                for f, ok in zip(fetchers, drained, strict=True) for s in (f.stats,)]
 
 
 async def with_store(cfg: Config, fn: Callable[[Store], Any], *, readonly: bool = True) -> Any:

@@ -15,6 +15,10 @@ Every request passes the transcripts budget (`[transcripts] requests_per_minute`
 server's 10 a minute for these endpoints) and the overall one; the worker waits until
 both have room before it asks, so it never queues on the overall budget ahead of the
 recordings sync. It only reads the mirror the sync writes, from its own task.
+
+A fetcher is one project's (`project`, the `[[projects]]` name): it reads and writes that
+project's queue and transcripts alone, with that project's client and budgets (each key
+has its own 10 a minute). The service runs one per project.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from botasync.api.transcription import (
 )
 from botasync.backoff import backoff_delay
 from botasync.config import TranscriptsConfig
-from botasync.envelope import EventIds, iso, utc_now
+from botasync.envelope import DEFAULT_PROJECT, EventIds, iso, utc_now
 from botasync.errors import ApiError, AuthError, BotasyncError, NotFound
 from botasync.lifecycle import AsyncClosing, wait_set
 from botasync.locks import ExclusiveLock
@@ -51,7 +55,8 @@ from botasync.store import transcript_queue as queue
 from botasync.store import transcripts as tstore
 from botasync.store.sqlite import Store
 
-log = structlog.get_logger("botasync.transcripts")
+LOGGER = "botasync.transcripts"
+log = structlog.get_logger(LOGGER)
 
 MAX_ATTEMPTS = 10  # failed fetches before a recording is given up (`transcripts status`)
 MAX_POLLS = 100  # checks of a transcription that stays pending before it is given up
@@ -72,11 +77,14 @@ Clock = Callable[[], datetime]
 T = TypeVar("T")
 
 
-def lock_for(db: str | Path) -> ExclusiveLock:
-    """One transcript worker per database: two would spend the 10 a minute twice."""
+def lock_for(db: str | Path, project: str = DEFAULT_PROJECT) -> ExclusiveLock:
+    """One transcript worker per project of a database: two would spend its 10 a minute
+    twice. The project `default` keeps the lock file it always had."""
     path = Path(db)
-    return ExclusiveLock(path.with_name(path.name + ".transcripts.lock"),
-                         f"another botasync process is fetching transcripts for {path}")
+    own = "" if project == DEFAULT_PROJECT else f".{project}"
+    of = "" if project == DEFAULT_PROJECT else f" (project {project})"
+    return ExclusiveLock(path.with_name(f"{path.name}.transcripts{own}.lock"),
+                         f"another botasync process is fetching transcripts for {path}{of}")
 
 
 @dataclass
@@ -118,7 +126,8 @@ class TranscriptFetcher(AsyncClosing):
 
     With `[transcripts] download = false` it does nothing (every method returns at
     once), so it can be wired in unconditionally. `max_recordings` stops it taking new
-    recordings after that many (`botasync transcripts download --limit N`).
+    recordings after that many (`botasync transcripts download --limit N`). `project`:
+    whose queue it works (`cfg.project` of the view the client was built from).
     """
 
     def __init__(
@@ -136,10 +145,12 @@ class TranscriptFetcher(AsyncClosing):
         max_polls: int = MAX_POLLS,
         poll: tuple[float, float] = (POLL_BASE_S, POLL_MAX_S),
         retry: tuple[float, float] = (RETRY_BASE_S, RETRY_MAX_S),
+        project: str = DEFAULT_PROJECT,
     ) -> None:
         self.store = store
         self.client = client
         self.cfg = cfg
+        self.project = project
         self.on_commit = on_commit or (lambda: None)
         self.on_progress = on_progress
         self.stats = FetchStats()
@@ -151,7 +162,8 @@ class TranscriptFetcher(AsyncClosing):
         self._poll = poll
         self._retry = retry
         self._ids = EventIds()
-        self._lock = lock_for(store.path)
+        self._lock = lock_for(store.path, project)
+        self._log = structlog.get_logger(LOGGER, project=project)  # lazy, as `log` is
         self._runner: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._started_jobs = 0
@@ -174,16 +186,16 @@ class TranscriptFetcher(AsyncClosing):
         await asyncio.to_thread(self._lock.acquire)
         try:
             async with self.store.transaction() as conn:
-                queued = await queue.enable(conn, iso(self._clock()),
+                queued = await queue.enable(conn, self.project, iso(self._clock()),
                                             summaries=self.cfg.summaries)
         except BaseException:
             self._lock.release()
             raise
         if queued:
-            log.info("transcripts.backfill_queued", recordings=queued)
+            self._log.info("transcripts.backfill_queued", recordings=queued)
         self._idle.clear()
-        self._runner = asyncio.create_task(self._run(), name="botasync-transcripts")
-        log.info("transcripts.started", concurrency=self.cfg.concurrency,
+        self._runner = asyncio.create_task(self._run(), name=f"botasync-transcripts-{self.project}")
+        self._log.info("transcripts.started", concurrency=self.cfg.concurrency,
                  requests_per_minute=self.cfg.requests_per_minute,
                  summaries=self.cfg.summaries)
 
@@ -228,7 +240,7 @@ class TranscriptFetcher(AsyncClosing):
             try:
                 started, wait = await self._tick()
             except Exception as e:  # the database; keep the runner alive and look again
-                log.error("transcripts.queue_error", error=str(e) or type(e).__name__)
+                self._log.error("transcripts.queue_error", error=str(e) or type(e).__name__)
                 started, wait = 0, ERROR_PAUSE_S
             if self._wake.is_set() or self._stop.is_set():
                 continue
@@ -245,13 +257,15 @@ class TranscriptFetcher(AsyncClosing):
         if free <= 0 or self._stop.is_set():
             return 0, IDLE_RECHECK_S
         async with self.store.read() as conn:
-            jobs = await queue.due(conn, iso(self._clock()), free, list(self._inflight))
+            jobs = await queue.due(conn, self.project, iso(self._clock()), free,
+                                   list(self._inflight))
         if len(jobs) < free and await self._refresh(free - len(jobs)):
             async with self.store.read() as conn:
                 busy = [*self._inflight, *(j.recording_id for j in jobs)]
-                jobs += await queue.due(conn, iso(self._clock()), free - len(jobs), busy)
+                jobs += await queue.due(conn, self.project, iso(self._clock()),
+                                        free - len(jobs), busy)
         async with self.store.read() as conn:
-            next_at = await queue.next_due_at(conn)
+            next_at = await queue.next_due_at(conn, self.project)
         for job in jobs:
             self._spawn(job)
         return len(jobs), self._sleep_until(next_at)
@@ -264,7 +278,8 @@ class TranscriptFetcher(AsyncClosing):
             return 0
         now = self._clock()
         async with self.store.transaction() as conn:
-            added = await queue.refresh(conn, iso(now - timedelta(seconds=every)), iso(now), room)
+            added = await queue.refresh(conn, self.project, iso(now - timedelta(seconds=every)),
+                                        iso(now), room)
         if not added:  # nothing stale: look again later (a fetch only makes it fresher)
             self._next_refresh_look = time.monotonic() + min(every, IDLE_RECHECK_S)
         return added
@@ -280,7 +295,8 @@ class TranscriptFetcher(AsyncClosing):
         return min(max((due - self._clock()).total_seconds(), 0.01), self._idle_recheck_s())
 
     def _spawn(self, job: queue.Job) -> None:
-        task = asyncio.create_task(self._job(job), name=f"botasync-transcript-{job.recording_id}")
+        task = asyncio.create_task(
+            self._job(job), name=f"botasync-transcript-{self.project}-{job.recording_id}")
         self._inflight[job.recording_id] = task
         self._started_jobs += 1
         self.stats.in_flight = len(self._inflight)
@@ -303,7 +319,7 @@ class TranscriptFetcher(AsyncClosing):
             await self._fail(job, str(f))
             return
         except Exception as e:  # a bug: record it, keep the queue going
-            log.exception("transcripts.fetch_error", recording_id=job.recording_id)
+            self._log.exception("transcripts.fetch_error", recording_id=job.recording_id)
             await self._fail(job, f"unexpected {type(e).__name__}: {e}")
             return
         await asyncio.shield(self._commit(job, fetched))
@@ -321,7 +337,7 @@ class TranscriptFetcher(AsyncClosing):
                     if t.status == "completed":
                         fetched.summaries[t.id] = await self._summaries(t)
         except AuthError as e:
-            log.error("transcripts.auth_failed", error=str(e))
+            self._log.error("transcripts.auth_failed", error=str(e))
             raise _Failure(str(e)) from None
         except ApiError as e:
             raise _Failure(str(e)) from None
@@ -352,7 +368,8 @@ class TranscriptFetcher(AsyncClosing):
             try:
                 t = parse_transcription(item)
             except InvalidObject as e:
-                log.warning("transcripts.invalid_item", recording_id=recording_id, reason=str(e))
+                self._log.warning("transcripts.invalid_item", recording_id=recording_id,
+                                  reason=str(e))
                 continue
             if t.recording_id in (None, recording_id):
                 out.append(t)
@@ -374,7 +391,8 @@ class TranscriptFetcher(AsyncClosing):
             try:
                 out.append(parse_summary(item))
             except InvalidObject as e:
-                log.warning("transcripts.invalid_summary", transcription_id=t.id, reason=str(e))
+                self._log.warning("transcripts.invalid_summary", transcription_id=t.id,
+                                  reason=str(e))
         return out
 
     async def _walk(self, page: Callable[[str | None], Awaitable[Page]]) -> list[Any]:
@@ -420,7 +438,7 @@ class TranscriptFetcher(AsyncClosing):
             async with self.store.transaction() as conn:
                 written = await tstore.write(
                     conn, fetched, now=now, new_id=lambda: self._ids.new(now_dt),
-                    backfill=job.reason == queue.BACKFILL)
+                    backfill=job.reason == queue.BACKFILL, project=self.project)
                 if written.done:
                     await queue.finish(conn, job)
                 elif polls >= self._max_polls:
@@ -429,11 +447,11 @@ class TranscriptFetcher(AsyncClosing):
                 else:
                     await queue.again(conn, job, self._after(polls - 1, self._poll), None, polls)
         except BotasyncError as e:
-            log.error("transcripts.write_failed", recording_id=job.recording_id, error=str(e))
+            self._log.error("transcripts.write_failed", recording_id=job.recording_id, error=str(e))
             self.stats.failures += 1
             return
         self._count(written)
-        (log.info if written.events or written.replaced else log.debug)(
+        (self._log.info if written.events or written.replaced else self._log.debug)(
             "transcripts.fetched", recording_id=job.recording_id,
             transcriptions=len(fetched.transcriptions), written=written.transcriptions,
             segments=written.segments, replaced=written.replaced, events=len(written.events),
@@ -466,12 +484,12 @@ class TranscriptFetcher(AsyncClosing):
             async with self.store.transaction() as conn:
                 await queue.again(conn, job, next_at, reason, attempts)
         except BotasyncError as e:
-            log.error("transcripts.bookkeeping_failed", recording_id=job.recording_id,
+            self._log.error("transcripts.bookkeeping_failed", recording_id=job.recording_id,
                       error=str(e))
         self.stats.failures += 1
         self.stats.gave_up += int(gave_up)
         if self.on_progress:
             self.on_progress(self.stats)
-        (log.error if gave_up else log.warning)(
+        (self._log.error if gave_up else self._log.warning)(
             "transcripts.gave_up" if gave_up else "transcripts.fetch_failed",
             recording_id=job.recording_id, attempt=attempts, error=reason)

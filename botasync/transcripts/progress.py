@@ -8,7 +8,7 @@ recording) and the pace measured so far.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,10 +40,13 @@ class FetchProgress:
         self.started = clock()
         self.task: TaskID | None = None
 
-    def begin(self, status: dict[str, Any], limit: int | None = None) -> None:
-        """Size the bar from `transcripts_status`: the recordings due now (up to `limit`)."""
-        due = int(status["queued"]["due"])
-        self.total = min(due, limit) if limit is not None else due
+    def begin(self, status: dict[str, Any] | Sequence[dict[str, Any]],
+              limit: int | None = None) -> None:
+        """Size the bar from `transcripts_status` (one project's, or a list of several
+        projects' fetched side by side): the recordings due now (up to `limit` each)."""
+        dues = [int(s["queued"]["due"]) for s in ([status] if isinstance(status, dict)
+                                                  else status)]
+        self.total = sum(min(due, limit) if limit is not None else due for due in dues)
         self.started = self.clock()
         self.task = self.progress.add_task("transcripts", total=max(self.total, 1), eta="")
         self(FetchStats())

@@ -15,6 +15,10 @@ What a person types becomes an FTS5 expression that FTS5 always accepts, or a
 The match is on the segment's text only (`text : (...)`): `--speaker` filters by
 speaker. Hits are ranked by bm25, best first, among the newest `RANK_CAP` matches (see
 `search_sql`).
+
+One index holds every project's segments: a search reads them all, or one project's
+(`project`), and each hit names its project (the segment's, joined to its transcription
+and recording on both columns).
 """
 
 from __future__ import annotations
@@ -53,12 +57,14 @@ class SearchRequest:
     speaker: str | None = None
     since: str | None = None  # compared with recordings.created_at, as stored (ISO text)
     limit: int = 20
+    project: str | None = None  # one project's segments; None: every project's
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
     """One matching segment, with its recording. `snippet` carries MARK_OPEN/MARK_CLOSE."""
 
+    project: str
     recording_id: str
     recording_name: str | None
     recording_created_at: str | None
@@ -80,7 +86,8 @@ class Hit:
     def as_dict(self) -> dict[str, Any]:
         """The hit for `--json`: plain `[...]` markers, keys in a fixed order."""
         return {
-            "recording_id": self.recording_id, "recording_name": self.recording_name,
+            "project": self.project, "recording_id": self.recording_id,
+            "recording_name": self.recording_name,
             "recording_created_at": self.recording_created_at,
             "recording_deleted": self.recording_deleted,
             "transcription_id": self.transcription_id, "segment_id": self.segment_id,
@@ -195,8 +202,8 @@ def fts_query(text: str) -> str:
 # --- the SQL ---------------------------------------------------------------------------------
 
 _JOINS = """JOIN transcript_segments {s} ON {s}.id = {fts}.rowid
-JOIN transcriptions {t} ON {t}.id = {s}.transcription_id
-JOIN recordings {r} ON {r}.id = {t}.recording_id"""
+JOIN transcriptions {t} ON {t}.project = {s}.project AND {t}.id = {s}.transcription_id
+JOIN recordings {r} ON {r}.project = {t}.project AND {r}.id = {t}.recording_id"""
 
 # The best `limit` matches by bm25 (`rank`: FTS5 sorts them itself, so only the hits
 # returned are joined and snippeted) among the newest `cap` matches that pass the
@@ -205,7 +212,7 @@ _SELECT = """SELECT r.id AS recording_id, r.name AS recording_name,
        r.created_at AS recording_created_at, r.deleted_at AS recording_deleted_at,
        s.transcription_id, s.id AS segment_id, s.position, s.speaker, s.start_s, s.end_s,
        s.text, snippet(transcript_fts, 0, :mark_open, :mark_close, :ellipsis, :tokens)
-       AS snippet, transcript_fts.rank AS bm25
+       AS snippet, transcript_fts.rank AS bm25, s.project
 FROM transcript_fts
 {joins}
 WHERE transcript_fts MATCH :query{filters}
@@ -219,6 +226,8 @@ LIMIT :limit"""
 
 def _filters(request: SearchRequest, s: str, r: str) -> str:
     where = ""
+    if request.project is not None:
+        where += f"\n  AND {s}.project = :project"
     if request.speaker is not None:
         where += f"\n  AND {s}.speaker = :speaker COLLATE NOCASE"
     if request.since is not None:
@@ -247,7 +256,8 @@ def search_sql(request: SearchRequest) -> tuple[str, dict[str, Any]]:
     """
     # the subquery joins only what its filters read: without filters it reads the index alone
     inner = _JOINS.format(s="s2", t="t2", r="r2", fts="f").splitlines()
-    inner = inner[:3 if request.since is not None else 1 if request.speaker is not None else 0]
+    segment_filter = request.speaker is not None or request.project is not None
+    inner = inner[:3 if request.since is not None else 1 if segment_filter else 0]
     sql = _SELECT.format(
         joins=_JOINS.format(s="s", t="t", r="r", fts="transcript_fts"),
         filters=_filters(request, "s", "r"),
@@ -261,6 +271,8 @@ def search_sql(request: SearchRequest) -> tuple[str, dict[str, Any]]:
         params["speaker"] = _utf8(request.speaker)
     if request.since is not None:
         params["since"] = _utf8(request.since)
+    if request.project is not None:
+        params["project"] = _utf8(request.project)
     return sql, params
 
 
@@ -273,7 +285,8 @@ class Row(Protocol):
 def hit_from_row(row: Row) -> Hit:
     """A result row of `search_sql` as a `Hit`."""
     return Hit(
-        recording_id=row["recording_id"], recording_name=row["recording_name"],
+        project=row["project"], recording_id=row["recording_id"],
+        recording_name=row["recording_name"],
         recording_created_at=row["recording_created_at"],
         recording_deleted=row["recording_deleted_at"] is not None,
         transcription_id=row["transcription_id"], segment_id=int(row["segment_id"]),
