@@ -135,6 +135,20 @@ class BotaClient(AsyncClosing):
         self.requests = 0  # HTTP requests sent, retries included
         self._blind_429s = 0  # 429s in a row that said nothing of when to come back
 
+    @classmethod
+    def for_project(
+        cls, api: ApiConfig, project: str, *, download_per_minute: int | None = None,
+        transcripts_per_minute: int | None = None,
+    ) -> BotaClient:
+        """A project's client with budgets of its own (each Bota project has its own rate
+        limit): the API's, and the download and transcript shares when given."""
+        return cls(
+            api, budget=RequestBudget(api.requests_per_minute),
+            download_budget=RequestBudget(download_per_minute) if download_per_minute else None,
+            transcripts_budget=(RequestBudget(transcripts_per_minute)
+                                if transcripts_per_minute else None),
+            backoff_base=api.retry_base_s, backoff_cap=api.retry_max_s, project=project)
+
     def __repr__(self) -> str:
         url = self._api.base_url
         return f"BotaClient(base_url={url!r}, api_key='***', requests={self.requests})"

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from botasync import config
-from botasync.api.budget import RequestBudget
 from botasync.api.client import BotaClient
 from botasync.config import DEFAULT_PROJECT, Config, MediaConfig
 from botasync.errors import BotasyncError
@@ -310,10 +309,8 @@ async def download_now(
         async with contextlib.AsyncExitStack() as stack:
             loaders: list[Downloader] = []
             for view in views:
-                client = await stack.enter_async_context(BotaClient(
-                    view.api, budget=RequestBudget(view.api.requests_per_minute),
-                    download_budget=RequestBudget(media.requests_per_minute),
-                    backoff_base=view.api.retry_base_s, backoff_cap=view.api.retry_max_s))
+                client = await stack.enter_async_context(BotaClient.for_project(
+                    view.api, view.project, download_per_minute=media.requests_per_minute))
                 loaders.append(await stack.enter_async_context(Downloader(
                     store, client, media, project=view.project,
                     on_progress=on_progress and (

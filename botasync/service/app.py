@@ -51,14 +51,10 @@ class ProjectParts:
     @classmethod
     def build(cls, cfg: Config, store: Store, dispatcher: Dispatcher,
               on_progress: Progress | None = None) -> ProjectParts:
-        budget = RequestBudget(cfg.api.requests_per_minute)
         share = max(1, int(cfg.api.requests_per_minute * cfg.sync.reconcile_budget_share))
-        client = BotaClient(
-            cfg.api, budget=budget, download_budget=RequestBudget(cfg.media.requests_per_minute),
-            transcripts_budget=RequestBudget(cfg.transcripts.requests_per_minute),
-            backoff_base=cfg.api.retry_base_s, backoff_cap=cfg.api.retry_max_s,
-            project=cfg.project,
-        )
+        client = BotaClient.for_project(
+            cfg.api, cfg.project, download_per_minute=cfg.media.requests_per_minute,
+            transcripts_per_minute=cfg.transcripts.requests_per_minute)
         downloader = Downloader(store, client, cfg.media, on_commit=dispatcher.notify,
                                 project=cfg.project)
         transcripts = TranscriptFetcher(store, client, cfg.transcripts,
@@ -71,7 +67,7 @@ class ProjectParts:
 
         syncer = Syncer(cfg, client, store, on_commit=committed, on_progress=on_progress,
                         reconcile_budget=RequestBudget(share))
-        return cls(cfg, client, budget, syncer, downloader, transcripts)
+        return cls(cfg, client, client.budget, syncer, downloader, transcripts)
 
     async def start(self) -> None:
         await self.downloader.start()

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from botasync import config
-from botasync.api.budget import RequestBudget
 from botasync.api.client import BotaClient
 from botasync.config import DEFAULT_PROJECT, Config, TranscriptsConfig
 from botasync.envelope import iso, utc_now
@@ -174,10 +173,8 @@ async def download_projects(
             contextlib.AsyncExitStack() as stack:
         fetchers: list[TranscriptFetcher] = []
         for view in views:
-            client = await stack.enter_async_context(BotaClient(
-                view.api, budget=RequestBudget(view.api.requests_per_minute),
-                transcripts_budget=RequestBudget(tcfg.requests_per_minute),
-                backoff_base=view.api.retry_base_s, backoff_cap=view.api.retry_max_s))
+            client = await stack.enter_async_context(BotaClient.for_project(
+                view.api, view.project, transcripts_per_minute=tcfg.requests_per_minute))
             fetchers.append(await stack.enter_async_context(TranscriptFetcher(
                 store, client, tcfg, max_recordings=limit, on_progress=progress(view.project),
                 project=view.project)))
