@@ -141,11 +141,19 @@ def session() -> Iterator[requests.Session]:
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 
+# The generated tests and the check after them share the module's live servers: pytest-xdist
+# keeps a file's tests on one worker, in order (`--dist loadfile`, pyproject.toml). Each
+# generated test carries a parametrize of its own (`fuzz`): schemathesis names a test per
+# operation (`...[GET /recordings]`) but, under pytest 9, gives them all one node id, and xdist
+# runs one test per node id; with a parametrize the operation is in the node id.
+
 
 @VIEWS["documented"].parametrize()
 @FUZZ
+@pytest.mark.parametrize("fuzz", ["documented"])
 def test_generated_requests_get_documented_answers(
-    case: schemathesis.Case[Any], live_documented: Simulator, session: requests.Session,
+    case: schemathesis.Case[Any], fuzz: Dialect, live_documented: Simulator,
+    session: requests.Session,
 ) -> None:
     """Documented: generated requests get the statuses, bodies and headers the contract allows."""
     case.call_and_validate(base_url=live_documented.url, headers=AUTH, session=session)
@@ -153,8 +161,10 @@ def test_generated_requests_get_documented_answers(
 
 @VIEWS["deployed"].parametrize()
 @FUZZ
+@pytest.mark.parametrize("fuzz", ["deployed"])
 def test_generated_requests_get_deployed_answers(
-    case: schemathesis.Case[Any], live_deployed: Simulator, session: requests.Session,
+    case: schemathesis.Case[Any], fuzz: Dialect, live_deployed: Simulator,
+    session: requests.Session,
 ) -> None:
     """Deployed: the same, and never a rate-limit header."""
     response = case.call_and_validate(base_url=live_deployed.url, headers=AUTH, session=session)
@@ -165,10 +175,19 @@ def test_generated_requests_get_deployed_answers(
 def test_the_generated_run_reached_the_server(
     request: pytest.FixtureRequest, dialect: Dialect,
 ) -> None:
-    """The schemathesis runs above answered successes and refusals, not only one kind."""
+    """The schemathesis runs above reached every operation and answered successes and
+    refusals, not only one kind."""
     sim: Simulator = request.getfixturevalue(f"live_{dialect}")
-    if not sim.requests:
-        pytest.skip("meaningful only after the generated tests in this module")
+    operations = {op.label: op for op in (r.ok() for r in VIEWS[dialect].get_all_operations())}
+    selected = {getattr(i, "operation_label", None) for i in request.session.items
+                if i.name.startswith(f"test_generated_requests_get_{dialect}_answers[")}
+    if selected != set(operations):  # some deselected (-k, node ids): this run proves nothing
+        pytest.skip("meaningful only with all the generated tests of this module selected")
+    for label, op in operations.items():
+        parts = re.split(r"\{[^}]+\}", op.full_path)  # /v1/recordings/{id} -> a pattern
+        template = re.compile("[^/]+".join(map(re.escape, parts)) + "$")
+        assert any(r.method == op.method.upper() and template.match(r.path)
+                   for r in sim.requests), f"the generated tests never sent {label}"
     statuses = {r.status for r in sim.requests}
     # which refusals the fuzzer draws varies from run to run (an unknown id's 404, a wrong
     # method's 405): at least one of them, besides successes, bad parameters and no key
