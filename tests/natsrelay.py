@@ -388,6 +388,7 @@ async def run_kill9_relay(
     async with serve(World(seed=seed, recordings=10), api_keys=API_KEYS, rate_limit=None) as sim:
         cfg = relay_config(tmp, sim.url, db, server.url)
         nc = await connect(server.url)
+        look = _Outbox(db)
         try:
             for i in range(kills):
                 log = logs / f"run-{i:03d}.log"
@@ -396,7 +397,7 @@ async def run_kill9_relay(
                 goal = min(at_start + rng.randint(1, step), backlog - 1)
                 proc = await spawn("run", "--config", str(cfg), log_to=log)
                 try:  # the stream grew by a random amount (or the relay is done: kill anyway)
-                    await until(lambda g=goal: _grown(nc, g, db), 60, interval=0.002)
+                    await until(lambda g=goal: _grown(nc, g, look), 60, interval=0.002)
                     await asyncio.sleep(rng.uniform(0, 0.02))
                 finally:
                     proc.kill()
@@ -404,35 +405,60 @@ async def run_kill9_relay(
                 result.kills += 1
                 stored = await _stored(nc)
                 result.stored_at_kills.append(stored)
-                last = outbox_ids(db)[-1][0]
-                result.during += stored > at_start and cursor_of(db, "relay") < last
+                last, cursor = look.last_and_cursor()
+                result.during += stored > at_start and cursor < last
             log = logs / "run-final.log"
             result.logs.append(log)
             proc = await spawn("run", "--config", str(cfg), log_to=log)
             try:  # started (its signal handlers set), then caught up
                 await until(lambda: b'"daemon_started"' in log.read_bytes(), 60)
-                await until(lambda: _caught_up(nc, db), 180, interval=0.05)
+                await until(lambda: _caught_up(nc, look), 180, interval=0.05)
             finally:
                 result.final_exit = await stop(proc, signal.SIGTERM)
             result.check = check_stream(await read_stream(nc, "BOTASYNC"), outbox_ids(db))
         finally:
+            look.close()
             await nc.close()
     result.seconds = round(time.monotonic() - started, 1)
     return result
 
 
-async def _grown(nc: NATS, goal: int, db: Path) -> bool:
+class _Outbox:
+    """One read-only connection for the polls (a connection per poll costs milliseconds
+    of the CPU the relay needs). Each query is its own read, so it sees every commit."""
+
+    def __init__(self, db: Path) -> None:
+        import sqlite3
+
+        self._conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+    def last_and_cursor(self) -> tuple[int, int]:
+        """The newest event's seq (0: none) and the relay's cursor (-1: none yet)."""
+        ((last, cursor),) = self._conn.execute(
+            "SELECT (SELECT coalesce(max(seq), 0) FROM events), (SELECT coalesce("
+            "max(seq), -1) FROM handler_cursors WHERE handler = 'relay')").fetchall()
+        return int(last), int(cursor)
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM events").fetchall()[0][0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+async def _grown(nc: NATS, goal: int, look: _Outbox) -> bool:
     if await _stored(nc) >= goal:
         return True
-    ids = outbox_ids(db)
-    return bool(ids) and cursor_of(db, "relay") == ids[-1][0]
+    last, cursor = look.last_and_cursor()
+    return bool(last) and cursor == last
 
 
-async def _caught_up(nc: NATS, db: Path) -> bool:
+async def _caught_up(nc: NATS, look: _Outbox) -> bool:
     """The cursor at the last event and the stream as long as the outbox (twice, 0.2 s
     apart, so a pass that was committing events is done)."""
-    ids = outbox_ids(db)
-    if not ids or cursor_of(db, "relay") != ids[-1][0] or await _stored(nc) != len(ids):
+    last, cursor = look.last_and_cursor()
+    count = look.count()
+    if not count or cursor != last or await _stored(nc) != count:
         return False
     await asyncio.sleep(0.2)
-    return len(outbox_ids(db)) == len(ids) and await _stored(nc) == len(ids)
+    return look.count() == count and await _stored(nc) == count
