@@ -146,7 +146,10 @@ def test_status_check_ignores_a_pass_in_progress(sim: ThreadedSim, tmp_path: Pat
     db = tmp_path / "c.db"
     env = cli_env(sim, db)
     assert run(["sync"], env).exit_code == 0
-    assert run(["sync"], {**env, "BOTA_API_URL": "http://127.0.0.1:9/v1"}).exit_code == 1
+    fast = tmp_path / "fast.toml"  # refused at once: retried quickly, not for ~15 s
+    fast.write_text("[api]\nmax_retries = 1\nretry_base_s = 0.01\n")
+    refused = {**env, "BOTA_API_URL": "http://127.0.0.1:9/v1", "BOTASYNC_CONFIG": str(fast)}
+    assert run(["sync"], refused).exit_code == 1
     with sqlite3.connect(db) as conn:  # what a daemon retrying right now leaves in the log
         conn.execute("INSERT INTO sync_runs (kind, started_at) VALUES ('head', ?)",
                      (iso(utc_now()),))

@@ -137,6 +137,10 @@ def test_a_failed_first_sync_leaves_no_database(
     """401 or connection refused on a first sync: the one line, and no file at all."""
     db = tmp_path / "sub" / "botasync.db"
     db.parent.mkdir()
+    if "BOTA_API_URL" in change:  # refused at once: retried quickly, not for ~15 s
+        fast = tmp_path / "fast.toml"
+        fast.write_text("[api]\nmax_retries = 1\nretry_base_s = 0.01\n")
+        change = {**change, "BOTASYNC_CONFIG": str(fast)}
     result = run(["sync"], {**cli_env(sim, db), **change})
     assert result.exit_code == code
     assert words in one_clear_line(result)
