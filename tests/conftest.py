@@ -54,6 +54,32 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("full torture counts only: run with --torture")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (the default, pyproject.toml) as tests/scheduling.py refines it."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from tests.scheduling import Scheduling
+
+    return Scheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Under pytest-xdist, a test marked `exclusive` runs while no other test runs (its
+    fixtures' setup and teardown included; outside pytest-timeout's clock)."""
+    from tests.scheduling import turn
+
+    with turn(item):
+        return (yield)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.scheduling import forget_lock_files
+
+    forget_lock_files()
+
+
 @pytest.fixture
 def torture_full(request: pytest.FixtureRequest) -> bool:
     """True under --torture: a `torture` test runs its full counts."""

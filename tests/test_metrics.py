@@ -383,6 +383,7 @@ async def test_readyz_follows_an_api_outage(
     assert errors >= 1  # the outage's 5xx, counted by code
 
 
+@pytest.mark.exclusive  # times the turn to 503 to 0.1 s: the other worker's load would skew it
 async def test_readyz_turns_503_when_passes_stop_finishing(
     simulator_factory: SimulatorFactory, tmp_path: Path
 ) -> None:

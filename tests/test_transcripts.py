@@ -366,6 +366,7 @@ async def test_budget_share_holds_in_every_window(rig_factory: RigFactory, diale
     assert_mirrored(rig.db, served(world))
 
 
+@pytest.mark.exclusive  # compares timings: the other worker's load would skew them
 async def test_recording_events_are_not_delayed_by_a_transcript_backlog(
     rig_factory: RigFactory,
 ) -> None:

@@ -1,0 +1,128 @@
+"""How pytest-xdist hands the tests to its workers (`-n auto --dist loadfile`, pyproject.toml).
+
+As `--dist loadfile`: a file's tests go to one worker, in order, so a module-scoped fixture
+is built once and tests that read what earlier ones left (tests/test_contract.py) see it.
+Two changes, both only to the order and the grouping of the work, never to what runs:
+
+- SPREAD: files whose tests share nothing (no module-scoped fixture, no order between
+  them) and are slow enough to matter are handed out one test at a time;
+- FIRST: the longest work is handed out first, so the run does not end with one worker
+  still in a long test while the other has nothing left to do.
+
+A file missing from both lists runs whole on one worker, after the FIRST ones.
+
+A test marked `exclusive` (a comparison of timings, which the other worker's load would
+skew) runs while no other test runs: `turn()` is a readers-writer lock between the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from xdist.scheduler import LoadFileScheduling
+
+SPREAD = frozenset({
+    "tests/test_bench.py",
+    "tests/test_daemon.py",
+    "tests/test_demo.py",
+    "tests/test_dialects.py",
+    "tests/test_events_e2e.py",
+    "tests/test_media.py",
+    "tests/test_nats.py",
+    "tests/test_progress.py",
+    "tests/test_sync.py",
+    "tests/test_transcripts.py",
+    "tests/torture/test_kill9.py",
+    "tests/torture/test_surface.py",
+})
+
+# longest first, as measured on the 2-core machine (a prefix of a node id)
+FIRST = (
+    "tests/torture/test_badinput.py",  # one table of ~46 `botasync` processes (module fixture)
+    "tests/test_nats.py::test_sigkill_while_relaying_stores_each_event_once",
+    "tests/torture/test_kill9.py",
+    "tests/test_bench.py::test_bench_smoke_measures_every_contender",
+    "tests/torture/test_surface.py::test_no_secret_anywhere_and_a_narrow_surface",
+    "tests/test_events_e2e.py",
+    "tests/test_demo.py::test_demo_runs_mirrors_and_prints_events",
+    "tests/test_transcripts.py::test_sigkill_while_fetching_loses_and_duplicates_nothing",
+    "tests/test_operating.py",
+    "tests/test_search.py",
+    "tests/test_nats.py",
+)
+
+
+def _path(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _rank(scope: str) -> int:
+    return next((i for i, prefix in enumerate(FIRST) if scope.startswith(prefix)), len(FIRST))
+
+
+class Scheduling(LoadFileScheduling):
+    """`--dist loadfile`, with SPREAD files one test at a time and FIRST work handed out first."""
+
+    def __init__(self, config: Any, log: Any = None) -> None:
+        super().__init__(config, log)
+        self._ordered = False
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = _path(nodeid)
+        return nodeid if path in SPREAD else path
+
+    def _assign_work_unit(self, node: Any) -> None:
+        if not self._ordered:  # the queue is complete by the first assignment: order it once
+            self._ordered = True
+            units = sorted(self.workqueue.items(), key=lambda unit: _rank(unit[0]))
+            self.workqueue.clear()
+            self.workqueue.update(units)
+        super()._assign_work_unit(node)
+
+
+def _lock_files() -> Path | None:
+    """The two lock files of this run, shared by its workers; None outside pytest-xdist."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    return Path(tempfile.gettempdir()) / f"botasync-tests-{run}"
+
+
+@contextlib.contextmanager
+def turn(item: pytest.Item) -> Iterator[None]:
+    """Hold the run's lock while `item` runs: shared, or alone if it is marked `exclusive`.
+
+    Every test passes the turnstile first; a test waiting to run alone holds it, so no other
+    test starts until it has run, and those already running finish first.
+    """
+    base = _lock_files()
+    if base is None:
+        yield
+        return
+    alone = item.get_closest_marker("exclusive") is not None
+    with open(f"{base}.turn", "a") as gate, open(f"{base}.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+def forget_lock_files() -> None:
+    """Remove this run's lock files (a worker that has finished takes no more turns)."""
+    base = _lock_files()
+    if base is not None:
+        for suffix in (".turn", ".lock"):
+            Path(f"{base}{suffix}").unlink(missing_ok=True)
