@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -14,6 +16,12 @@ import structlog
 from botasync.simulator import Simulator, World, serve
 
 API_KEY = "sk_test_botasync"
+
+# Bytecode caches on, for this run and every process it starts: where the environment turns
+# them off (PYTHONDONTWRITEBYTECODE), each of the hundreds of `botasync` processes the tests
+# start compiles botasync from source again, and each pytest worker its test modules.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 
 async def wait_for(
