@@ -162,14 +162,14 @@ def test_observe_exhausted_waits_for_reset() -> None:
 
 
 def test_observe_low_spreads_the_rest() -> None:
-    """With few requests left at the server, starts are spaced evenly until its reset."""
+    """With few requests left at the server, starts are spaced evenly before its reset."""
     clock = FakeClock()
     budget = RequestBudget(90, clock=clock)
     budget.observe(4, reset_epoch=1_700_000_040, now_epoch=1_700_000_000)
     assert budget.delay() == 0.0  # nothing started yet
     budget.release(budget._start())
-    assert budget.delay() == pytest.approx(10.0)
-    clock.t += 10.0
+    assert budget.delay() == pytest.approx(8.0)  # 40 s for 4 more: one every 40 / 5 s
+    clock.t += 8.0
     assert budget.delay() == 0.0
     clock.t += 40.0  # past the reset: pacing is over
     budget.release(budget._start())
@@ -204,7 +204,23 @@ def test_observe_ignores_stale_higher_remaining() -> None:
     budget.observe(2, reset_epoch=1_700_000_040, now_epoch=1_700_000_000)
     budget.observe(8, reset_epoch=1_700_000_040, now_epoch=1_700_000_000)
     budget.release(budget._start())
-    assert budget.delay() == pytest.approx(20.0)
+    assert budget.delay() == pytest.approx(40 / 3)
+
+
+def test_the_last_one_left_starts_inside_the_window() -> None:
+    """The answer saying "1 left" came after its own request started: the one left starts
+    halfway to the reset, not at it (which is the server's next window: a slot lost in
+    every window, 9 of 10 a minute for the transcripts)."""
+    clock = FakeClock()
+    budget = RequestBudget(10, clock=clock)
+    budget.release(budget._start())  # the request whose answer says 1 left, 30 s to go
+    budget.observe(1, reset_epoch=1_700_000_030, now_epoch=1_700_000_000)
+    assert budget.delay() == pytest.approx(15.0)
+    clock.t += 15.0
+    assert budget.delay() == 0.0
+    budget.release(budget._start())
+    budget.observe(0, reset_epoch=1_700_000_030, now_epoch=1_700_000_015)
+    assert budget.delay() == pytest.approx(15.0)  # then nothing before the reset
 
 
 # -- RequestBudget: asyncio, real time with small windows ---------------------------

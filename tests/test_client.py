@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -38,13 +39,15 @@ async def make_client(api_key: str) -> AsyncIterator[MakeClient]:
     def make(
         sim: Simulator, *, key: str = api_key, budget: RequestBudget | None = None,
         download_budget: RequestBudget | None = None,
+        transcripts_budget: RequestBudget | None = None,
         clock: Callable[[], float] = time.time, **api: Any,
     ) -> BotaClient:
         cfg = ApiConfig(
             base_url=sim.url, api_key=SecretStr(key), **{"max_retries": 3, "timeout_s": 5.0, **api}
         )
         client = BotaClient(
-            cfg, budget=budget, download_budget=download_budget, clock=clock,
+            cfg, budget=budget, download_budget=download_budget,
+            transcripts_budget=transcripts_budget, clock=clock,
             backoff_base=0.001, backoff_cap=0.01,
         )
         made.append(client)
@@ -307,7 +310,7 @@ async def test_429_after_last_retry(simulator: Simulator, make_client: MakeClien
     assert info.value.retryable
 
 
-@pytest.mark.parametrize(("limit", "expected_wait"), [(1, 60.0), (3, 30.0)])
+@pytest.mark.parametrize(("limit", "expected_wait"), [(1, 60.0), (3, 20.0)])
 async def test_rate_limit_headers_feed_the_budget(
     simulator_factory: SimulatorFactory, make_client: MakeClient, limit: int, expected_wait: float
 ) -> None:
@@ -318,6 +321,42 @@ async def test_rate_limit_headers_feed_the_budget(
     await client.list_recordings(limit=1)
     assert client.budget.delay() == pytest.approx(expected_wait, abs=1.0)
     assert len(sim.requests) == 1
+
+
+def _fixed_windows(times: list[float], window_s: float) -> list[int]:
+    """Requests in each window of a fixed-window limiter, whose window opens at the first
+    request after the last window ended (as the simulator's)."""
+    counts: list[int] = []
+    end = -math.inf
+    for t in sorted(times):
+        if t >= end:
+            counts.append(0)
+            end = t + window_s
+        counts[-1] += 1
+    return counts
+
+
+def _transcription_ids(world: World) -> list[str]:
+    return [r["transcription_id"] for r in world.all() if r.get("transcription_id")]
+
+
+async def test_transcripts_fill_every_server_window(
+    simulator_factory: SimulatorFactory, make_client: MakeClient
+) -> None:
+    """Documented headers, 10 a window: the last request a window allows ("1 left") goes
+    inside that window, not at its reset, so 20 transcriptions take two windows, not three."""
+    window = 1.5  # its reset in whole seconds is at most 2.5 s after the window opened
+    world = World(seed=7, recordings=60)
+    sim = await simulator_factory(world, transcription_rate_limit=10)
+    sim.transcription_limiter.window_s = window
+    client = make_client(sim, transcripts_budget=RequestBudget(10, window_s=window))
+    ids = _transcription_ids(world)[:20]
+    assert len(ids) == 20
+    for i in ids:  # one after the other, as the transcript worker asks: each answer is seen
+        assert (await client.get_transcription(i))["id"] == i
+    answered = [r for r in sim.requests if r.path.startswith("/v1/transcriptions/")]
+    assert [r.status for r in answered] == [200] * 20
+    assert _fixed_windows([r.t for r in answered], window) == [10, 10]
 
 
 async def test_budget_holds_under_load(
