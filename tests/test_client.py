@@ -359,6 +359,27 @@ async def test_transcripts_fill_every_server_window(
     assert _fixed_windows([r.t for r in answered], window) == [10, 10]
 
 
+async def test_a_fractional_reset_is_not_cut_short(
+    simulator_factory: SimulatorFactory, make_client: MakeClient
+) -> None:
+    """A reset sent with a fraction (`...000.75`) is waited for in full: cut to the whole
+    second below, it would be in the past (ignored) or too early (a 429)."""
+    clock = ManualClock(1_750_000_000.0)  # the server's window stays put: its reset too
+    world = World(seed=7, recordings=60, clock=clock)
+    sim = await simulator_factory(world, transcription_rate_limit=10)
+    sim.transcription_limiter.window_s = 0.75
+    sim.transcription_limiter.resolution_s = 0.05
+    ids = _transcription_ids(world)[:10]
+    other = make_client(sim, clock=clock.now)  # another client of the project: 9 of the 10
+    for i in ids[:9]:
+        await other.get_transcription(i)
+    client = make_client(sim, clock=clock.now,
+                         transcripts_budget=RequestBudget(10, window_s=60.0))
+    await client.get_transcription(ids[9])
+    assert client.transcripts_budget is not None
+    assert client.transcripts_budget.delay() == pytest.approx(0.75, abs=0.05)
+
+
 async def test_budget_holds_under_load(
     simulator_factory: SimulatorFactory, world: World, make_client: MakeClient
 ) -> None:

@@ -10,6 +10,7 @@ appears in a message, a repr or a log line.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import socket
 import time
@@ -360,7 +361,7 @@ class BotaClient(AsyncClosing):
     def _observe(self, req: _Request, resp: _Response) -> None:
         """Tell the budget what the server counts (other clients share the project's limit)."""
         remaining = _int_header(resp.headers, "X-RateLimit-Remaining")
-        reset = _int_header(resp.headers, "X-RateLimit-Reset")
+        reset = _float_header(resp.headers, "X-RateLimit-Reset")  # a fraction is kept
         for budget in self._server_budgets(req):
             budget.observe(remaining, reset, self._clock())
         metrics.api_response(req.path, resp.status, remaining if req.bucket == "main" else None,
@@ -589,10 +590,23 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = _float_header(headers, name)
+    try:
+        return None if value is None else int(value)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _float_header(headers: Mapping[str, str], name: str) -> float | None:
+    """A numeric header as sent (`1750000060`, `1750000060.25`); None when it is not one.
+
+    A reset time is not cut to the whole second below it: that would end a wait early.
+    """
     value = headers.get(name)
     if value is None:
         return None
     try:
-        return int(float(value))
-    except (ValueError, OverflowError):
+        number = float(value)
+    except ValueError:
         return None
+    return number if math.isfinite(number) else None
