@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
 import stat
@@ -13,6 +15,7 @@ import pytest
 from botasync.errors import MigrationError, StoreError
 from botasync.store import migrations
 from botasync.store.sqlite import Mirror, Store
+from tests.conftest import wait_for
 
 
 async def test_new_database_is_private_wal_and_migrated(tmp_path: Path) -> None:
@@ -41,6 +44,36 @@ async def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError):
             await fail_inside(store)
         assert await store.fetchone("SELECT * FROM state") is None
+
+
+async def test_background_work_waits_for_a_foreground_pass(tmp_path: Path) -> None:
+    """A background transaction does not run while a foreground pass does, even one that
+    began while it queued for the connection; the pass's reads and writes never wait for it,
+    and it runs once the pass ends."""
+    async with await Store.open(tmp_path / "f.db") as store:
+        order: list[str] = []
+
+        async def background() -> None:
+            async with store.transaction(background=True) as conn:
+                await conn.execute("INSERT INTO state (key, value) VALUES ('bg', 'x')")
+            order.append("background")
+
+        async with contextlib.AsyncExitStack() as the_pass:
+            async with store.transaction() as conn:  # holds the connection ...
+                task = asyncio.create_task(background())
+                await asyncio.sleep(0)  # ... while the background task queues for it
+                await the_pass.enter_async_context(store.foreground())  # then a pass begins
+            for i in range(3):  # the pass uses the store as it likes
+                async with store.transaction() as conn:
+                    await conn.execute("INSERT INTO state (key, value) VALUES (?, 'y')",
+                                       (f"fg{i}",))
+                bg = await store.fetchone("SELECT count(*) FROM state WHERE key = 'bg'")
+                assert bg is not None and bg[0] == 0
+            order.append("pass done")
+        await wait_for(task.done)
+        assert order == ["pass done", "background"]
+        row = await store.fetchone("SELECT value FROM state WHERE key = 'bg'")
+        assert row is not None and row[0] == "x"
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -419,6 +419,52 @@ async def test_recording_events_are_not_delayed_by_a_transcript_backlog(
     await rig.fetcher.aclose(grace_s=0.1)
 
 
+async def test_a_tick_has_the_store_to_itself(rig_factory: RigFactory) -> None:
+    """A background write asked for in the middle of a tick (here: by the tick's own commit)
+    waits for the tick to end; the tick never queues behind one."""
+    world = World(seed=12, recordings=30)
+    rig = await rig_factory(world)
+    await rig.syncer.full()
+    order: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def background() -> None:
+        async with rig.store.transaction(background=True):
+            order.append("background")
+
+    rig.syncer.on_commit = lambda: tasks.append(asyncio.create_task(background()))
+    world.create(status="processing")  # the head pass writes it: a commit inside the tick
+    await rig.syncer.quick()
+    order.append("tick done")
+    await wait_for(lambda: len(order) == 1 + len(tasks))
+    assert tasks and order[0] == "tick done", order
+
+
+async def test_transcript_writes_wait_for_the_foreground(rig_factory: RigFactory) -> None:
+    """While a foreground pass runs, fetched transcripts are not written (nor the queue
+    read); they are once it ends."""
+    world = World(seed=13, recordings=60)
+    # one request every 50 ms: most of the four fetches in flight wait for the budget
+    rig = await rig_factory(world, share=RequestBudget(1, window_s=0.05))
+    await rig.syncer.full()
+    count = "SELECT count(*) FROM transcriptions"
+
+    def asked() -> int:
+        return sum(1 for r in rig.sim.requests if r.path.startswith(TRANSCRIPT_PATHS))
+
+    await rig.fetcher.start()
+    await wait_for(lambda: rows(rig.db, count)[0][0] > 0)
+    async with rig.store.foreground():
+        held = (await rig.store.fetchone(count))[0]  # type: ignore[index]
+        before = asked()
+        # the fetches in flight are answered meanwhile, and their writes wait
+        await wait_for(lambda: asked() >= before + 2)
+        for _ in range(20):  # the pass goes on using the store; nothing lands in between
+            assert (await rig.store.fetchone(count))[0] == held  # type: ignore[index]
+    assert await rig.fetcher.drain(30.0)
+    assert_mirrored(rig.db, served(world))
+
+
 # --- the daemon, the command line, kill -9 ------------------------------------------------
 
 

@@ -97,6 +97,9 @@ class Store(AsyncClosing):
         self._conn = conn
         self.path = path
         self._lock = asyncio.Lock()
+        self._foreground = 0  # latency-sensitive passes running (`foreground`)
+        self._no_foreground = asyncio.Event()
+        self._no_foreground.set()
         self._closed = False
         self.readonly = False  # opened by `open_readonly`
 
@@ -165,9 +168,47 @@ class Store(AsyncClosing):
             await self._conn.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction (BEGIN IMMEDIATE): commits on exit, rolls back on error."""
-        async with self._lock:
+    async def foreground(self) -> AsyncIterator[None]:
+        """Mark a latency-sensitive pass (the daemon's tick) for as long as it runs.
+
+        Background work (`transaction(background=True)`, `read(background=True)`: the
+        transcript worker) takes the connection only while no such pass runs, so a tick
+        never queues behind a transcript's write (its segments and index rows), which
+        would hold back the tick's recording events.
+        """
+        self._foreground += 1
+        self._no_foreground.clear()
+        try:
+            yield
+        finally:
+            self._foreground -= 1
+            if not self._foreground:
+                self._no_foreground.set()
+
+    @asynccontextmanager
+    async def _locked(self, background: bool) -> AsyncIterator[None]:
+        """The connection's lock; in the background, only between foreground passes."""
+        while True:
+            if background:
+                await self._no_foreground.wait()
+            await self._lock.acquire()
+            if not background or not self._foreground:
+                break
+            self._lock.release()  # a pass began while we queued: it goes first
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, background: bool = False
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): commits on exit, rolls back on error.
+
+        `background`: wait for no foreground pass to be running (see `foreground`).
+        """
+        async with self._locked(background):
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
@@ -189,9 +230,9 @@ class Store(AsyncClosing):
                 raise
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The connection for reads, between transactions."""
-        async with self._lock:
+    async def read(self, *, background: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for reads, between transactions (`background`: as `transaction`)."""
+        async with self._locked(background):
             try:
                 yield self._conn
             except sqlite3.Error as e:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -178,10 +178,18 @@ class Syncer:
         return await self._run(walk, self._hot_body(walk, covered))
 
     async def quick(self) -> list[PassStats]:
-        """One daemon tick: the head pass (new recordings) then the hot pass."""
+        """One daemon tick: the head pass (new recordings) then the hot pass.
+
+        The tick has the store to itself (`Store.foreground`): the transcript worker
+        writes between ticks, so its writes never delay the tick's recording events. Not
+        while the tick is still the first walk (the backfill, minutes long): the worker
+        goes on beside that.
+        """
         seen: set[str] = set()
-        head = await self.head(seen)
-        return [head, await self.hot(covered=seen)]
+        backfilled = await self._backfill_done()
+        async with self.mirror.store.foreground() if backfilled else nullcontext():
+            head = await self.head(seen)
+            return [head, await self.hot(covered=seen)]
 
     # -- pass bodies --------------------------------------------------------------------
 

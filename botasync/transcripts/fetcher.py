@@ -256,15 +256,15 @@ class TranscriptFetcher(AsyncClosing):
             free = min(free, self._max_recordings - self._started_jobs)
         if free <= 0 or self._stop.is_set():
             return 0, IDLE_RECHECK_S
-        async with self.store.read() as conn:
+        async with self.store.read(background=True) as conn:
             jobs = await queue.due(conn, self.project, iso(self._clock()), free,
                                    list(self._inflight))
         if len(jobs) < free and await self._refresh(free - len(jobs)):
-            async with self.store.read() as conn:
+            async with self.store.read(background=True) as conn:
                 busy = [*self._inflight, *(j.recording_id for j in jobs)]
                 jobs += await queue.due(conn, self.project, iso(self._clock()),
                                         free - len(jobs), busy)
-        async with self.store.read() as conn:
+        async with self.store.read(background=True) as conn:
             next_at = await queue.next_due_at(conn, self.project)
         for job in jobs:
             self._spawn(job)
@@ -277,7 +277,7 @@ class TranscriptFetcher(AsyncClosing):
         if not every or time.monotonic() < self._next_refresh_look:
             return 0
         now = self._clock()
-        async with self.store.transaction() as conn:
+        async with self.store.transaction(background=True) as conn:
             added = await queue.refresh(conn, self.project, iso(now - timedelta(seconds=every)),
                                         iso(now), room)
         if not added:  # nothing stale: look again later (a fetch only makes it fresher)
@@ -435,7 +435,7 @@ class TranscriptFetcher(AsyncClosing):
         now = iso(now_dt)
         polls = job.attempts + 1
         try:
-            async with self.store.transaction() as conn:
+            async with self.store.transaction(background=True) as conn:
                 written = await tstore.write(
                     conn, fetched, now=now, new_id=lambda: self._ids.new(now_dt),
                     backfill=job.reason == queue.BACKFILL, project=self.project)
@@ -481,7 +481,7 @@ class TranscriptFetcher(AsyncClosing):
         gave_up = attempts >= self._max_attempts
         next_at = None if gave_up else self._after(attempts - 1, self._retry)
         try:
-            async with self.store.transaction() as conn:
+            async with self.store.transaction(background=True) as conn:
                 await queue.again(conn, job, next_at, reason, attempts)
         except BotasyncError as e:
             self._log.error("transcripts.bookkeeping_failed", recording_id=job.recording_id,
