@@ -81,6 +81,17 @@ class DatabaseConfig(_Section):
     """Where the mirror lives."""
 
     path: str = "botasync.db"
+    # PostgreSQL instead of the file: `postgresql://user@host/db` (a password is better in
+    # PGPASSWORD or ~/.pgpass than here; one given here is never shown or logged)
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql://... URL (or empty: the SQLite file at "
+                             "`path`)")
+        return value
 
 
 class EventsConfig(_Section):
@@ -157,6 +168,13 @@ def redact_userinfo(url: str) -> str:
             authority = f"{user}:***@{host}" if colon else f"***@{host}"
         out.append(f"{scheme}{sep}{authority}{slash}{path}" if sep else server)
     return ",".join(out)
+
+
+def redact_database_url(url: str) -> str:
+    """A PostgreSQL URL with its password, in the userinfo or a `password=` parameter, shown
+    as `***` (`config show`, messages)."""
+    out = redact_userinfo(url)
+    return re.sub(r"(password=)[^&#]*", r"\1***", out, flags=re.I)
 
 
 class NatsHandlerConfig(_Handler):
@@ -463,6 +481,8 @@ class Config(_Section):
         for api in [data["api"], *(p["api"] for p in data["projects"])]:
             if api["api_key"]:
                 api["api_key"] = "***"
+        if data["database"]["url"]:
+            data["database"]["url"] = redact_database_url(data["database"]["url"])
         for handler in data["handlers"]:
             if handler["type"] == "nats":
                 handler["url"] = redact_userinfo(handler["url"])

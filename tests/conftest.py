@@ -7,13 +7,16 @@ import contextlib
 import inspect
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 import structlog
 
 from botasync.simulator import Simulator, World, serve
+from tests import pgserver
+from tests.pgserver import PgServer, TestDb
 
 API_KEY = "sk_test_botasync"
 
@@ -136,3 +139,49 @@ async def simulator_factory() -> AsyncIterator[SimulatorFactory]:
 async def simulator(world: World, simulator_factory: SimulatorFactory) -> Simulator:
     """The `world` served on 127.0.0.1 (any free port) with the rate limit off."""
     return await simulator_factory(world)
+
+
+# --- the two backends: `database` runs a test on SQLite and on PostgreSQL (tests/pgserver.py)
+
+_PG_SKIPPED: list[str] = []  # why the PostgreSQL cases skipped, for the summary
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's PostgreSQL; its cases skip without one, or fail under
+    BOTASYNC_PG=required (CI): a PostgreSQL that cannot start is never skipped silently."""
+    server, why = pgserver.start()
+    if server is None:
+        if os.environ.get("BOTASYNC_PG") == "required":
+            pytest.fail(f"BOTASYNC_PG=required, and {why}", pytrace=False)
+        _PG_SKIPPED.append(why)
+        pytest.skip(f"PostgreSQL cases skipped: {why}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database(pg_server: PgServer, tmp_path: Path) -> Iterator[TestDb]:
+    """A fresh, empty PostgreSQL database of its own for one test."""
+    name = pg_server.create_database()
+    try:
+        yield TestDb("postgres", tmp_path / "botasync.db", pg_server.url(name), pg_server, name)
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> TestDb:
+    """The test's database, once on each backend: a new SQLite file, or a new PostgreSQL
+    database."""
+    if request.param == "sqlite":
+        return TestDb("sqlite", tmp_path / "botasync.db")
+    db: TestDb = request.getfixturevalue("pg_database")
+    return db
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for why in _PG_SKIPPED:
+        terminalreporter.write_line(f"PostgreSQL cases skipped: {why}", yellow=True)

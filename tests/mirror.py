@@ -8,12 +8,12 @@ documents (which column comes from which field in which dialect), independently 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from botasync.api.models import normalize_ts
+from tests.pgserver import TestDb
 
 TS_FIELDS = {"started_at", "ended_at", "created_at", "captured_at", "recorded_at", "updated_at"}
 REC_COLUMNS = ("id", "device_id", "end_user_id", "name", "status", "duration_ms", "started_at",
@@ -63,26 +63,23 @@ def _unsigned(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def mirror_diff(
-    db: Path, world_items: list[dict[str, Any]], project: str = "default",
+    db: Path | TestDb, world_items: list[dict[str, Any]], project: str = "default",
 ) -> list[str]:
     """Every difference between one project's live mirror and the world, as lines (empty =
-    exact)."""
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = {r["id"]: r for r in conn.execute(
-            "SELECT * FROM recordings WHERE deleted_at IS NULL AND project = ?", (project,))}
-        media = conn.execute("SELECT * FROM media WHERE project = ? "
-                             "ORDER BY recording_id, position", (project,)).fetchall()
-    finally:
-        conn.close()
+    exact). `db`: a SQLite file, or a test's database on either backend."""
+    if isinstance(db, Path):
+        db = TestDb("sqlite", db)
+    rows = {r["id"]: r for r in db.dict_rows(
+        "SELECT * FROM recordings WHERE deleted_at IS NULL AND project = ?", (project,))}
+    media = db.dict_rows("SELECT * FROM media WHERE project = ? "
+                         "ORDER BY recording_id, position", (project,))
     problems: list[str] = []
     want = {i["id"]: i for i in world_items if isinstance(i, dict) and "id" in i}
     for missing in sorted(set(want) - set(rows)):
         problems.append(f"{missing}: missing from the mirror")
     for extra in sorted(set(rows) - set(want)):
         problems.append(f"{extra}: in the mirror but not in the world")
-    media_by_rec: dict[str, list[sqlite3.Row]] = {}
+    media_by_rec: dict[str, list[dict[str, Any]]] = {}
     for m in media:
         media_by_rec.setdefault(m["recording_id"], []).append(m)
     for rid in sorted(set(want) & set(rows)):

@@ -1,4 +1,5 @@
-"""The outbox dispatcher against a real SQLite file: order, retries, dead letters, restarts."""
+"""The outbox dispatcher against a real database, SQLite and PostgreSQL: order, retries, dead
+letters, restarts."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from botasync.errors import ConfigError, HandlerError
 from botasync.events.handlers import Handler, build_handler
 from botasync.events.outbox import Dispatcher, backlog, dead, list_events, retry_delay
 from botasync.jsoncodec import dumps
-from botasync.store.sqlite import Store
+from botasync.store.base import Database as Store
+from tests.pgserver import TestDb
 
 SCRIPT = str(Path(__file__).parent / "helpers" / "cmd_handler.py")
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
@@ -115,9 +117,9 @@ async def cursor(store: Store, handler: str) -> int:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """A migrated database file in tmp_path."""
-    s = await Store.open(tmp_path / "botasync.db")
+async def store(database: TestDb) -> AsyncIterator[Store]:
+    """A migrated database: a file in tmp_path, or a PostgreSQL database of its own."""
+    s = await database.open()
     yield s
     await s.aclose()
 
@@ -355,12 +357,11 @@ async def test_a_new_handler_on_an_existing_outbox_starts_at_the_newest_event(
 
 
 async def test_restart_continues_from_the_cursor_with_no_loss_and_the_same_ids(
-    tmp_path: Path,
+    tmp_path: Path, database: TestDb,
 ) -> None:
     """Closing everything and reopening delivers the rest, each event exactly once here."""
-    path = tmp_path / "botasync.db"
     handler, out = command(tmp_path, "cmd", "append")
-    store = await Store.open(path)
+    store = await database.open()
     d = Dispatcher(store, [handler], EventsConfig(**FAST))
     await d.start()
     first = await add_events(store, *created("a", "b"))
@@ -370,7 +371,7 @@ async def test_restart_continues_from_the_cursor_with_no_loss_and_the_same_ids(
     more = await add_events(store, *created("c"))  # written while no dispatcher runs
     await store.aclose()
 
-    store = await Store.open(path)
+    store = await database.open()
     handler, _ = command(tmp_path, "cmd", "append")
     d = Dispatcher(store, [handler], EventsConfig(**FAST))
     try:
@@ -384,10 +385,11 @@ async def test_restart_continues_from_the_cursor_with_no_loss_and_the_same_ids(
     assert [g["event_id"] for g in lines(out)] == first + more + last
 
 
-async def test_a_crash_after_the_handler_ran_redelivers_the_same_event(tmp_path: Path) -> None:
+async def test_a_crash_after_the_handler_ran_redelivers_the_same_event(
+    database: TestDb,
+) -> None:
     """Cut off before its success is recorded, the event comes again: same id, same payload."""
-    path = tmp_path / "botasync.db"
-    store = await Store.open(path)
+    store = await database.open()
     hung = Recorder("h", gate=asyncio.Event())  # did its work, never returned
     d = Dispatcher(store, [hung], EventsConfig(**FAST))
     await d.start()
@@ -398,7 +400,7 @@ async def test_a_crash_after_the_handler_ran_redelivers_the_same_event(tmp_path:
     assert hung.closed
     await store.aclose()
 
-    store = await Store.open(path)
+    store = await database.open()
     again = Recorder("h")
     d = Dispatcher(store, [again], EventsConfig(**FAST))
     try:

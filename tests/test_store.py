@@ -12,10 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from botasync.config import DatabaseConfig
 from botasync.errors import MigrationError, StoreError
-from botasync.store import migrations
+from botasync.store import migrations, open_store
+from botasync.store.base import Database
 from botasync.store.sqlite import Mirror, Store
 from tests.conftest import wait_for
+from tests.pgserver import TestDb
+
+
+async def schema_version(store: Database) -> int:
+    if store.dialect == "postgres":
+        row = await store.fetchone("SELECT version FROM schema_version")
+    else:
+        row = await store.fetchone("PRAGMA user_version")
+    return int(row[0])
 
 
 async def test_new_database_is_private_wal_and_migrated(tmp_path: Path) -> None:
@@ -33,14 +44,27 @@ async def test_new_database_is_private_wal_and_migrated(tmp_path: Path) -> None:
         assert (await store.fetchone("SELECT value FROM state WHERE key = 'k'"))[0] == "v"
 
 
-async def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
+async def test_a_new_database_is_migrated_and_keeps_its_rows(database: TestDb) -> None:
+    """A new database opens at the latest schema version; reopening migrates nothing and
+    keeps what was written."""
+    async with await database.open() as store:
+        assert await schema_version(store) == migrations.LATEST
+        async with store.transaction() as conn:
+            await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
+    async with await database.open() as store:
+        assert await schema_version(store) == migrations.LATEST
+        assert (await store.fetchone("SELECT value FROM state WHERE key = 'k'"))[0] == "v"
+        assert (await store.fetchone("SELECT project FROM state"))["project"] == "default"
+
+
+async def test_transaction_rolls_back_on_error(database: TestDb) -> None:
     """An exception inside a transaction leaves nothing behind."""
-    async def fail_inside(store: Store) -> None:
+    async def fail_inside(store: Database) -> None:
         async with store.transaction() as conn:
             await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
             raise RuntimeError("boom")
 
-    async with await Store.open(tmp_path / "b.db") as store:
+    async with await database.open() as store:
         with pytest.raises(RuntimeError):
             await fail_inside(store)
         assert await store.fetchone("SELECT * FROM state") is None
@@ -76,14 +100,96 @@ async def test_background_work_waits_for_a_foreground_pass(tmp_path: Path) -> No
         assert row is not None and row[0] == "x"
 
 
-async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+async def test_newer_schema_is_refused(database: TestDb) -> None:
     """A database written by a newer botasync is refused with a clear error."""
-    db = tmp_path / "b.db"
-    async with await Store.open(db) as store:
-        async with store.transaction() as conn:
-            await conn.execute(f"PRAGMA user_version = {migrations.LATEST + 1}")
+    async with await database.open():
+        pass
+    if database.backend == "postgres":
+        database.execute("UPDATE schema_version SET version = ?", (migrations.LATEST + 1,))
+    else:
+        database.execute(f"PRAGMA user_version = {migrations.LATEST + 1}")
     with pytest.raises(MigrationError, match="newer than this botasync"):
-        await Store.open(db)
+        await database.open()
+    with pytest.raises(MigrationError, match="newer than this botasync"):
+        await database.open(readonly=True)
+
+
+async def test_rows_read_by_index_and_name_and_writes_count(database: TestDb) -> None:
+    """The connection's surface is the same on both backends: rows by index and by name,
+    `rowcount` (executemany's summed), `lastrowid`, `fetchmany`, `async with` a cursor."""
+    async with await database.open() as store:
+        async with store.transaction() as conn:
+            cur = await conn.executemany(
+                "INSERT INTO state (project, key, value) VALUES (?, ?, ?)",
+                [("p", f"k{i}", f"v{i}") for i in range(5)])
+            assert cur.rowcount == 5
+            cur = await conn.execute("UPDATE state SET value = 'x' WHERE key IN ('k1', 'k2')")
+            assert cur.rowcount == 2
+            cur = await conn.execute(
+                "INSERT INTO sync_runs (project, kind, started_at) VALUES (?, ?, ?)",
+                ("p", "hot", "2026-01-01T00:00:00.000Z"))
+            first = cur.lastrowid
+            cur = await conn.execute(
+                "INSERT INTO sync_runs (project, kind, started_at) VALUES (?, ?, ?)",
+                ("p", "hot", "2026-01-01T00:00:01.000Z"))
+            assert first is not None and cur.lastrowid == first + 1
+            async with conn.execute("SELECT key FROM state ORDER BY key") as cur:
+                assert [r[0] for r in await cur.fetchmany(2)] == ["k0", "k1"]
+                assert [r[0] for r in await cur.fetchmany(10)] == ["k2", "k3", "k4"]
+                assert await cur.fetchmany(10) == []
+        row = await store.fetchone("SELECT key, value, 1 + 1 AS two FROM state WHERE key = ?",
+                                   ("k1",))
+        assert row is not None
+        assert (row[0], row["value"], row["two"]) == ("k1", "x", 2)
+        assert list(row.keys()) == ["key", "value", "two"]
+        assert tuple(row) == ("k1", "x", 2)
+        assert dict(zip(row.keys(), tuple(row), strict=True))["key"] == "k1"
+        total = await store.fetchone("SELECT sum(pages + 2), count(*) FROM sync_runs")
+        assert tuple(total) == (4, 2) and all(type(v) is int for v in total)
+
+
+async def test_a_reader_is_refused_a_write_and_an_empty_database(database: TestDb) -> None:
+    """`open_readonly` never migrates: a database with no schema is one line, and a write
+    through a read-only store fails."""
+    if database.backend == "sqlite":
+        with pytest.raises(StoreError, match="no database at"):
+            await database.open(readonly=True)
+    else:
+        with pytest.raises(StoreError, match="no botasync database at"):
+            await database.open(readonly=True)
+    async with await database.open():
+        pass
+    async with await database.open(readonly=True) as store:
+        assert store.readonly
+        with pytest.raises(StoreError):
+            async with store.transaction() as conn:
+                await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
+        assert await store.fetchone("SELECT * FROM state") is None
+
+
+async def test_writers_are_serialised_across_stores(database: TestDb) -> None:
+    """Two stores on one database (two processes): a write transaction waits for the other
+    to end, so the read-then-write code written for SQLite stays correct."""
+    async with await database.open() as one, await database.open() as two:
+        await Mirror(one).set_state("n", "0")
+        order: list[str] = []
+
+        async def bump(store: Database, name: str, hold_s: float) -> None:
+            async with store.transaction() as conn:
+                async with conn.execute("SELECT value FROM state WHERE key = 'n'") as cur:
+                    n = int((await cur.fetchone())[0])
+                order.append(f"{name} read {n}")
+                await asyncio.sleep(hold_s)
+                await conn.execute("UPDATE state SET value = ? WHERE key = 'n'", (str(n + 1),))
+                order.append(f"{name} wrote {n + 1}")
+
+        first = asyncio.create_task(bump(one, "one", 0.3))
+        while not order:
+            await asyncio.sleep(0.01)
+        await bump(two, "two", 0)
+        await first
+        assert order == ["one read 0", "one wrote 1", "two read 1", "two wrote 2"]
+        assert await Mirror(one).get_state("n") == "2"
 
 
 async def test_failed_open_leaves_no_worker_thread(tmp_path: Path) -> None:
@@ -125,9 +231,9 @@ def test_statements_split_ignores_comments() -> None:
     assert migrations._statements(sql) == ["CREATE TABLE a (x INT)", "CREATE TABLE b (y INT)"]
 
 
-async def test_prune_keeps_what_matters(tmp_path: Path) -> None:
+async def test_prune_keeps_what_matters(database: TestDb) -> None:
     """Old quiet ticks are pruned; ticks that changed something and walks are kept."""
-    async with await Store.open(tmp_path / "b.db") as store:
+    async with await database.open() as store:
         mirror = Mirror(store)
         quiet = await mirror.start_run("hot", "2026-01-01T00:00:00.000Z")
         busy = await mirror.start_run("head", "2026-01-01T00:00:00.000Z")
@@ -137,4 +243,13 @@ async def test_prune_keeps_what_matters(tmp_path: Path) -> None:
         assert await mirror.prune_runs("2026-03-01T00:00:00.000Z") == 1
         left = {r[0] for r in await store.fetchall("SELECT id FROM sync_runs")}
         assert left == {busy, walk, recent} and quiet not in left
-    assert os.path.exists(tmp_path / "b.db")
+        assert await mirror.interrupted_walk(["full"]) is None
+
+
+async def test_a_postgres_that_does_not_answer_is_one_line_without_its_password() -> None:
+    """A URL whose server is not there: `cannot open database`, the password never shown."""
+    url = "postgresql://botasync:hunter2secret@127.0.0.1:1/botasync"
+    with pytest.raises(StoreError, match="cannot open database") as caught:
+        await open_store(DatabaseConfig(url=url))
+    assert "hunter2secret" not in str(caught.value)
+    assert "postgresql://botasync:***@127.0.0.1:1/botasync" in str(caught.value)

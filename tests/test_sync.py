@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,15 @@ from botasync.service.app import App
 from botasync.simulator import Simulator, World, serve
 from botasync.sync.syncer import PassStats
 from tests.mirror import mirror_diff
+from tests.pgserver import TestDb
 
 KEY = "sk_test_botasync"
 
 
-def make_cfg(sim: Simulator, db: Path, **sync: Any) -> config.Config:
+def make_cfg(sim: Simulator, db: TestDb | Path, **sync: Any) -> config.Config:
     return config.load(env={}, overrides={
         "api": {"base_url": sim.url, "api_key": KEY, "requests_per_minute": 100_000},
-        "database": {"path": str(db)},
+        "database": db.config if isinstance(db, TestDb) else {"path": str(db)},
         "sync": sync,
     })
 
@@ -47,12 +47,8 @@ async def full_sync(cfg: config.Config) -> PassStats:
             return await app.syncer.full()
 
 
-def table_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+def table_rows(db: TestDb | Path, sql: str) -> list[tuple[Any, ...]]:
+    return (db if isinstance(db, TestDb) else TestDb("sqlite", db)).rows(sql)
 
 
 @pytest.fixture
@@ -61,9 +57,9 @@ async def big_sim() -> AsyncIterator[Simulator]:
         yield sim
 
 
-async def test_first_sync_is_exact_and_cheap(big_sim: Simulator, tmp_path: Path) -> None:
+async def test_first_sync_is_exact_and_cheap(big_sim: Simulator, database: TestDb) -> None:
     """1,500 recordings mirror exactly from about 15 list pages and no detail request."""
-    db = tmp_path / "botasync.db"
+    db = database
     stats = await full_sync(make_cfg(big_sim, db))
     assert mirror_diff(db, big_sim.world.all()) == []
     seen = kinds(big_sim)
@@ -78,17 +74,17 @@ async def test_first_sync_is_exact_and_cheap(big_sim: Simulator, tmp_path: Path)
     assert all(json.loads(raws[i["id"]])["language"] == i["language"] for i in unknown)
 
 
-async def test_detail_always_fetches_every_detail(big_sim: Simulator, tmp_path: Path) -> None:
+async def test_detail_always_fetches_every_detail(big_sim: Simulator, database: TestDb) -> None:
     """With detail = "always", a first sync asks for all 1,500 details."""
-    db = tmp_path / "botasync.db"
+    db = database
     await full_sync(make_cfg(big_sim, db, detail="always"))
     assert kinds(big_sim)["detail"] == 1500
     assert mirror_diff(db, big_sim.world.all()) == []
 
 
-async def test_unchanged_rerun_writes_nothing(big_sim: Simulator, tmp_path: Path) -> None:
+async def test_unchanged_rerun_writes_nothing(big_sim: Simulator, database: TestDb) -> None:
     """A second sync with nothing changed fetches no detail, walks once, writes only its run row."""
-    db = tmp_path / "botasync.db"
+    db = database
     cfg = make_cfg(big_sim, db)
     await full_sync(cfg)
     before = table_rows(db, "SELECT id, raw, fingerprint, synced_at FROM recordings ORDER BY id")
@@ -102,9 +98,9 @@ async def test_unchanged_rerun_writes_nothing(big_sim: Simulator, tmp_path: Path
     assert table_rows(db, "SELECT count(*) FROM sync_runs")[0][0] == 2
 
 
-async def test_five_edits_cost_five_details(big_sim: Simulator, tmp_path: Path) -> None:
+async def test_five_edits_cost_five_details(big_sim: Simulator, database: TestDb) -> None:
     """Status, name, metadata, media status and a new media item: exactly five details."""
-    db = tmp_path / "botasync.db"
+    db = database
     cfg = make_cfg(big_sim, db)
     await full_sync(cfg)
     world = big_sim.world
@@ -124,14 +120,14 @@ async def test_five_edits_cost_five_details(big_sim: Simulator, tmp_path: Path) 
     assert mirror_diff(db, world.all()) == []
 
 
-async def test_faults_are_retried_and_the_pass_completes(tmp_path: Path) -> None:
+async def test_faults_are_retried_and_the_pass_completes(database: TestDb) -> None:
     """5xx, 429, dropped connections, malformed and HTML bodies are retried; the mirror is exact."""
     async with serve(World(seed=3, recordings=600), rate_limit=None) as sim:
         for kind in ("server_error", "rate_limited", "drop", "malformed", "html_502", "non_utf8",
                      "slow"):
             sim.faults.queue(kind, n=1)
         sim.faults.slow_s = 2.0
-        db = tmp_path / "botasync.db"
+        db = database
         cfg = make_cfg(sim, db)
         cfg.api.max_retries, cfg.api.retry_base_s, cfg.api.retry_max_s = 8, 0.01, 0.05
         cfg.api.timeout_s = 0.5  # the slow answer times out and is asked again
@@ -143,7 +139,7 @@ async def test_faults_are_retried_and_the_pass_completes(tmp_path: Path) -> None
         assert {200, 429, 502} <= statuses and statuses & {500, 503}
 
 
-async def test_only_items_without_a_usable_id_are_skipped(tmp_path: Path) -> None:
+async def test_only_items_without_a_usable_id_are_skipped(database: TestDb) -> None:
     """No id, or an id unfit for a file name, is skipped and counted; a value botasync does
     not know (a status, a string where a number belongs) is stored, never dropped."""
     async with serve(World(seed=4, recordings=150), rate_limit=None) as sim:
@@ -153,11 +149,12 @@ async def test_only_items_without_a_usable_id_are_skipped(tmp_path: Path) -> Non
                            "name": None, "metadata": "not an object"}, 5)
         sim.world.put_raw({"id": "rec_badstatus", "status": "exploded"}, position=7)
         sim.world.put_raw({"id": "rec_strnum", "status": "completed", "duration_ms": "1500"}, 9)
-        db = tmp_path / "botasync.db"
+        db = database
         stats = await full_sync(make_cfg(sim, db))
         assert stats.invalid == 2
-        rows = dict(table_rows(db, "SELECT id, status || '/' || coalesce(duration_ms, 'null') "
-                                   "|| '/' || coalesce(metadata, 'null') FROM recordings "
+        rows = dict(table_rows(db, "SELECT id, status || '/' || "
+                                   "coalesce(CAST(duration_ms AS TEXT), 'null') || '/' || "
+                                   "coalesce(CAST(metadata AS TEXT), 'null') FROM recordings "
                                    "WHERE id IN ('rec_badtype', 'rec_badstatus', 'rec_strnum')"))
         assert rows == {"rec_badtype": "completed/null/null", "rec_badstatus": "exploded/null/null",
                         "rec_strnum": "completed/1500/null"}
@@ -167,10 +164,10 @@ async def test_only_items_without_a_usable_id_are_skipped(tmp_path: Path) -> Non
         assert problems == []
 
 
-async def test_deletion_becomes_tombstone(tmp_path: Path) -> None:
+async def test_deletion_becomes_tombstone(database: TestDb) -> None:
     """A recording gone from a complete walk and 404 on its detail is tombstoned, not removed."""
     async with serve(World(seed=5, recordings=250), rate_limit=None) as sim:
-        db = tmp_path / "botasync.db"
+        db = database
         cfg = make_cfg(sim, db)
         await full_sync(cfg)
         victim = sim.world.all()[100]["id"]
@@ -184,10 +181,10 @@ async def test_deletion_becomes_tombstone(tmp_path: Path) -> None:
         assert mirror_diff(db, sim.world.all()) == []
 
 
-async def test_budget_holds_during_a_walk(tmp_path: Path) -> None:
+async def test_budget_holds_during_a_walk(database: TestDb) -> None:
     """With a budget of 12 requests per 0.25 s, no 0.25 s window of the server's log holds more."""
     async with serve(World(seed=6, recordings=150), rate_limit=None) as sim:
-        db = tmp_path / "botasync.db"
+        db = database
         cfg = make_cfg(sim, db, detail="always")
         async with await App.open(cfg) as app:
             budget = RequestBudget(12, window_s=0.25)
@@ -201,10 +198,10 @@ async def test_budget_holds_during_a_walk(tmp_path: Path) -> None:
         assert len(times) > 150 and worst <= 12
 
 
-async def test_quick_pass_finds_new_and_moved(tmp_path: Path) -> None:
+async def test_quick_pass_finds_new_and_moved(database: TestDb) -> None:
     """The tick (head + hot) picks up a new recording and a status change with a few requests."""
     async with serve(World(seed=8, recordings=1500), rate_limit=None) as sim:
-        db = tmp_path / "botasync.db"
+        db = database
         cfg = make_cfg(sim, db)
         world = sim.world
         in_flight = world.update(world.all()[700]["id"], status="processing", transcription_id=None)
@@ -220,10 +217,10 @@ async def test_quick_pass_finds_new_and_moved(tmp_path: Path) -> None:
 
 
 
-async def test_progress_estimates_the_archive_cheaply(big_sim: Simulator, tmp_path: Path) -> None:
+async def test_progress_estimates_the_archive_cheaply(big_sim: Simulator, database: TestDb) -> None:
     """With a progress bar, a first sync probes the archive's size within a page, cheaply."""
     seen: list[tuple[int, int | None]] = []
-    cfg = make_cfg(big_sim, tmp_path / "botasync.db")
+    cfg = make_cfg(big_sim, database)
     async with await App.open(cfg, on_progress=lambda s, off, total: seen.append((s.pages, total))) as app:
         stats = await app.syncer.full()
     probes = [r for r in big_sim.requests if "limit=1&" in r.query + "&"]
@@ -231,10 +228,10 @@ async def test_progress_estimates_the_archive_cheaply(big_sim: Simulator, tmp_pa
     assert len(probes) <= 20 and stats.pages == 15
 
 
-async def test_invalid_item_at_the_top_does_not_make_every_tick_a_walk(tmp_path: Path) -> None:
+async def test_invalid_item_at_the_top_does_not_make_every_tick_a_walk(database: TestDb) -> None:
     """A permanently broken item on the first page is skipped; the head pass still stops there."""
     async with serve(World(seed=9, recordings=600), rate_limit=None) as sim:
-        db = tmp_path / "botasync.db"
+        db = database
         cfg = make_cfg(sim, db)
         await full_sync(cfg)
         sim.world.put_raw({"id": "rec_broken!", "status": "completed"}, position=0)
@@ -245,7 +242,7 @@ async def test_invalid_item_at_the_top_does_not_make_every_tick_a_walk(tmp_path:
         assert (second.pages, second.invalid) == (1, 1)
 
 
-async def test_tick_skips_hot_lists_the_head_page_covered(tmp_path: Path) -> None:
+async def test_tick_skips_hot_lists_the_head_page_covered(database: TestDb) -> None:
     """When every in-flight recording sits on the head page, a tick costs one request."""
     async with serve(World(seed=10, recordings=1000), rate_limit=None) as sim:
         world = sim.world
@@ -253,7 +250,7 @@ async def test_tick_skips_hot_lists_the_head_page_covered(tmp_path: Path) -> Non
             if item["status"] in ("pending", "uploaded", "processing"):
                 world.update(item["id"], status="completed")
         deep = world.all()[500]["id"]
-        db = tmp_path / "botasync.db"
+        db = database
         cfg = make_cfg(sim, db)
         await full_sync(cfg)
         async with await App.open(cfg) as app:
@@ -274,14 +271,14 @@ async def test_tick_skips_hot_lists_the_head_page_covered(tmp_path: Path) -> Non
         assert mirror_diff(db, world.all()) == []
 
 
-async def test_server_ignoring_offset_stops_the_walk(tmp_path: Path) -> None:
+async def test_server_ignoring_offset_stops_the_walk(database: TestDb) -> None:
     """Pages that keep coming back the same end the walk with one clear error, not a spin."""
     from botasync.api.pages import REPEAT_LIMIT
     from botasync.errors import ApiError
 
     async with serve(World(seed=8, recordings=500), rate_limit=None) as sim:
         sim.ignore_offset = True
-        db = tmp_path / "botasync.db"
+        db = database
         with pytest.raises(ApiError, match="ignore `offset`"):
             await full_sync(make_cfg(sim, db))
         assert kinds(sim)["list"] <= REPEAT_LIMIT + 4  # plus the pages read ahead

@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -108,12 +107,9 @@ async def _with_store(cfg: config.Config, fn: Callable[[Any], Coroutine[Any, Any
                       *, write: bool = False) -> Any:
     """Open the existing database for one call: read-only (`mode=ro`, nothing written, no
     migration) unless the command writes."""
-    from botasync.store.sqlite import Store
+    from botasync.store import open_existing
 
-    if not Path(cfg.database.path).exists():
-        raise BotasyncError(f"no database at {cfg.database.path}: run `botasync sync` first")
-    opener = Store.open if write else Store.open_readonly
-    async with await opener(cfg.database.path) as store:
+    async with await open_existing(cfg.database, readonly=not write) as store:
         return await fn(store)
 
 

@@ -42,7 +42,7 @@ from botasync.cli.transcripts import transcripts
 from botasync.config import DEFAULT_PROJECT
 from botasync.errors import BotasyncError
 from botasync.media.files import fsync_dir
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
 from botasync.transcripts.export import FORMATS, ExportFormat, Segment, Transcript, export
 
 # the recording's transcript: completed, the one it names first, then the newest (two
@@ -74,7 +74,7 @@ class Exported:
     projects: tuple[str, ...] = ()  # each written into its own directory (more than one)
 
 
-async def _transcript(store: Store, txn_id: str, project: str = DEFAULT_PROJECT) -> Transcript:
+async def _transcript(store: Database, txn_id: str, project: str = DEFAULT_PROJECT) -> Transcript:
     """A stored transcription of the project and its segments, in order."""
     row = await store.fetchone(
         "SELECT id, recording_id, language, text FROM transcriptions "
@@ -101,7 +101,7 @@ def _one_project(rows: list[Any], what: str) -> Any:
     return rows[0] if rows else None
 
 
-async def find_transcript(store: Store, ref: str, project: str | None = None) -> Transcript:
+async def find_transcript(store: Database, ref: str, project: str | None = None) -> Transcript:
     """The transcript of a recording id (its current completed transcription) or a txn id,
     in `project`, or in the one project that has that id."""
     scope, args = (" AND project = ?", (project,)) if project is not None else ("", ())
@@ -126,7 +126,7 @@ async def find_transcript(store: Store, ref: str, project: str | None = None) ->
     return await _transcript(store, row["txn"], row["project"])
 
 
-async def _why_none(store: Store, rec_id: str, project: str = DEFAULT_PROJECT) -> str:
+async def _why_none(store: Database, rec_id: str, project: str = DEFAULT_PROJECT) -> str:
     """One line on why a recording has no transcript to export."""
     row = await store.fetchone(
         "SELECT id, status FROM transcriptions WHERE project = ? AND recording_id = ? "
@@ -139,7 +139,7 @@ async def _why_none(store: Store, rec_id: str, project: str = DEFAULT_PROJECT) -
 
 
 async def all_transcripts(
-    store: Store, since: str | None, project: str = DEFAULT_PROJECT,
+    store: Database, since: str | None, project: str = DEFAULT_PROJECT,
 ) -> AsyncIterator[tuple[str, Transcript | None]]:
     """Every recording of the project (created at or after `since`), newest first, with its
     transcript or None. Tombstoned recordings keep theirs."""
@@ -152,7 +152,7 @@ async def all_transcripts(
         yield row["id"], (await _transcript(store, row["txn"], project) if row["txn"] else None)
 
 
-async def stored_projects(store: Store) -> list[str]:
+async def stored_projects(store: Database) -> list[str]:
     """The projects whose recordings the database holds, by name."""
     return [r["project"] for r in await store.fetchall(
         "SELECT DISTINCT project FROM recordings ORDER BY project")]
@@ -178,7 +178,7 @@ def _why(e: OSError) -> str:
     return (e.strerror or str(e)).lower()
 
 
-async def export_all(store: Store, fmt: ExportFormat, since: str | None, out_dir: Path,
+async def export_all(store: Database, fmt: ExportFormat, since: str | None, out_dir: Path,
                      project: str | None = None) -> Exported:
     """`--all`: `<recording_id>.<fmt>` in `out_dir` for each recording with a transcript, of
     `project`, or of every project: in `out_dir/<project>/` when the database holds more

@@ -30,7 +30,7 @@ from botasync.cli.common import (
     project_option,
     run_async,
 )
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
 from botasync.transcripts.search import (
     MAX_LIMIT,
     Hit,
@@ -42,7 +42,7 @@ from botasync.transcripts.search import (
 )
 
 
-async def search(store: Store, request: SearchRequest) -> list[Hit]:
+async def search(store: Database, request: SearchRequest) -> list[Hit]:
     """The best `request.limit` segments for the query, best first (bm25)."""
     sql, params = search_sql(request)
     return [hit_from_row(row) for row in await store.fetchall(sql, params)]
@@ -91,7 +91,7 @@ def search_command(query: str, speaker: str | None, since: str | None, project: 
     _render(hits, limit, rich=out.is_terminal, projects=projects)
 
 
-async def any_transcript(store: Store) -> bool:
+async def any_transcript(store: Database) -> bool:
     """Whether the mirror holds any transcript segment at all."""
     return await store.fetchone("SELECT 1 FROM transcript_segments LIMIT 1") is not None
 

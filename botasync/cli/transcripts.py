@@ -30,7 +30,7 @@ from botasync.cli.common import (
     run_async,
 )
 from botasync.config import Config
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
 from botasync.transcripts import admin
 
 _project_option = project_option(
@@ -59,7 +59,7 @@ def transcripts_status(project: str | None, as_json: bool) -> None:
     cfg = _state().load()
     names = _projects(cfg, project)
 
-    async def collect(store: Store) -> list[dict[str, Any]]:
+    async def collect(store: Database) -> list[dict[str, Any]]:
         return [await admin.transcripts_status(store, cfg.transcripts, name) for name in names]
 
     data: list[dict[str, Any]] = run_async(admin.with_store(cfg, collect))
@@ -149,7 +149,7 @@ def transcripts_retry(project: str | None) -> None:
     cfg = _state().load()
     names = _projects(cfg, project)
 
-    async def retry(store: Store) -> dict[str, int]:
+    async def retry(store: Database) -> dict[str, int]:
         return {name: await admin.retry_gave_up(store, name) for name in names}
 
     counts: dict[str, int] = run_async(admin.with_store(cfg, retry, readonly=False))

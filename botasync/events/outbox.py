@@ -36,7 +36,8 @@ from botasync.events.handlers import (
     one_line,
 )
 from botasync.lifecycle import AsyncClosing, wait_set
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
+from botasync.store.dialect import glob_condition
 
 log = structlog.get_logger("botasync.outbox")
 
@@ -117,11 +118,6 @@ def reason(exc: Exception) -> str:
     return one_line(str(exc)) if isinstance(exc, HandlerError) else describe(exc)
 
 
-def to_glob(pattern: str) -> str:
-    """An fnmatch pattern (as handlers use) in SQLite GLOB syntax (`[!x]` becomes `[^x]`)."""
-    return pattern.replace("[!", "[^")
-
-
 @dataclass(frozen=True)
 class ReplayResult:
     """What a replay did: events delivered, events that failed (recorded, not retried)."""
@@ -195,7 +191,7 @@ class Dispatcher(AsyncClosing):
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         handlers: Sequence[Handler],
         events: EventsConfig,
         *,
@@ -566,8 +562,9 @@ class Dispatcher(AsyncClosing):
             sql += " AND project = ?"
             params.append(project)
         if type_pattern:
-            sql += " AND type GLOB ?"
-            params.append(to_glob(type_pattern))
+            cond, value = glob_condition(self._store.dialect, "type", type_pattern)
+            sql += f" AND {cond}"
+            params.append(value)
         sql += " ORDER BY seq LIMIT ?"
         params.append(BATCH)
         return list(await self._store.fetchall(sql, params))
@@ -639,7 +636,7 @@ class EventRow:
 
 
 async def backlog(
-    store: Store,
+    store: Database,
     patterns: Mapping[str, Sequence[str]] | None = None,
     *,
     deliver_backfill: bool = False,
@@ -671,7 +668,7 @@ async def backlog(
 
 
 async def dead(
-    store: Store, *, handler: str | None = None, limit: int | None = None
+    store: Database, *, handler: str | None = None, limit: int | None = None
 ) -> list[DeadLetter]:
     """The dead letters, oldest event first (optionally of one handler, at most `limit`)."""
     sql = (
@@ -691,8 +688,8 @@ async def dead(
 
 
 async def list_events(
-    store: Store, *, type_pattern: str | None = None, undelivered: bool = False, limit: int = 100,
-    project: str | None = None,
+    store: Database, *, type_pattern: str | None = None, undelivered: bool = False,
+    limit: int = 100, project: str | None = None,
 ) -> list[EventRow]:
     """The newest events first, optionally of a type glob or only the undelivered ones.
 
@@ -700,17 +697,18 @@ async def list_events(
     some handler.
     """
     sql = ("SELECT seq, id, type, recording_id, created_at, backfill, project "
-           "FROM events e WHERE 1")
+           "FROM events e WHERE 1 = 1")
     params: list[Any] = []
     if project is not None:
         sql += " AND project = ?"
         params.append(project)
     if type_pattern:
-        sql += " AND type GLOB ?"
-        params.append(to_glob(type_pattern))
+        cond, value = glob_condition(store.dialect, "type", type_pattern)
+        sql += f" AND {cond}"
+        params.append(value)
     if undelivered:
         sql += (
-            " AND (seq > (SELECT COALESCE(MIN(seq), seq) FROM handler_cursors)"
+            " AND (seq > (SELECT MIN(seq) FROM handler_cursors)"
             " OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq"
             " AND d.state IN ('pending', 'dead')))"
         )

@@ -18,7 +18,6 @@ from typing import Any
 from botasync import config
 from botasync.api.client import BotaClient
 from botasync.config import DEFAULT_PROJECT, Config, MediaConfig
-from botasync.errors import BotasyncError
 from botasync.humanize import human_bytes
 from botasync.media import files as fs
 from botasync.media.downloader import (
@@ -31,7 +30,8 @@ from botasync.media.downloader import (
     queued_sql,
     wanted_sql,
 )
-from botasync.store.sqlite import Store
+from botasync.store import open_existing, open_store
+from botasync.store.base import Database
 
 FAILED_SHOWN = 10  # failed items listed by `files status`
 _CLEAR_FILE = ("local_path = NULL, local_size_bytes = NULL, sha256 = NULL, downloaded_at = NULL, "
@@ -51,7 +51,7 @@ def _only(project: str | None) -> list[str] | None:
     return None if project is None else [project]
 
 
-async def _by_project(store: Store, sql: str, params: Sequence[Any]) -> dict[str, list[int]]:
+async def _by_project(store: Database, sql: str, params: Sequence[Any]) -> dict[str, list[int]]:
     """project -> the numbers of a `SELECT m.project, n... GROUP BY m.project` query."""
     return {r[0]: [int(v or 0) for v in tuple(r)[1:]] for r in await store.fetchall(sql, params)}
 
@@ -61,7 +61,7 @@ def _count(files: int = 0, size: int = 0) -> dict[str, int]:
 
 
 async def files_status(
-    store: Store, media: MediaConfig, project: str | None = None,
+    store: Database, media: MediaConfig, project: str | None = None,
 ) -> dict[str, Any]:
     """Downloaded, queued and failed files (counts and bytes), and the disk's state: of one
     project, or of every project (None: the totals, and each project's under `projects`)."""
@@ -69,7 +69,7 @@ async def files_status(
 
 
 async def _status(
-    store: Store, media: MediaConfig, projects: Sequence[str] | None,
+    store: Database, media: MediaConfig, projects: Sequence[str] | None,
 ) -> dict[str, Any]:
     root = Path(media.files_dir).resolve()
     scope, sp = _scope(projects)
@@ -122,7 +122,7 @@ async def _status(
 
 
 async def _disk(
-    store: Store, media: MediaConfig, root: Path, projects: Sequence[str] | None,
+    store: Database, media: MediaConfig, root: Path, projects: Sequence[str] | None,
 ) -> dict[str, Any]:
     """Free space and how many queued files it holds back, with one line saying so."""
     free = await asyncio.to_thread(fs.disk_free, root)
@@ -179,7 +179,7 @@ def _check_file(path: Path, size: int | None, sha256: str | None) -> str | None:
 
 
 async def verify(
-    store: Store, *, project: str | None = None,
+    store: Database, *, project: str | None = None,
     on_file: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Re-hash every recorded file (of one project, or of all); a missing or altered one is
@@ -223,7 +223,7 @@ class PruneReport:
 
 
 async def prune_deleted(
-    store: Store, media: MediaConfig, *, project: str | None = None, dry_run: bool = False,
+    store: Database, media: MediaConfig, *, project: str | None = None, dry_run: bool = False,
 ) -> PruneReport:
     """Remove the files of tombstoned recordings (kept until now) and forget them: of one
     project, or of all."""
@@ -259,7 +259,7 @@ async def prune_deleted(
     return report
 
 
-async def retry_failed(store: Store, media: MediaConfig, *, project: str | None = None) -> int:
+async def retry_failed(store: Database, media: MediaConfig, *, project: str | None = None) -> int:
     """Put the given-up items (of one project, or of all) back in the queue with a fresh
     count of attempts."""
     where, params = wanted_sql(media.types, project)
@@ -303,7 +303,7 @@ async def download_now(
     for view in views:  # every key before any download
         config.require_key(view)
     media = cfg.media.model_copy(update={"download": True})
-    async with await Store.open(cfg.database.path) as store:
+    async with await open_store(cfg.database) as store:
         if on_start:
             on_start(await _status(store, media, [v.project for v in views]))
         async with contextlib.AsyncExitStack() as stack:
@@ -325,9 +325,7 @@ async def download_now(
         return DownloadReport(total.files, total.bytes, total.failures, all(drained), per)
 
 
-async def with_store(cfg: Config, fn: Callable[[Store], Any]) -> Any:
+async def with_store(cfg: Config, fn: Callable[[Database], Any]) -> Any:
     """Open the configured database (which must exist) for one library call."""
-    if not Path(cfg.database.path).exists():
-        raise BotasyncError(f"no database at {cfg.database.path}: run `botasync sync` first")
-    async with await Store.open(cfg.database.path) as store:
+    async with await open_existing(cfg.database, readonly=False) as store:
         return await fn(store)

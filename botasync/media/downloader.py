@@ -54,7 +54,8 @@ from botasync.errors import ApiError, AuthError, BotasyncError
 from botasync.jsoncodec import loads
 from botasync.lifecycle import AsyncClosing, wait_set
 from botasync.media import files as fs
-from botasync.store.sqlite import Mirror, Store, insert_events
+from botasync.store.base import Database
+from botasync.store.sqlite import Mirror, insert_events
 
 log = structlog.get_logger("botasync.media")
 
@@ -285,7 +286,7 @@ class Downloader(AsyncClosing):
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         client: BotaClient,
         media: MediaConfig | Config,
         *,

@@ -21,8 +21,8 @@ from botasync.events.handlers import Handler, build_handler
 from botasync.events.outbox import Dispatcher, ReplayResult, start_handlers
 from botasync.lifecycle import AsyncClosing
 from botasync.media.downloader import Downloader
-from botasync.store import retention
-from botasync.store.sqlite import Store
+from botasync.store import open_store, retention
+from botasync.store.base import Database
 from botasync.sync.syncer import PassStats, Progress, Syncer
 from botasync.transcripts.fetcher import TranscriptFetcher
 
@@ -49,7 +49,7 @@ class ProjectParts:
         return self.cfg.project
 
     @classmethod
-    def build(cls, cfg: Config, store: Store, dispatcher: Dispatcher,
+    def build(cls, cfg: Config, store: Database, dispatcher: Dispatcher,
               on_progress: Progress | None = None) -> ProjectParts:
         share = max(1, int(cfg.api.requests_per_minute * cfg.sync.reconcile_budget_share))
         client = BotaClient.for_project(
@@ -80,13 +80,13 @@ class ProjectParts:
 
 
 class App(AsyncClosing):
-    """Store, dispatcher, and each project's parts, opened together and closed in reverse.
+    """Database, dispatcher, and each project's parts, opened together and closed in reverse.
 
     `syncer`, `client`, `budget`, `downloader`, `transcripts`: the first project's (the
     only one, with `[api]` alone).
     """
 
-    def __init__(self, cfg: Config, store: Store, dispatcher: Dispatcher,
+    def __init__(self, cfg: Config, store: Database, dispatcher: Dispatcher,
                  projects: Sequence[ProjectParts]) -> None:
         self.cfg = cfg
         self.store = store
@@ -108,7 +108,7 @@ class App(AsyncClosing):
         for view in views:
             require_key(view)
         handlers = build_handlers(cfg) + list(extra_handlers)
-        store = await Store.open(cfg.database.path)
+        store = await open_store(cfg.database)
         dispatcher = Dispatcher(store, handlers, cfg.events,
                                 projects={h.name: h.projects for h in cfg.handlers if h.projects})
         parts = [ProjectParts.build(view, store, dispatcher, on_progress) for view in views]
@@ -180,7 +180,7 @@ async def sync_once(
     A first sync that fails (a rejected key, an API not there) leaves no empty database.
     """
     db = Path(cfg.database.path)
-    fresh = not any(f.exists() for f in _db_files(db))
+    fresh = not cfg.database.url and not any(f.exists() for f in _db_files(db))
     try:
         return await _sync_once(cfg, full, deliver_timeout, on_progress, on_budget, only)
     except BaseException:
@@ -221,7 +221,7 @@ async def replay_events(
         known = ", ".join(names) or "none"
         raise ConfigError(f"no handler named {handler!r} (configured: {known})")
     handlers = build_handlers(cfg, [handler])
-    async with await Store.open(cfg.database.path) as store:
+    async with await open_store(cfg.database) as store:
         dispatcher = Dispatcher(store, handlers, cfg.events,
                                 projects={h.name: h.projects for h in cfg.handlers if h.projects})
         try:

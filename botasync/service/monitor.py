@@ -37,8 +37,8 @@ from botasync.jsoncodec import dumps
 from botasync.lifecycle import AsyncClosing
 from botasync.media.admin import files_status
 from botasync.service import status
-from botasync.store import queries
-from botasync.store.sqlite import Store
+from botasync.store import open_store, queries
+from botasync.store.base import Database
 from botasync.transcripts.admin import transcripts_status
 
 log = structlog.get_logger("botasync.health_http")
@@ -124,7 +124,7 @@ def readiness_limits(cfg: Config) -> health.Limits:
         max_undelivered_s=cfg.events.max_undelivered_age_s)
 
 
-async def read_snapshot(store: Store, cfg: Config, limits: health.Limits,
+async def read_snapshot(store: Database, cfg: Config, limits: health.Limits,
                         now: datetime) -> Snapshot:
     """Everything the gauges show, read at once; the health rule applied to its facts."""
     facts = await status.health_facts(store, cfg)
@@ -257,8 +257,8 @@ class MonitorServer(AsyncClosing):
             await runner.cleanup()
 
     @asynccontextmanager
-    async def _store(self) -> AsyncIterator[Store]:
-        async with self._reads, await Store.open_readonly(self.cfg.database.path) as store:
+    async def _store(self) -> AsyncIterator[Database]:
+        async with self._reads, await open_store(self.cfg.database, readonly=True) as store:
             yield store
 
     async def snapshot(self) -> Snapshot:

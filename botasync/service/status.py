@@ -17,8 +17,10 @@ from botasync.errors import BotasyncError
 from botasync.events.outbox import backlog
 from botasync.jsoncodec import loads
 from botasync.media.admin import files_status
-from botasync.store import queries
-from botasync.store.sqlite import Mirror, Store
+from botasync.store import open_store, queries
+from botasync.store.base import Database
+from botasync.store.queries import database_bytes
+from botasync.store.sqlite import Mirror
 from botasync.transcripts.admin import transcripts_status
 
 DAEMON_STATE = "daemon"
@@ -36,7 +38,7 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-async def health_facts(store: Store, cfg: Config) -> dict[str, Any]:
+async def health_facts(store: Database, cfg: Config) -> dict[str, Any]:
     """What the health rule (`health.problems`) reads: passes, walks, dead letters and
     waiting events per handler. `status --check` and the daemon's `/readyz` both read it
     here (the recordings' count, a scan of the whole table, is left to who shows it)."""
@@ -56,7 +58,7 @@ async def health_facts(store: Store, cfg: Config) -> dict[str, Any]:
     }
 
 
-async def _pass_facts(store: Store, project: str | None) -> dict[str, Any]:
+async def _pass_facts(store: Database, project: str | None) -> dict[str, Any]:
     """The passes and walks of one project (None: of all)."""
     walks = ("full", "reconcile")
     return {
@@ -72,9 +74,9 @@ async def collect(cfg: Config) -> dict[str, Any]:
     """Everything `status` shows, read from the database only (no API request, no key),
     opened read-only: a monitoring user with read access alone can run it."""
     path = Path(cfg.database.path)
-    if not path.exists():
+    if not cfg.database.url and not path.exists():
         raise BotasyncError(f"no database at {path}: run `botasync sync` or `botasync run` first")
-    async with await Store.open_readonly(path) as store:
+    async with await open_store(cfg.database, readonly=True) as store:
         patterns = {h.name: list(h.events) for h in cfg.handlers}
         pending = await backlog(store, patterns, deliver_backfill=cfg.events.deliver_backfill)
         facts = await health_facts(store, cfg)
@@ -88,7 +90,7 @@ async def collect(cfg: Config) -> dict[str, Any]:
                        for name in cfg.project_names()} if cfg.transcripts.download else {})
         transcripts = next(iter(by_project.values()), None)
         return {
-            "database": {"path": str(path), "bytes": path.stat().st_size},
+            "database": {"path": store.where, "bytes": await database_bytes(store)},
             "recordings": await queries.counts_by_status(store),
             "projects": {name: {"recordings": await queries.counts_by_status(store, name),
                                 **facts["projects"].get(name, {}),

@@ -1,3 +1,49 @@
-"""The database: the SQLite store and its migrations, the read queries, snapshots, retention,
-and the SQL of the transcript tables and their queue. Imports the core and `api` (models).
+"""The database: the store (SQLite by default, PostgreSQL with `[database] url`) and its
+migrations, the read queries, snapshots, retention, and the SQL of the transcript tables
+and their queue. Imports the core and `api` (models).
 """
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from botasync.config import DatabaseConfig, redact_database_url
+from botasync.errors import BotasyncError
+from botasync.store.base import Database
+
+if TYPE_CHECKING:
+    from botasync.store.postgres import PgStore
+
+
+async def open_store(db: DatabaseConfig, *, readonly: bool = False) -> Database:
+    """The configured store, open: PostgreSQL when `[database] url` is set, else the SQLite
+    file at `path`. `readonly`: no migration, nothing written (`Store.open_readonly`)."""
+    if db.url:
+        # psycopg is imported only when it is used, and off the loop (imports read files)
+        module = await asyncio.to_thread(importlib.import_module, "botasync.store.postgres")
+        pg: type[PgStore] = module.PgStore
+        if readonly:
+            return await pg.open_readonly(db.url, lock_path=db.path)
+        return await pg.open(db.url, lock_path=db.path)
+    from botasync.store.sqlite import Store
+
+    return await (Store.open_readonly(db.path) if readonly else Store.open(db.path))
+
+
+async def open_existing(db: DatabaseConfig, *, readonly: bool = True) -> Database:
+    """`open_store` for a command that needs a mirror already there: a missing SQLite file
+    is one line (`no database at ...`), not a new empty database."""
+    if not db.url and not Path(db.path).exists():
+        raise BotasyncError(f"no database at {db.path}: run `botasync sync` first")
+    return await open_store(db, readonly=readonly)
+
+
+def describe(db: DatabaseConfig) -> str:
+    """The configured database for a message: the file, or the URL without its password."""
+    return redact_database_url(db.url) if db.url else db.path
+
+
+__all__ = ["Database", "describe", "open_existing", "open_store"]

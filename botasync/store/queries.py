@@ -9,7 +9,8 @@ from typing import Any
 
 from botasync.envelope import DEFAULT_PROJECT, matches
 from botasync.jsoncodec import loads
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
+from botasync.store.dialect import POSTGRES
 
 RECORDING_COLUMNS = (
     "project", "id", "device_id", "end_user_id", "name", "status", "duration_ms", "started_at",
@@ -45,7 +46,7 @@ def _where(
 
 
 async def list_recordings(
-    store: Store, *, status: str | None = None, device: str | None = None,
+    store: Database, *, status: str | None = None, device: str | None = None,
     user: str | None = None, since: str | None = None, limit: int = 50,
     include_deleted: bool = False, project: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -58,7 +59,7 @@ async def list_recordings(
 
 
 async def count_recordings(
-    store: Store, *, status: str | None = None, device: str | None = None,
+    store: Database, *, status: str | None = None, device: str | None = None,
     user: str | None = None, since: str | None = None, include_deleted: bool = False,
     project: str | None = None,
 ) -> int:
@@ -68,7 +69,7 @@ async def count_recordings(
     return int(row[0]) if row else 0
 
 
-async def projects_of(store: Store, rec_id: str) -> list[str]:
+async def projects_of(store: Database, rec_id: str) -> list[str]:
     """The projects that hold a recording of this id (ids are Bota's: one, nearly always)."""
     rows = await store.fetchall(
         "SELECT project FROM recordings WHERE id = ? ORDER BY project", (rec_id,))
@@ -76,7 +77,7 @@ async def projects_of(store: Store, rec_id: str) -> list[str]:
 
 
 async def show_recording(
-    store: Store, rec_id: str, project: str = DEFAULT_PROJECT,
+    store: Database, rec_id: str, project: str = DEFAULT_PROJECT,
 ) -> dict[str, Any] | None:
     """One recording of a project, with its media and its event history."""
     cols = ", ".join(RECORDING_COLUMNS)
@@ -98,7 +99,7 @@ async def show_recording(
     return out
 
 
-async def counts_by_status(store: Store, project: str | None = None) -> dict[str, int]:
+async def counts_by_status(store: Database, project: str | None = None) -> dict[str, int]:
     """Live recordings per status, plus `deleted` for tombstones (of one project, or all)."""
     where, params = ("WHERE project = ? ", [project]) if project is not None else ("", [])
     rows = await store.fetchall(
@@ -112,18 +113,18 @@ def _of(project: str | None) -> tuple[str, list[Any]]:
 
 
 async def last_runs(
-    store: Store, limit: int = 10, project: str | None = None,
+    store: Database, limit: int = 10, project: str | None = None,
 ) -> list[dict[str, Any]]:
     """The latest passes, newest first (of one project, or all)."""
     where, params = _of(project)
     rows = await store.fetchall(
-        f"SELECT * FROM sync_runs WHERE 1{where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        f"SELECT * FROM sync_runs WHERE 1 = 1{where} ORDER BY id DESC LIMIT ?",  # noqa: S608
         (*params, limit))
     return [dict(zip(r.keys(), tuple(r), strict=True)) for r in rows]
 
 
 async def last_run_of(
-    store: Store, kinds: tuple[str, ...], *, finished: bool = False,
+    store: Database, kinds: tuple[str, ...], *, finished: bool = False,
     project: str | None = None,
 ) -> dict[str, Any] | None:
     """The newest pass of these kinds (`finished`: of those that ended)."""
@@ -137,7 +138,7 @@ async def last_run_of(
 
 
 async def last_finished(
-    store: Store, *, ok: bool, project: str | None = None,
+    store: Database, *, ok: bool, project: str | None = None,
 ) -> dict[str, Any] | None:
     """The newest pass that finished (`ok`: without an error; an interrupted walk taken
     over by a restart counts as no error)."""
@@ -150,7 +151,7 @@ async def last_finished(
 
 
 async def oldest_undelivered(
-    store: Store, patterns: dict[str, list[str]], *, deliver_backfill: bool
+    store: Database, patterns: dict[str, list[str]], *, deliver_backfill: bool
 ) -> dict[str, str | None]:
     """Per handler, when the oldest event it still has to take was created (None: none).
 
@@ -174,7 +175,7 @@ async def oldest_undelivered(
     return out
 
 
-async def resume_point(store: Store, project: str | None = None) -> str | None:
+async def resume_point(store: Database, project: str | None = None) -> str | None:
     """Where the next walk picks up an interrupted one, in words; None if none is pending."""
     walk = await last_run_of(store, ("full", "reconcile"), project=project)
     if walk is None or walk["complete"] or not walk["position"]:
@@ -184,3 +185,11 @@ async def resume_point(store: Store, project: str | None = None) -> str | None:
                 "the walk from its saved cursor")
     return (f"the next `botasync sync` resumes the walk at offset {walk['position']:,} "
             f"({walk['seen']:,} recordings seen by this run)")
+
+
+async def database_bytes(store: Database) -> int:
+    """How big the database is: the SQLite file, or PostgreSQL's `pg_database_size`."""
+    if store.dialect == POSTGRES:
+        row = await store.fetchone("SELECT pg_database_size(current_database())")
+        return int(row[0]) if row else 0
+    return store.path.stat().st_size

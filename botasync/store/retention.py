@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from botasync.envelope import iso, utc_now
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
 
 log = structlog.get_logger("botasync.retention")
 
@@ -57,7 +57,7 @@ def cutoff(days: int, now: datetime | None = None) -> str:
 
 
 async def prune_events(
-    store: Store, before: str, handlers: Sequence[str], *, dry_run: bool = False
+    store: Database, before: str, handlers: Sequence[str], *, dry_run: bool = False
 ) -> PruneResult:
     """Forget settled events created before `before` (ISO), with their delivery records."""
     names = json.dumps(list(handlers))

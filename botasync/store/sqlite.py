@@ -27,6 +27,8 @@ from botasync.errors import MigrationError, StoreError
 from botasync.jsoncodec import dumps, loads
 from botasync.lifecycle import AsyncClosing
 from botasync.store import migrations, transcript_queue
+from botasync.store.base import Database
+from botasync.store.dialect import SQLITE
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -93,6 +95,8 @@ async def _open_ro(uri: str) -> aiosqlite.Connection:
 class Store(AsyncClosing):
     """The database: open with `await Store.open(path)` or `async with Store.open(path)`."""
 
+    dialect = SQLITE
+
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
@@ -102,6 +106,11 @@ class Store(AsyncClosing):
         self._no_foreground.set()
         self._closed = False
         self.readonly = False  # opened by `open_readonly`
+
+    @property
+    def where(self) -> str:
+        """The database for a message: its file."""
+        return str(self.path)
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -342,7 +351,7 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
 
 
 async def _write_page(
-    conn: aiosqlite.Connection, project: str, page: PageWrite, now: str,
+    conn: Any, project: str, page: PageWrite, now: str,
 ) -> None:
     """Upserts, media, tombstones and their events, inside the caller's transaction."""
     await conn.executemany(
@@ -391,7 +400,7 @@ class Mirror:
     """The queries a pass makes, for one project; a thin layer over `Store` that speaks
     recordings. `project=SERVICE` ('') reads and writes the service's own `state` rows."""
 
-    def __init__(self, store: Store, project: str = DEFAULT_PROJECT) -> None:
+    def __init__(self, store: Database, project: str = DEFAULT_PROJECT) -> None:
         self.store = store
         self.project = project
 

@@ -40,7 +40,8 @@ from botasync.api.pages import Pager, PageRead
 from botasync.config import Config
 from botasync.envelope import EventFactory, EventIds, iso, utc_now
 from botasync.errors import BadRequest, NotFound, PaginationError
-from botasync.store.sqlite import Mirror, PageWrite, Store, Upsert
+from botasync.store.base import Database
+from botasync.store.sqlite import Mirror, PageWrite, Upsert
 from botasync.sync.diff import deleted, diff
 from botasync.sync.fingerprint import VOLATILE_KEYS, fingerprint
 from botasync.sync.seen import SeenIds
@@ -115,7 +116,7 @@ class Syncer:
         self,
         cfg: Config,
         client: BotaClient,
-        store: Store,
+        store: Database,
         *,
         on_commit: Callable[[], None] | None = None,
         on_progress: Progress | None = None,

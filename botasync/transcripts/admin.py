@@ -16,16 +16,15 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from botasync import config
 from botasync.api.client import BotaClient
 from botasync.config import DEFAULT_PROJECT, Config, TranscriptsConfig
 from botasync.envelope import iso, utc_now
-from botasync.errors import BotasyncError
+from botasync.store import open_existing, open_store
 from botasync.store import transcript_queue as queue
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
 from botasync.transcripts.fetcher import FetchStats, TranscriptFetcher
 
 GAVE_UP_SHOWN = 10  # given-up recordings listed by `transcripts status`
@@ -61,7 +60,7 @@ def eta_text(recordings: int, requests_per_minute: int, summaries: bool) -> str:
 
 
 async def transcripts_status(
-    store: Store, cfg: TranscriptsConfig, project: str = DEFAULT_PROJECT,
+    store: Database, cfg: TranscriptsConfig, project: str = DEFAULT_PROJECT,
 ) -> dict[str, Any]:
     """The project's done, queued and failed transcripts, and how long its queue takes at
     the budget."""
@@ -99,7 +98,7 @@ async def _one(conn: Any, sql: str, project: str) -> tuple[int, ...]:
     return tuple(int(x or 0) for x in row)
 
 
-async def retry_gave_up(store: Store, project: str = DEFAULT_PROJECT) -> int:
+async def retry_gave_up(store: Database, project: str = DEFAULT_PROJECT) -> int:
     """Put the project's recordings whose fetch gave up back in its queue."""
     async with store.transaction() as conn:
         return await queue.retry_gave_up(conn, project)
@@ -169,7 +168,7 @@ async def download_projects(
 
         return report
 
-    async with await Store.open(cfg.database.path) as store, \
+    async with await open_store(cfg.database) as store, \
             contextlib.AsyncExitStack() as stack:
         fetchers: list[TranscriptFetcher] = []
         for view in views:
@@ -188,10 +187,7 @@ async def download_projects(
                 for f, ok in zip(fetchers, drained, strict=True) for s in (f.stats,)]
 
 
-async def with_store(cfg: Config, fn: Callable[[Store], Any], *, readonly: bool = True) -> Any:
+async def with_store(cfg: Config, fn: Callable[[Database], Any], *, readonly: bool = True) -> Any:
     """Open the configured database (which must exist) for one library call."""
-    if not Path(cfg.database.path).exists():
-        raise BotasyncError(f"no database at {cfg.database.path}: run `botasync sync` first")
-    opener = Store.open_readonly if readonly else Store.open
-    async with await opener(cfg.database.path) as store:
+    async with await open_existing(cfg.database, readonly=readonly) as store:
         return await fn(store)

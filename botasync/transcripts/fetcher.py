@@ -53,7 +53,7 @@ from botasync.lifecycle import AsyncClosing, wait_set
 from botasync.locks import ExclusiveLock
 from botasync.store import transcript_queue as queue
 from botasync.store import transcripts as tstore
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
 
 LOGGER = "botasync.transcripts"
 log = structlog.get_logger(LOGGER)
@@ -132,7 +132,7 @@ class TranscriptFetcher(AsyncClosing):
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         client: BotaClient,
         cfg: TranscriptsConfig,
         *,

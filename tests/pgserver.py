@@ -1,0 +1,210 @@
+"""A PostgreSQL for the tests, and a database handle that reads the same on either backend.
+
+The session's server is, in this order: the one the environment names (`PGHOST`, with
+`PGPORT`, `PGUSER`, `PGPASSWORD`: running the tests under `pg_virtualenv`, or a server of
+your own), else a throwaway cluster this module starts with `pg_virtualenv` (Debian's
+postgresql-common: a temporary cluster, dropped when the session ends; it works as root,
+which `initdb` alone refuses). Without either, the PostgreSQL cases skip with the reason,
+unless `BOTASYNC_PG=required` (set by `.ci/run`): then they fail.
+
+Each test gets a database of its own (`CREATE DATABASE`, dropped after it), empty: the
+store creates its schema on open, as it does on a new SQLite file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.string import TextLoader
+
+from botasync.config import DatabaseConfig
+from botasync.store import open_store
+from botasync.store.base import Database
+from botasync.store.dialect import translate
+
+START_TIMEOUT_S = 90
+# a test cluster need not survive a power cut: no fsync makes CREATE DATABASE and commits fast
+FAST_GUCS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+@dataclass
+class PgServer:
+    """A reachable PostgreSQL: connection keywords, and the databases made on it."""
+
+    params: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def url(self, dbname: str) -> str:
+        """A `postgresql://` URL for one database (the password stays in the environment
+        of the test process, as `PGPASSWORD`, not in the URL)."""
+        host, port, user = self.params["host"], self.params["port"], self.params["user"]
+        return f"postgresql://{user}@{host}:{port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
+        """A plain psycopg connection; JSON columns read as text, as botasync reads them."""
+        conn = psycopg.connect(**{**self.params, "dbname": dbname}, autocommit=True)
+        conn.adapters.register_loader("jsonb", TextLoader)
+        conn.adapters.register_loader("json", TextLoader)
+        return conn
+
+    def create_database(self) -> str:
+        name = f"botasync_test_{os.getpid()}_{next(self._names)}"
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        assert self.process.stdin is not None
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # the cluster's command ends; pg_virtualenv drops it
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _from_environment() -> dict[str, str] | None:
+    if not os.environ.get("PGHOST"):
+        return None
+    return {"host": os.environ["PGHOST"], "port": os.environ.get("PGPORT", "5432"),
+            "user": os.environ.get("PGUSER", "postgres")}
+
+
+def _reachable(params: dict[str, str]) -> str | None:
+    """None when a connection works, else why not."""
+    try:
+        with psycopg.connect(**params, dbname="postgres", connect_timeout=10) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as e:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
+def start() -> tuple[PgServer | None, str]:
+    """The session's server, or None and why there is none."""
+    params = _from_environment()
+    if params is not None:
+        why = _reachable(params)
+        if why is not None:
+            return None, f"PGHOST={params['host']} names a PostgreSQL that does not answer: {why}"
+        return PgServer(params), ""
+    tool = shutil.which("pg_virtualenv")
+    if tool is None:
+        return None, ("no PostgreSQL: neither PGHOST nor pg_virtualenv (apt-get install "
+                      "postgresql) is there")
+    env_file = Path(tempfile.mkdtemp(prefix="botasync-pg-")) / "env"
+    args = [tool, "-t"]  # a temporary cluster directory even as root: never a clash
+    for guc in FAST_GUCS:
+        args += ["-o", guc]
+    # the command inside the throwaway cluster: say where it is, then wait for our stdin
+    script = f'env > "{env_file}.tmp" && mv "{env_file}.tmp" "{env_file}" && exec cat'
+    process = subprocess.Popen([*args, "sh", "-c", script], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not env_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            _, err = process.communicate()
+            tail = err.decode(errors="replace").strip().splitlines()[-3:]
+            return None, f"pg_virtualenv did not start a cluster: {' | '.join(tail)}"
+        time.sleep(0.1)
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    shutil.rmtree(env_file.parent, ignore_errors=True)
+    os.environ["PGPASSWORD"] = env["PGPASSWORD"]  # libpq reads it: URLs carry no password
+    params = {"host": env["PGHOST"], "port": env["PGPORT"], "user": env["PGUSER"],
+              "password": env["PGPASSWORD"]}
+    server = PgServer(params, process)
+    why = _reachable(params)
+    if why is not None:
+        server.stop()
+        return None, f"the cluster pg_virtualenv started does not answer: {why}"
+    return server, ""
+
+
+@dataclass
+class TestDb:
+    """One test's database on either backend: its config, its store, plain reads."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    backend: str  # "sqlite" | "postgres"
+    path: Path  # the SQLite file; on PostgreSQL, where local lock files go
+    url: str = ""
+    server: PgServer | None = None
+    dbname: str = ""
+
+    @property
+    def config(self) -> dict[str, str]:
+        """The `[database]` section for `config.load(overrides=...)`."""
+        return {"path": str(self.path), "url": self.url}
+
+    @property
+    def db_config(self) -> DatabaseConfig:
+        return DatabaseConfig(path=str(self.path), url=self.url)
+
+    async def open(self, *, readonly: bool = False) -> Database:
+        return await open_store(self.db_config, readonly=readonly)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A query run outside botasync (sqlite3, or psycopg after the same translation)."""
+        if self.backend == "sqlite":
+            import sqlite3
+
+            conn = sqlite3.connect(self.path)
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        assert self.server is not None
+        with self.server.connect(self.dbname) as conn:
+            cur = conn.execute(translate(sql), tuple(params))
+            return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+    def dict_rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts by column name; JSON columns as text on both backends."""
+        if self.backend == "sqlite":
+            import sqlite3
+
+            conn = sqlite3.connect(self.path)
+            conn.row_factory = sqlite3.Row
+            try:
+                return [dict(r) for r in conn.execute(sql, params).fetchall()]
+            finally:
+                conn.close()
+        assert self.server is not None
+        with self.server.connect(self.dbname) as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            cur.execute(translate(sql), tuple(params))
+            return list(cur.fetchall())
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One write outside botasync, committed."""
+        if self.backend == "sqlite":
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(self.path)) as conn, conn:
+                conn.execute(sql, params)
+            return
+        assert self.server is not None
+        with self.server.connect(self.dbname) as conn:
+            conn.execute(translate(sql), tuple(params))
