@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,10 @@ def start() -> tuple[PgServer | None, str]:
     return server, ""
 
 
+def _params(params: Sequence[Any] | Mapping[str, Any]) -> Any:
+    return params if isinstance(params, Mapping) else tuple(params)
+
+
 @dataclass
 class TestDb:
     """One test's database on either backend: its config, its store, plain reads."""
@@ -165,7 +169,7 @@ class TestDb:
     async def open(self, *, readonly: bool = False) -> Database:
         return await open_store(self.db_config, readonly=readonly)
 
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         """A query run outside botasync (sqlite3, or psycopg after the same translation)."""
         if self.backend == "sqlite":
             import sqlite3
@@ -177,10 +181,10 @@ class TestDb:
                 conn.close()
         assert self.server is not None
         with self.server.connect(self.dbname) as conn:
-            cur = conn.execute(translate(sql), tuple(params))
+            cur = conn.execute(translate(sql), _params(params))
             return [tuple(r) for r in cur.fetchall()] if cur.description else []
 
-    def dict_rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def dict_rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts by column name; JSON columns as text on both backends."""
         if self.backend == "sqlite":
             import sqlite3
@@ -194,10 +198,10 @@ class TestDb:
         assert self.server is not None
         with self.server.connect(self.dbname) as conn:
             cur = conn.cursor(row_factory=dict_row)
-            cur.execute(translate(sql), tuple(params))
+            cur.execute(translate(sql), _params(params))
             return list(cur.fetchall())
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
         """One write outside botasync, committed."""
         if self.backend == "sqlite":
             import sqlite3
@@ -207,4 +211,4 @@ class TestDb:
             return
         assert self.server is not None
         with self.server.connect(self.dbname) as conn:
-            conn.execute(translate(sql), tuple(params))
+            conn.execute(translate(sql), _params(params))

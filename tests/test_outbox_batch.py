@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +15,8 @@ from botasync.config import EventsConfig
 from botasync.errors import HandlerError
 from botasync.events.handlers import BatchFailed, Outgoing, batching
 from botasync.events.outbox import BATCH, Dispatcher
-from botasync.store.sqlite import Store
+from botasync.store.base import Database as Store
+from tests.pgserver import TestDb
 from tests.test_outbox import FAST, Recorder, add_events, created, cursor, delivery
 
 
@@ -62,8 +62,8 @@ class BatchRecorder:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "botasync.db")
+async def store(database: TestDb) -> AsyncIterator[Store]:
+    s = await database.open()
     yield s
     await s.aclose()
 

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from botasync.simulator import World
 from botasync.store import retention
+from botasync.store.base import Database
 from botasync.store.sqlite import Store
+from tests.pgserver import TestDb
 from tests.test_cli import ThreadedSim, cli_env, run
 from tests.test_outbox import add_events, created
 
@@ -23,26 +25,29 @@ RECENT = "2026-11-24T00:00:00.000Z"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
 
-def seqs(db: Path, sql: str = "SELECT seq FROM events ORDER BY seq") -> list[int]:
+def seqs(db: Path | TestDb, sql: str = "SELECT seq FROM events ORDER BY seq") -> list[int]:
+    if isinstance(db, TestDb):
+        return [int(r[0]) for r in db.rows(sql)]
     with sqlite3.connect(db) as conn:
         return [int(r[0]) for r in conn.execute(sql)]
 
 
-async def settle(store: Store, handler: str, cursor: int, states: dict[int, str]) -> None:
+async def settle(store: Database, handler: str, cursor: int, states: dict[int, str]) -> None:
     """What the dispatcher writes: a cursor and per-event delivery records."""
     async with store.transaction() as conn:
-        await conn.execute("INSERT OR REPLACE INTO handler_cursors VALUES (?, ?)",
-                           (handler, cursor))
+        await conn.execute(
+            "INSERT INTO handler_cursors (handler, seq) VALUES (?, ?) "
+            "ON CONFLICT (handler) DO UPDATE SET seq = excluded.seq", (handler, cursor))
         for seq, state in states.items():
             await conn.execute(
                 "INSERT INTO deliveries (handler, event_seq, state, attempts) VALUES (?, ?, ?, 1)",
                 (handler, seq, state))
 
 
-async def test_forgets_only_old_settled_events(tmp_path: Path) -> None:
+async def test_forgets_only_old_settled_events(database: TestDb) -> None:
     """Old and past every cursor: gone with its deliveries. Pending, dead or new: kept."""
-    db = tmp_path / "r.db"
-    async with await Store.open(db) as store:
+    db = database
+    async with await db.open() as store:
         await add_events(store, *created("rec_1", "rec_2", "rec_3", "rec_4", "rec_5"))
         async with store.transaction() as conn:  # the fifth is recent
             await conn.execute("UPDATE events SET created_at = ? WHERE seq = 5", (RECENT,))
@@ -58,28 +63,28 @@ async def test_forgets_only_old_settled_events(tmp_path: Path) -> None:
     assert seqs(db, "SELECT event_seq FROM deliveries ORDER BY event_seq") == [2, 4]
 
 
-async def test_a_removed_handler_holds_nothing_back(tmp_path: Path) -> None:
+async def test_a_removed_handler_holds_nothing_back(database: TestDb) -> None:
     """Only the configured handlers' cursors count; with none, every old event may go."""
-    db = tmp_path / "r.db"
-    async with await Store.open(db) as store:
+    db = database
+    async with await db.open() as store:
         await add_events(store, *created("rec_1", "rec_2"))
         await settle(store, "gone", 0, {})
         assert (await retention.prune_events(store, retention.cutoff(1, NOW), ["a"])).events == 2
         await add_events(store, *created("rec_3"))
         assert (await retention.prune_events(store, retention.cutoff(1, NOW), [])).events == 1
     assert seqs(db) == []
-    async with await Store.open(db) as store:  # seq is never reused after a prune
+    async with await db.open() as store:  # seq is never reused after a prune
         await add_events(store, *created("rec_4"))
     assert seqs(db) == [4]
 
 
 async def test_large_outbox_goes_in_batches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: TestDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """More than a batch is forgotten in several transactions, all of it."""
     monkeypatch.setattr(retention, "BATCH", 7)
-    db = tmp_path / "r.db"
-    async with await Store.open(db) as store:
+    db = database
+    async with await db.open() as store:
         await add_events(store, *created(*(f"rec_{i}" for i in range(30))))
         result = await retention.prune_events(store, retention.cutoff(1, NOW), [])
     assert result.events == 30 and seqs(db) == []
@@ -89,7 +94,7 @@ async def test_prune_reads_by_index(tmp_path: Path) -> None:
     """The prune query walks the created_at index and finds dead letters by event, no scans."""
     async with await Store.open(tmp_path / "r.db") as store:
         plan = " / ".join(r[3] for r in await store.fetchall(
-            "EXPLAIN QUERY PLAN " + retention._PRUNABLE, ("2026", "[]", 10)))
+            "EXPLAIN QUERY PLAN " + retention._PRUNABLE["sqlite"], ("2026", "[]", 10)))
     assert "USING COVERING INDEX events_created_at (created_at<?)" in plan, plan
     assert "USING INDEX deliveries_event_seq (event_seq=?)" in plan, plan
     assert "SCAN e" not in plan and "SCAN d" not in plan, plan

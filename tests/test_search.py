@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,8 @@ from rich.console import Console
 from botasync.api.transcription import parse_transcription
 from botasync.cli.search import search
 from botasync.store import migrations
-from botasync.store.sqlite import Store
+from botasync.store.base import Database
+from botasync.store.dialect import translate
 from botasync.store.transcripts import Fetched, write
 from botasync.transcripts.search import (
     MARK_CLOSE,
@@ -33,8 +35,10 @@ from botasync.transcripts.search import (
     plain_snippet,
     rich_snippet,
     search_sql,
+    search_sql_pg,
     time_label,
 )
+from tests.pgserver import PgServer, TestDb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +72,7 @@ def transcription(rec_id: str, txn_id: str, segments: Sequence[Seg], *,
     }
 
 
-async def put_recording(store: Store, rec_id: str, *, name: str | None = None,
+async def put_recording(store: Database, rec_id: str, *, name: str | None = None,
                         created_at: str = "2026-11-01T10:00:00.000Z",
                         deleted_at: str | None = None, project: str = "default") -> None:
     """A mirrored recording row (the columns a sync writes that the reads here need)."""
@@ -77,7 +81,7 @@ async def put_recording(store: Store, rec_id: str, *, name: str | None = None,
                                         created_at, deleted_at, project))
 
 
-async def put_transcription(store: Store, rec_id: str, txn_id: str, segments: Sequence[Seg],
+async def put_transcription(store: Database, rec_id: str, txn_id: str, segments: Sequence[Seg],
                             *, project: str = "default", **fields: Any) -> None:
     """One fetch of a recording's transcription, stored by the transcripts writer."""
     fetched = Fetched(rec_id, [parse_transcription(transcription(rec_id, txn_id, segments,
@@ -116,10 +120,9 @@ def schema(conn: sqlite3.Connection) -> None:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    """A database file with a few transcripts, one of a deleted recording."""
-    path = tmp_path / "botasync.db"
-    async with await Store.open(path) as store:
+async def db(database: TestDb) -> TestDb:
+    """A database with a few transcripts, one of a deleted recording (SQLite, PostgreSQL)."""
+    async with await database.open() as store:
         await put_recording(store, "rec_standup", name="Standup",
                             created_at="2026-10-01T09:00:00.000Z")
         await put_transcription(store, "rec_standup", "txn_standup", [
@@ -139,12 +142,12 @@ async def db(tmp_path: Path) -> Path:
         await put_transcription(store, "rec_gone", "txn_gone", [
             (61.0, 65.0, "Alice", "The archived budget memo is in the shared drive."),
         ])
-    return path
+    return database
 
 
-async def run_search(db: Path, query: str, **filters: object) -> list[dict[str, object]]:
+async def run_search(db: TestDb, query: str, **filters: object) -> list[dict[str, object]]:
     """The command's code path: a read-only store, `search`, the JSON form of each hit."""
-    async with await Store.open_readonly(db) as store:
+    async with await db.open(readonly=True) as store:
         hits = await search(store, SearchRequest(query=query, **filters))  # type: ignore[arg-type]
     return [h.as_dict() for h in hits]
 
@@ -228,6 +231,59 @@ def test_no_query_fails_in_sqlite(memory_db: sqlite3.Connection, typed: str) -> 
     memory_db.execute(sql, params).fetchall()
 
 
+@pytest.fixture(scope="module")
+def pg_memory_db(pg_server: PgServer) -> Iterator[psycopg.Connection[Any]]:
+    """`memory_db` on PostgreSQL: a database of the module's, the schema and the same rows."""
+    name = pg_server.create_database()
+    try:
+        with pg_server.connect(name) as conn:
+            for stmt in migrations._statements(migrations.PG_STEPS[-1]):
+                conn.execute(stmt)
+            conn.execute(translate(_RECORDING), ("rec_1", None, "completed", NOW, NOW, NOW,
+                                                 None, "default"))
+            conn.execute("INSERT INTO transcriptions (id, recording_id, status, raw, "
+                         "fetched_at) VALUES ('txn_1', 'rec_1', 'completed', '{}', %s)", (NOW,))
+            for position, text in enumerate([
+                    "don't panic: C++ and e-mail, café NOT and OR",
+                    "\"quoted\" (parens) *stars* ^caret col:on {brace} it's 100%"]):
+                conn.execute("INSERT INTO transcript_segments (transcription_id, position, "
+                             "speaker, text) VALUES ('txn_1', %s, 'Alice', %s)",
+                             (position, text))
+            yield conn
+    finally:
+        pg_server.drop_database(name)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(typed=st.text() | st.text(alphabet='ab "()*:^-+AND OR NOT\x00{}\'&|!<>%', max_size=30))
+def test_no_query_fails_in_postgres(pg_memory_db: psycopg.Connection[Any], typed: str) -> None:
+    """On PostgreSQL too: refused with a QuerySyntaxError, or it runs (no tsquery syntax
+    error, whatever the words hold)."""
+    try:
+        sql, params = search_sql_pg(SearchRequest(query=typed, speaker=typed, since=typed))
+    except QuerySyntaxError:
+        return
+    pg_memory_db.execute(translate(sql), params).fetchall()
+
+
+def test_postgres_reads_the_query_language_as_fts5_does(
+        pg_memory_db: psycopg.Connection[Any]) -> None:
+    """Phrases, prefixes, implied and written AND, OR, NOT and parentheses, case folded."""
+    def found(typed: str) -> list[int]:
+        sql, params = search_sql_pg(SearchRequest(query=typed))
+        return sorted(r[6] for r in pg_memory_db.execute(translate(sql), params).fetchall())
+
+    assert found("PANIC") == [0]
+    assert found("don't") == [0] and found("C++") == [0] and found("e-mail") == [0]
+    assert found('"and e-mail"') == [0] and found('"e-mail and"') == []
+    assert found("pan*") == [0] and found('"don t pa"*') == [0] and found("par*") == [1]
+    assert found("panic quoted") == [] and found("panic OR quoted") == [0, 1]
+    assert found("stars NOT panic") == [1] and found("stars AND NOT quoted") == []
+    assert found("(panic OR stars) caret") == [1]
+    assert found("panic OR stars caret") == [0, 1]  # AND binds tighter than OR
+    assert found("100") == [1] and found("it's") == [1]
+
+
 _WORD = st.text(alphabet=string.ascii_letters + string.digits + "'-+.é", min_size=1, max_size=8)
 
 
@@ -307,7 +363,7 @@ def test_snippets_plain_and_rich() -> None:
 # --- on a real database --------------------------------------------------------------------------
 
 
-async def test_ranking_twice_above_once(db: Path) -> None:
+async def test_ranking_twice_above_once(db: TestDb) -> None:
     """A segment with the term twice ranks above segments with it once; ranks ascend."""
     hits = await run_search(db, "budget")
     assert [h["segment_id"] for h in hits][:1] == [_seg(hits, "Budget numbers first")]
@@ -320,15 +376,17 @@ def _seg(hits: list[dict[str, object]], text_start: str) -> object:
     return next(h["segment_id"] for h in hits if str(h["text"]).startswith(text_start))
 
 
-async def test_a_hit_carries_its_recording_speaker_time_and_snippet(db: Path) -> None:
-    """Each hit names its recording, speaker, `mm:ss` (h:mm:ss past an hour) and snippet."""
+async def test_a_hit_carries_its_recording_speaker_time_and_snippet(db: TestDb) -> None:
+    """Each hit names its recording, speaker, `mm:ss` (h:mm:ss past an hour) and snippet
+    (PostgreSQL's marks each part of a hyphenated word)."""
     hits = await run_search(db, "e-mail")
+    marked = "[e-mail]" if db.backend == "sqlite" else "[e]-[mail]"
     assert hits == [{
         "project": "default", "recording_id": "rec_review", "recording_name": "Quarterly review",
         "recording_created_at": "2026-11-20T14:00:00.000Z", "recording_deleted": False,
         "transcription_id": "txn_review", "segment_id": hits[0]["segment_id"], "position": 1,
         "speaker": "Dan", "start_s": 3730.0, "end_s": 3736.0, "time": "1:02:10",
-        "snippet": "Send the [e-mail] to finance after the call.",
+        "snippet": f"Send the {marked} to finance after the call.",
         "text": "Send the e-mail to finance after the call.", "bm25": hits[0]["bm25"],
     }]
     (cpp,) = await run_search(db, "C++")
@@ -336,7 +394,7 @@ async def test_a_hit_carries_its_recording_speaker_time_and_snippet(db: Path) ->
     assert [h["speaker"] for h in await run_search(db, "don't")] == ["Alice"]
 
 
-async def test_speaker_and_since_filter(db: Path) -> None:
+async def test_speaker_and_since_filter(db: TestDb) -> None:
     """--speaker keeps one speaker's segments (any case); --since the recordings created since."""
     alice = await run_search(db, "budget", speaker="alice")
     assert {h["speaker"] for h in alice} == {"Alice"} and len(alice) == 2
@@ -347,18 +405,18 @@ async def test_speaker_and_since_filter(db: Path) -> None:
     assert [h["recording_id"] for h in both] == ["rec_gone"]
 
 
-async def test_deleted_recordings_are_searched(db: Path) -> None:
+async def test_deleted_recordings_are_searched(db: TestDb) -> None:
     """A tombstoned recording keeps its transcript, and search finds it, marked deleted."""
     (hit,) = await run_search(db, "archived")
     assert hit["recording_id"] == "rec_gone" and hit["recording_deleted"] is True
 
 
-async def test_speaker_names_are_not_matched_as_text(db: Path) -> None:
+async def test_speaker_names_are_not_matched_as_text(db: TestDb) -> None:
     """The query matches what was said, not who said it: --speaker is for that."""
     assert await run_search(db, "Carol") == []
 
 
-async def test_phrases_prefixes_and_operators(db: Path) -> None:
+async def test_phrases_prefixes_and_operators(db: TestDb) -> None:
     """Phrases, prefixes and AND/OR/NOT reach FTS5 as FTS5 syntax."""
     assert len(await run_search(db, '"budget review"')) == 1
     assert len(await run_search(db, "budg*")) == 4
@@ -367,7 +425,7 @@ async def test_phrases_prefixes_and_operators(db: Path) -> None:
     assert await run_search(db, "friday AND finance") == []
 
 
-async def test_limit_and_stable_order(db: Path) -> None:
+async def test_limit_and_stable_order(db: TestDb) -> None:
     """--limit keeps the best; the same query gives the same hits in the same order."""
     first = await run_search(db, "the", limit=2)
     assert len(first) == 2
@@ -391,20 +449,19 @@ def test_search_bench_runs(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def two_projects(tmp_path: Path) -> Path:
+async def two_projects(database: TestDb) -> TestDb:
     """Projects alpha and beta with the same recording and transcription ids, said apart."""
-    path = tmp_path / "two.db"
-    async with await Store.open(path) as store:
+    async with await database.open() as store:
         for project, said, when in (("alpha", "Aardvark budget talk.", "2026-11-01"),
                                     ("beta", "Buffalo budget talk.", "2026-11-05")):
             await put_recording(store, "rec_1", name=f"{project} call", project=project,
                                 created_at=f"{when}T10:00:00.000Z")
             await put_transcription(store, "rec_1", "txn_1", [(0.0, 2.0, "Ann", said)],
                                     project=project)
-    return path
+    return database
 
 
-async def test_the_same_ids_in_two_projects_are_searched_apart(two_projects: Path) -> None:
+async def test_the_same_ids_in_two_projects_are_searched_apart(two_projects: TestDb) -> None:
     """Every project's segments are searched, each hit naming its project and its own
     recording; `project` keeps one project's, with every other filter too."""
     hits = await run_search(two_projects, "budget")
@@ -422,7 +479,12 @@ async def test_the_same_ids_in_two_projects_are_searched_apart(two_projects: Pat
     assert await run_search(two_projects, "budget", project="gamma") == []
     assert [h["project"] for h in await run_search(two_projects, "budget",
                                                    since="2026-11-03")] == ["beta"]
-    with sqlite3.connect(two_projects) as conn:  # past the cap, the newest of alpha's alone
+    if two_projects.backend == "postgres":  # past the cap, the newest of alpha's alone
+        sql, params = search_sql_pg(SearchRequest(query="budget", project="alpha"))
+        assert [r["project"] for r in two_projects.dict_rows(sql, {**params, "cap": 1})] == [
+            "alpha"]
+        return
+    with sqlite3.connect(two_projects.path) as conn:
         sql, params = search_sql(SearchRequest(query="budget", project="alpha"))
         assert [r["project"] for r in _dict_rows(conn, sql, {**params, "cap": 1})] == ["alpha"]
         conn.execute("INSERT INTO transcript_fts(transcript_fts) VALUES('integrity-check')")

@@ -52,7 +52,7 @@ _CURRENT = """coalesce(
         AND t.id = r.transcription_id AND t.recording_id = r.id AND t.status = 'completed'),
     (SELECT t.id FROM transcriptions t WHERE t.project = r.project AND t.recording_id = r.id
         AND t.status = 'completed'
-        ORDER BY t.created_at DESC, t.fetched_at DESC, t.id DESC LIMIT 1))"""
+        ORDER BY t.created_at DESC NULLS LAST, t.fetched_at DESC, t.id DESC LIMIT 1))"""
 
 
 class NoTranscript(BotasyncError):
@@ -130,7 +130,7 @@ async def _why_none(store: Database, rec_id: str, project: str = DEFAULT_PROJECT
     """One line on why a recording has no transcript to export."""
     row = await store.fetchone(
         "SELECT id, status FROM transcriptions WHERE project = ? AND recording_id = ? "
-        "ORDER BY created_at DESC, id DESC LIMIT 1", (project, rec_id))
+        "ORDER BY created_at DESC NULLS LAST, id DESC LIMIT 1", (project, rec_id))
     if row is not None:
         return (f"recording {rec_id} has no stored transcript: its transcription {row['id']} "
                 f"is {row['status']}")
@@ -146,7 +146,7 @@ async def all_transcripts(
     where = " AND r.created_at >= ?" if since else ""
     rows = await store.fetchall(
         f"SELECT r.id, ({_CURRENT}) AS txn FROM recordings r "  # noqa: S608
-        f"WHERE r.project = ?{where} ORDER BY r.created_at DESC, r.id",
+        f"WHERE r.project = ?{where} ORDER BY r.created_at DESC NULLS LAST, r.id",
         (project, since) if since else (project,))
     for row in rows:
         yield row["id"], (await _transcript(store, row["txn"], project) if row["txn"] else None)

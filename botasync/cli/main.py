@@ -110,7 +110,7 @@ def sync(full: bool, deliver_timeout: float, as_json: bool, project: str | None)
 
 def _where_it_resumes(cfg: config.Config) -> str:
     """After Ctrl-C: where the next `botasync sync` picks the walk up."""
-    if not Path(cfg.database.path).exists():
+    if not cfg.database.url and not Path(cfg.database.path).exists():
         return "interrupted before anything was saved; the next `botasync sync` starts afresh"
     try:
         walk = run_async(_with_store(cfg, queries.resume_point))
@@ -546,6 +546,10 @@ def snapshot(path: str) -> None:
     from botasync.store.snapshot import snapshot as take
 
     cfg = _state().load()
+    if cfg.database.url:
+        raise BotasyncError(
+            "snapshot copies a SQLite file; the store is on PostgreSQL ([database] url): "
+            "take a consistent copy with pg_dump (see README, PostgreSQL)")
     size = run_async(take(cfg.database.path, path))
     out.print(f"snapshot of {escape(cfg.database.path)} written to {escape(path)} "
               f"({size / 1e6:.1f} MB)", soft_wrap=True)

@@ -31,6 +31,7 @@ from botasync.cli.common import (
     run_async,
 )
 from botasync.store.base import Database
+from botasync.store.dialect import POSTGRES
 from botasync.transcripts.search import (
     MAX_LIMIT,
     Hit,
@@ -39,12 +40,15 @@ from botasync.transcripts.search import (
     plain_snippet,
     rich_snippet,
     search_sql,
+    search_sql_pg,
 )
 
 
 async def search(store: Database, request: SearchRequest) -> list[Hit]:
-    """The best `request.limit` segments for the query, best first (bm25)."""
-    sql, params = search_sql(request)
+    """The best `request.limit` segments for the query, best first (bm25; on PostgreSQL
+    ts_rank)."""
+    build = search_sql_pg if store.dialect == POSTGRES else search_sql
+    sql, params = build(request)
     return [hit_from_row(row) for row in await store.fetchall(sql, params)]
 
 

@@ -82,7 +82,8 @@ async def _status(
             f"WHERE m.downloaded_at IS NOT NULL{scope} GROUP BY m.project", sp),
         "queued": await _by_project(
             store, "SELECT m.project, count(*), sum(m.file_size_bytes), "
-            f"sum(m.download_error IS NOT NULL) {_FROM} WHERE {queued_where}{scope} "
+            "sum(CASE WHEN m.download_error IS NOT NULL THEN 1 ELSE 0 END) "
+            f"{_FROM} WHERE {queued_where}{scope} "
             "GROUP BY m.project", (*qp, *sp)),
         "failed": await _by_project(
             store, f"SELECT m.project, count(*), sum(m.file_size_bytes) {_FROM} "

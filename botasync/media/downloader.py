@@ -456,7 +456,7 @@ class Downloader(AsyncClosing):
             "m.id, m.recording_id, m.mime_type, m.file_size_bytes, m.download_attempts, "
             "json_extract(m.raw, '$.sha256'), m.download_error",
             f"AND {_DUE} AND coalesce(m.file_size_bytes, 0) <= ? {not_busy} "
-            "ORDER BY r.created_at DESC, m.recording_id, m.position LIMIT ?",
+            "ORDER BY r.created_at DESC NULLS LAST, m.recording_id, m.position LIMIT ?",
             project=self.project,
         )
         rows = await self.store.fetchall(sql, (*params, iso(self._clock()), room, *busy, limit))

@@ -466,7 +466,8 @@ PG_STEPS: tuple[str, ...] = (
     CREATE INDEX recordings_status ON recordings(project, status);
     CREATE INDEX recordings_device_id ON recordings(device_id);
     CREATE INDEX recordings_end_user_id ON recordings(end_user_id);
-    CREATE INDEX recordings_created_at ON recordings(project, created_at);
+    -- NULLS FIRST: SQLite's order, so `created_at DESC NULLS LAST` reads it backwards
+    CREATE INDEX recordings_created_at ON recordings(project, created_at NULLS FIRST);
     CREATE INDEX recordings_updated_at ON recordings(updated_at);
 
     CREATE TABLE media (

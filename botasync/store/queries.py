@@ -53,7 +53,7 @@ async def list_recordings(
     """Recordings, newest first, with optional filters (`project`: of that one alone)."""
     where, params = _where(status, device, user, since, include_deleted, project)
     sql = f"SELECT {', '.join(RECORDING_COLUMNS)} FROM recordings{where}"  # noqa: S608
-    sql += " ORDER BY created_at DESC, id LIMIT ?"
+    sql += " ORDER BY created_at DESC NULLS LAST, id LIMIT ?"
     rows = await store.fetchall(sql, (*params, limit))
     return [_row(r, RECORDING_COLUMNS) for r in rows]
 

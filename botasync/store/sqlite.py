@@ -461,7 +461,7 @@ class Mirror:
         """The live recording the list shows first (newest `created_at`, then id)."""
         row = await self.store.fetchone(
             "SELECT id FROM recordings WHERE project = ? AND deleted_at IS NULL "
-            "ORDER BY created_at DESC, id DESC LIMIT 1", (self.project,))
+            "ORDER BY created_at DESC NULLS LAST, id DESC LIMIT 1", (self.project,))
         return str(row[0]) if row else None
 
     async def count(self) -> int:

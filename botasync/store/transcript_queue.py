@@ -209,7 +209,7 @@ async def due(conn: Any, project: str, now: str, limit: int,
     sql = (f"SELECT q.recording_id, r.transcription_id, "
            "json_type(r.raw, '$.transcription_id') IS NOT NULL, q.reason, q.queued_at, "
            f"q.attempts {FROM} WHERE q.project = ? AND {_LIVE} AND NOT {GAVE_UP} AND {_DUE} "
-           f"{not_busy} ORDER BY r.created_at DESC, r.id DESC LIMIT ?")
+           f"{not_busy} ORDER BY r.created_at DESC NULLS LAST, r.id DESC LIMIT ?")
     async with conn.execute(sql, (project, now, *busy, limit)) as cur:
         rows = await cur.fetchall()
     return [Job(r[0], r[1], bool(r[2]), r[3], r[4], int(r[5]), project) for r in rows]
@@ -258,7 +258,7 @@ async def refresh(conn: Any, project: str, cutoff: str, now: str, limit: int) ->
            f"WHERE t.project = ? AND {_LIVE} AND json_type(r.raw, '$.transcription_id') IS NULL "
            "AND NOT EXISTS (SELECT 1 FROM transcript_queue q "
            "WHERE q.project = r.project AND q.recording_id = r.id) "
-           "GROUP BY t.recording_id HAVING max(t.fetched_at) < ? "
+           "GROUP BY t.project, t.recording_id HAVING max(t.fetched_at) < ? "
            "ORDER BY max(t.fetched_at) LIMIT ? ON CONFLICT(project, recording_id) DO NOTHING")
     cur = await conn.execute(sql, (now, project, cutoff, limit))
     return int(cur.rowcount or 0)
@@ -276,9 +276,10 @@ async def counts(conn: Any, project: str, now: str) -> dict[str, int]:
     """The project's queued (due now, and waiting for a poll or a retry) and given-up live
     rows."""
     sql = (f"SELECT count(*), "
-           f"coalesce(sum(NOT {GAVE_UP} AND {_DUE}), 0), "
-           f"coalesce(sum(NOT {GAVE_UP} AND NOT {_DUE}), 0), "
-           f"coalesce(sum({GAVE_UP}), 0) {FROM} WHERE q.project = ? AND {_LIVE}")
+           f"coalesce(sum(CASE WHEN NOT {GAVE_UP} AND {_DUE} THEN 1 ELSE 0 END), 0), "
+           f"coalesce(sum(CASE WHEN NOT {GAVE_UP} AND NOT {_DUE} THEN 1 ELSE 0 END), 0), "
+           f"coalesce(sum(CASE WHEN {GAVE_UP} THEN 1 ELSE 0 END), 0) "
+           f"{FROM} WHERE q.project = ? AND {_LIVE}")
     async with conn.execute(sql, (now, now, project)) as cur:
         row = await cur.fetchone()
     total, ready, waiting, gave_up = (int(x or 0) for x in row)
@@ -289,7 +290,8 @@ async def counts(conn: Any, project: str, now: str) -> dict[str, int]:
 async def gave_up_items(conn: Any, project: str, limit: int) -> list[dict[str, Any]]:
     """The project's given-up live rows, newest recordings first."""
     sql = (f"SELECT q.recording_id, q.attempts, q.last_error {FROM} "
-           f"WHERE q.project = ? AND {_LIVE} AND {GAVE_UP} ORDER BY r.created_at DESC LIMIT ?")
+           f"WHERE q.project = ? AND {_LIVE} AND {GAVE_UP} "
+           "ORDER BY r.created_at DESC NULLS LAST LIMIT ?")
     async with conn.execute(sql, (project, limit)) as cur:
         rows = await cur.fetchall()
     return [{"recording_id": r[0], "attempts": r[1], "error": r[2]} for r in rows]

@@ -1,11 +1,12 @@
 """Writing what the queue fetched: transcriptions, segments, the FTS index, summaries, events.
 
 One recording's fetch is written in ONE transaction with its events and its queue row,
-so a crash leaves either all of it or none. The FTS5 index (`transcript_fts`, external
+so a crash leaves either all of it or none. On SQLite the FTS5 index (`transcript_fts`, external
 content = `transcript_segments`) is kept in step here, by hand, in that transaction:
 a transcription's old segments are first removed from the index with the FTS 'delete'
 command and their old values, then deleted; new segments are inserted, then indexed
-under their ids. A transcription whose stored JSON is what the API sends now is not
+under their ids (on PostgreSQL `transcript_fts` is an index of the segments' own text,
+which PostgreSQL keeps in step). A transcription whose stored JSON is what the API sends now is not
 written again.
 
 Replacement: a stored transcription of the recording that the API no longer shows (the
@@ -31,6 +32,7 @@ from botasync import envelope as ev
 from botasync.api.transcription import SegmentRow, Summary, Transcription
 from botasync.envelope import DEFAULT_PROJECT, Event
 from botasync.jsoncodec import canonical, dumps, loads
+from botasync.store.dialect import SQLITE, dialect_of
 from botasync.store.sqlite import insert_events
 
 _UPSERT_TRANSCRIPTION = """
@@ -141,7 +143,7 @@ async def _stored(conn: Any, project: str, recording_id: str) -> dict[str, dict[
     """The recording's stored transcriptions: id -> raw JSON, newest first."""
     async with conn.execute(
         "SELECT id, raw FROM transcriptions WHERE project = ? AND recording_id = ? "
-        "ORDER BY created_at DESC, id DESC", (project, recording_id),
+        "ORDER BY created_at DESC NULLS LAST, id DESC", (project, recording_id),
     ) as cur:
         return {r[0]: loads(r[1]) for r in await cur.fetchall()}
 
@@ -182,9 +184,11 @@ async def _put_transcription(conn: Any, project: str, t: Transcription, recordin
     await conn.executemany(_INSERT_SEGMENT, [
         (project, t.id, s.position, s.start_s, s.end_s, s.speaker, s.text, s.confidence)
         for s in segments])
-    await conn.execute(
-        "INSERT INTO transcript_fts (rowid, text, speaker) SELECT id, text, speaker "
-        "FROM transcript_segments WHERE project = ? AND transcription_id = ?", (project, t.id))
+    if dialect_of(conn) == SQLITE:  # PostgreSQL's index keeps itself in step
+        await conn.execute(
+            "INSERT INTO transcript_fts (rowid, text, speaker) SELECT id, text, speaker "
+            "FROM transcript_segments WHERE project = ? AND transcription_id = ?",
+            (project, t.id))
     return len(segments)
 
 
@@ -199,10 +203,11 @@ def _whole_text(t: Transcription) -> tuple[SegmentRow, ...]:
 
 async def _remove_segments(conn: Any, project: str, transcription_id: str) -> None:
     """Take a transcription's segments out of the index (with their old values), then delete."""
-    await conn.execute(
-        "INSERT INTO transcript_fts (transcript_fts, rowid, text, speaker) "
-        "SELECT 'delete', id, text, speaker FROM transcript_segments "
-        "WHERE project = ? AND transcription_id = ?", (project, transcription_id))
+    if dialect_of(conn) == SQLITE:
+        await conn.execute(
+            "INSERT INTO transcript_fts (transcript_fts, rowid, text, speaker) "
+            "SELECT 'delete', id, text, speaker FROM transcript_segments "
+            "WHERE project = ? AND transcription_id = ?", (project, transcription_id))
     await conn.execute(
         "DELETE FROM transcript_segments WHERE project = ? AND transcription_id = ?",
         (project, transcription_id))

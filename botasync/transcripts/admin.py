@@ -69,12 +69,14 @@ async def transcripts_status(
         q = await queue.counts(conn, project, iso(utc_now()))
         gave_up = await queue.gave_up_items(conn, project, GAVE_UP_SHOWN)
         row = await _one(conn, (
-            "SELECT count(DISTINCT recording_id), count(*), coalesce(sum(status = 'failed'), 0), "
-            "coalesce(sum(status NOT IN ('completed', 'failed')), 0) FROM transcriptions "
-            "WHERE project = ?"), project)
+            "SELECT count(DISTINCT recording_id), count(*), "
+            "coalesce(sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN status NOT IN ('completed', 'failed') THEN 1 ELSE 0 END), 0) "
+            "FROM transcriptions WHERE project = ?"), project)
         segments = await _one(
             conn, "SELECT count(*) FROM transcript_segments WHERE project = ?", project)
-        sums = await _one(conn, "SELECT count(*), coalesce(sum(status = 'failed'), 0) "
+        sums = await _one(conn, "SELECT count(*), "
+                                "coalesce(sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) "
                                 "FROM summaries WHERE project = ?", project)
     rpm, summaries = cfg.requests_per_minute, cfg.summaries
     return {

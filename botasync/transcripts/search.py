@@ -276,6 +276,139 @@ def search_sql(request: SearchRequest) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
+# --- the SQL on PostgreSQL ---------------------------------------------------------------------
+# The same query language, run against `transcript_fts`, PostgreSQL's GIN index of
+# `to_tsvector('simple', text)`: each quoted piece becomes `phraseto_tsquery` (a prefix,
+# `to_tsquery` with `:*` on its last word), combined with the tsquery operators as FTS5
+# combines them (NOT binds tightest, then AND, written or implied, then OR). Ranking is
+# `ts_rank`, not bm25 (returned negated as `bm25`, so lower is better on both backends);
+# the snippet is `ts_headline`. Case folds; accents do not (no `unaccent` here).
+
+_PG_CONFIG = "'simple'::regconfig"
+_PG_VECTOR = f"to_tsvector({_PG_CONFIG}, {{s}}.text)"
+_PG_HEADLINE = (f"StartSel={MARK_OPEN}, StopSel={MARK_CLOSE}, MaxWords={SNIPPET_TOKENS}, "
+                "MinWords=12, ShortWord=0")
+
+_PG_SELECT = """WITH q AS (SELECT {query} AS query),
+matched AS (
+    SELECT s2.id FROM transcript_segments s2{inner_joins}, q
+    WHERE {inner_vector} @@ q.query{inner_filters}
+    ORDER BY s2.id DESC LIMIT :cap)
+SELECT r.id AS recording_id, r.name AS recording_name,
+       r.created_at AS recording_created_at, r.deleted_at AS recording_deleted_at,
+       s.transcription_id, s.id AS segment_id, s.position, s.speaker, s.start_s, s.end_s,
+       s.text, ts_headline({config}, s.text, q.query, :headline) AS snippet,
+       -ts_rank({vector}, q.query) AS bm25, s.project
+FROM matched
+JOIN transcript_segments s ON s.id = matched.id
+JOIN transcriptions t ON t.project = s.project AND t.id = s.transcription_id
+JOIN recordings r ON r.project = t.project AND r.id = t.recording_id
+CROSS JOIN q
+ORDER BY bm25, s.id DESC
+LIMIT :limit"""
+
+
+def _pg_text(text: str) -> str:
+    """A parameter PostgreSQL can take: no lone surrogate, no NUL (no text it stores holds
+    one, so the filter still matches nothing)."""
+    return _utf8(text).replace("\x00", "\ufffd")
+
+
+def _pg_term(piece: str, params: dict[str, Any]) -> str:
+    """One quoted piece (`"words"` or `"words"*`) as a tsquery expression."""
+    phrase, star = piece[1:].rsplit('"', 1)
+    name = f"t{len(params)}"
+    if star:
+        words = re.findall(r"\w+", phrase.lower())
+        params[name] = " <-> ".join(f"'{w}'" for w in words) + ":*"
+        return f"to_tsquery({_PG_CONFIG}, :{name})"
+    params[name] = _utf8(phrase)
+    return f"phraseto_tsquery({_PG_CONFIG}, :{name})"
+
+
+def _pg_tsquery(pieces: list[str], params: dict[str, Any]) -> str:
+    """The checked pieces as one tsquery expression in SQL (the terms as parameters)."""
+    pos = 0
+
+    def take() -> str:
+        nonlocal pos
+        pos += 1
+        return pieces[pos - 1]
+
+    def peek() -> str | None:
+        return pieces[pos] if pos < len(pieces) else None
+
+    def either() -> str:
+        left = both()
+        while peek() == "OR":
+            take()
+            left = f"({left} || {both()})"
+        return left
+
+    def both() -> str:
+        left = unless()
+        while peek() not in (None, "OR", ")"):
+            if peek() == "AND":
+                take()
+            left = f"({left} && {unless()})"
+        return left
+
+    def unless() -> str:
+        left = primary()
+        while peek() == "NOT":
+            take()
+            left = f"({left} && !!{primary()})"
+        return left
+
+    def primary() -> str:
+        piece = take()
+        if piece == "(":
+            inner = either()
+            take()  # the `)`: `_checked` matched it
+            return inner
+        return _pg_term(piece, params)
+
+    return either()
+
+
+def _pg_filters(request: SearchRequest, s: str, r: str) -> str:
+    where = ""
+    if request.project is not None:
+        where += f"\n  AND {s}.project = :project"
+    if request.speaker is not None:
+        where += f"\n  AND lower({s}.speaker) = lower(:speaker)"
+    if request.since is not None:
+        where += f"\n  AND {r}.created_at >= :since"
+    return where
+
+
+def search_sql_pg(request: SearchRequest) -> tuple[str, dict[str, Any]]:
+    """`search_sql` for PostgreSQL: the same hits' columns, ranked by `ts_rank` among the
+    newest `RANK_CAP` (or `limit`) matches that pass the filters."""
+    pieces = _checked(_lex(request.query))
+    if not any(p.startswith('"') for p in pieces):
+        raise QuerySyntaxError("nothing to search for: the query holds no word")
+    params: dict[str, Any] = {}
+    query = _pg_tsquery(pieces, params)
+    inner = ("\n    JOIN transcriptions t2 ON t2.project = s2.project "
+             "AND t2.id = s2.transcription_id"
+             "\n    JOIN recordings r2 ON r2.project = t2.project AND r2.id = t2.recording_id"
+             if request.since is not None else "")
+    sql = _PG_SELECT.format(
+        query=query, inner_joins=inner, inner_vector=_PG_VECTOR.format(s="s2"),
+        inner_filters=_pg_filters(request, "s2", "r2").replace("\n", "\n    "),
+        config=_PG_CONFIG, vector=_PG_VECTOR.format(s="s"))
+    limit = max(1, min(request.limit, MAX_LIMIT))
+    params.update({"headline": _PG_HEADLINE, "cap": max(RANK_CAP, limit), "limit": limit})
+    if request.speaker is not None:
+        params["speaker"] = _pg_text(request.speaker)
+    if request.since is not None:
+        params["since"] = _pg_text(request.since)
+    if request.project is not None:
+        params["project"] = _pg_text(request.project)
+    return sql, params
+
+
 class Row(Protocol):
     """A result row readable by column name (`sqlite3.Row`, a dict)."""
 
