@@ -173,8 +173,8 @@ def redact_userinfo(url: str) -> str:
 def redact_database_url(url: str) -> str:
     """A PostgreSQL URL with its password, in the userinfo or a `password=` parameter, shown
     as `***` (`config show`, messages)."""
-    out = redact_userinfo(url)
-    return re.sub(r"(password=)[^&#]*", r"\1***", out, flags=re.I)
+    out = re.sub(r"^([a-z]+://[^:@/?#]*:)[^@/?#]*@", r"\1***@", url, flags=re.I)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", out, flags=re.I)
 
 
 class NatsHandlerConfig(_Handler):
@@ -589,11 +589,12 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         api["api_key"] = env[API_KEY_ENV]
     if env.get("BOTA_API_URL"):
         api["base_url"] = env["BOTA_API_URL"]
-    if env.get("BOTASYNC_DB"):
-        db = data.setdefault("database", {})
-        if not isinstance(db, dict):
-            raise ConfigError("[database] must be a table")
-        db["path"] = env["BOTASYNC_DB"]
+    for name, key in (("BOTASYNC_DB", "path"), ("BOTASYNC_DATABASE_URL", "url")):
+        if env.get(name):
+            db = data.setdefault("database", {})
+            if not isinstance(db, dict):
+                raise ConfigError("[database] must be a table")
+            db[key] = env[name]
 
 
 def _resolve_key_file(cfg: Config, base: Path) -> None:

@@ -46,6 +46,8 @@ from botasync.store.dialect import (
     ("SELECT 1 WHERE json_type(r.raw, '$.transcription_id') IS NULL",
      "SELECT 1 WHERE (r.raw -> 'transcription_id') IS NULL"),
     ("SELECT max(json_extract(raw, '$.a'), ?)", "SELECT GREATEST((raw ->> 'a'), %s)"),
+    ("SELECT json_extract(payload, '$.data.id'), json_type(raw, '$.a.b') FROM events",
+     "SELECT (payload #>> '{data,id}'), (raw #> '{a,b}') FROM events"),
     ("SELECT count(*) FROM events", "SELECT count(*) FROM events"),
 ])
 def test_translate(sql: str, expected: str) -> None:
@@ -61,7 +63,8 @@ def test_translate(sql: str, expected: str) -> None:
     ("REPLACE INTO t (a) VALUES (?)", "conflict target"),
     ("SELECT * FROM t WHERE a = ?1", "numbered"),
     ("SELECT * FROM t WHERE a = ? AND b = :b", "mixes"),
-    ("SELECT json_extract(raw, '$.a.b') FROM t", "path"),
+    ("SELECT json_extract(raw, '$.a[0]') FROM t", "path"),
+    ("SELECT json_extract(raw, '$') FROM t", "path"),
     ("SELECT json_extract(raw) FROM t", "json_extract"),
     ("SELECT max(a, b FROM t", "unbalanced"),
     ("SELECT 'open FROM t", "unterminated"),

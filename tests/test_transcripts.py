@@ -1,5 +1,6 @@
 """Transcripts and summaries mirrored: the queue against the simulator over loopback, in
-both dialects (`dialect` fixture), on real SQLite files.
+both dialects (`dialect` fixture), on real SQLite files (and the core cases on PostgreSQL
+too: `rig_database`).
 
 What the world serves is the truth: after a run, every transcription (and summary) the
 API shows for a recording that can have one is stored exactly as served, its segments
@@ -34,10 +35,12 @@ from botasync.cli.transcripts import transcripts as transcripts_cli
 from botasync.service import status
 from botasync.service.daemon import Daemon
 from botasync.simulator import Dialect, Simulator, World
+from botasync.store.base import Database
 from botasync.store.sqlite import Store
 from botasync.sync.syncer import Syncer
 from botasync.transcripts.fetcher import TranscriptFetcher
 from tests.conftest import SimulatorFactory, wait_for
+from tests.pgserver import TestDb
 from tests.test_daemon import Collect
 from tests.test_transcripts_unit import fts_matches_rows
 
@@ -53,14 +56,16 @@ class Rig:
 
     sim: Simulator
     cfg: config.Config
-    store: Store
+    store: Database
     client: BotaClient
     syncer: Syncer
     fetcher: TranscriptFetcher
 
+    database: TestDb
+
     @property
-    def db(self) -> str:
-        return self.cfg.database.path
+    def db(self) -> TestDb:
+        return self.database
 
     async def mirror(self, timeout: float = 60.0) -> None:
         """Sync every recording, then fetch every transcript that is due."""
@@ -72,18 +77,32 @@ class Rig:
 RigFactory = Callable[..., Awaitable[Rig]]
 
 
-def make_cfg(url: str, db: Path, **transcripts: Any) -> config.Config:
+def make_cfg(url: str, db: Path | TestDb, **transcripts: Any) -> config.Config:
     return config.load(env={}, overrides={
         "api": {"base_url": url, "api_key": KEY, "requests_per_minute": 100_000},
-        "database": {"path": str(db)},
+        "database": db.config if isinstance(db, TestDb) else {"path": str(db)},
         "transcripts": {"download": True, "concurrency": 4, "refresh_every_s": 0,
                         **transcripts},
     })
 
 
 @pytest.fixture
+def rig_database(request: pytest.FixtureRequest, tmp_path: Path) -> TestDb:
+    """The rig's database: a SQLite file, unless a test asks for both backends
+    (`@pytest.mark.parametrize("rig_database", BACKENDS, indirect=True)`)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return TestDb("sqlite", tmp_path / "botasync.db")
+    db: TestDb = request.getfixturevalue("pg_database")
+    return db
+
+
+BACKENDS = ["sqlite", "postgres"]
+both_backends = pytest.mark.parametrize("rig_database", BACKENDS, indirect=True)
+
+
+@pytest.fixture
 async def rig_factory(
-    tmp_path: Path, simulator_factory: SimulatorFactory
+    rig_database: TestDb, simulator_factory: SimulatorFactory
 ) -> AsyncIterator[RigFactory]:
     """Build rigs; everything they opened is closed at teardown, newest first."""
     async with contextlib.AsyncExitStack() as stack:
@@ -93,8 +112,8 @@ async def rig_factory(
                        **transcripts: Any) -> Rig:
             served = await simulator_factory(world, **{"transcription_rate_limit": None,
                                                        **(sim or {})})
-            cfg = make_cfg(served.url, tmp_path / "botasync.db", **transcripts)
-            store = await Store.open(cfg.database.path)
+            cfg = make_cfg(served.url, rig_database, **transcripts)
+            store = await rig_database.open()
             stack.push_async_callback(store.aclose)
             client = BotaClient(cfg.api, budget=budget or RequestBudget(None),
                                 transcripts_budget=share or RequestBudget(None),
@@ -104,7 +123,7 @@ async def rig_factory(
                                         retry=(0.05, 0.2))
             stack.push_async_callback(fetcher.aclose)
             syncer = Syncer(cfg, client, store, on_commit=fetcher.notify)
-            return Rig(served, cfg, store, client, syncer, fetcher)
+            return Rig(served, cfg, store, client, syncer, fetcher, rig_database)
 
         yield make
 
@@ -149,7 +168,9 @@ def served_summaries(world: World, txns: dict[str, tuple[str, dict[str, Any]]]
     return out
 
 
-def rows(db: str | Path, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+def rows(db: str | Path | TestDb, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    if isinstance(db, TestDb):
+        return db.rows(sql, params)
     conn = sqlite3.connect(db)
     try:
         return conn.execute(sql, params).fetchall()
@@ -157,7 +178,7 @@ def rows(db: str | Path, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def assert_mirrored(db: str | Path, want: dict[str, tuple[str, dict[str, Any]]]) -> None:
+def assert_mirrored(db: str | Path | TestDb, want: dict[str, tuple[str, dict[str, Any]]]) -> None:
     """Exactly these transcriptions are stored, each as served, with its text and segments."""
     got = {r[0]: (r[1], json.loads(r[2]), r[3]) for r in rows(
         db, "SELECT id, recording_id, raw, text FROM transcriptions")}
@@ -174,19 +195,19 @@ def assert_mirrored(db: str | Path, want: dict[str, tuple[str, dict[str, Any]]])
     fts_matches_rows(db)
 
 
-def stored(db: str | Path) -> int:
+def stored(db: str | Path | TestDb) -> int:
     """Transcriptions stored; 0 before the database has its tables."""
     with contextlib.suppress(sqlite3.OperationalError):
         return int(rows(db, "SELECT count(*) FROM transcriptions")[0][0])
     return 0
 
 
-def events_of(db: str | Path, prefix: str) -> list[dict[str, Any]]:
+def events_of(db: str | Path | TestDb, prefix: str) -> list[dict[str, Any]]:
     return [json.loads(r[0]) for r in rows(
         db, "SELECT payload FROM events WHERE type LIKE ? ORDER BY seq", (f"{prefix}.%",))]
 
 
-def assert_one_event_each(db: str | Path, want: dict[str, tuple[str, dict[str, Any]]],
+def assert_one_event_each(db: str | Path | TestDb, want: dict[str, tuple[str, dict[str, Any]]],
                           prefix: str = "transcription") -> None:
     """One `<prefix>.<status>` event per terminal object, its `data` as served."""
     got = sorted((e["type"], e["data"]["id"], json.dumps(e["data"], sort_keys=True))
@@ -199,6 +220,7 @@ def assert_one_event_each(db: str | Path, want: dict[str, tuple[str, dict[str, A
 # --- mirrored exactly ---------------------------------------------------------------------
 
 
+@both_backends
 async def test_every_transcript_mirrored_exactly(rig_factory: RigFactory, dialect: Dialect) -> None:
     """Each recording that can have a transcript gets it: text, segments, index, one event."""
     world = World(seed=3, recordings=120, dialect=dialect)
@@ -217,6 +239,7 @@ async def test_every_transcript_mirrored_exactly(rig_factory: RigFactory, dialec
     assert rig.fetcher.stats.requests == len(want) * per_recording
 
 
+@both_backends
 async def test_summaries_mirrored_with_events(rig_factory: RigFactory, dialect: Dialect) -> None:
     """With `summaries = true` each completed transcription's summaries are stored as served."""
     world = World(seed=4, recordings=80, dialect=dialect)
@@ -233,6 +256,7 @@ async def test_summaries_mirrored_with_events(rig_factory: RigFactory, dialect: 
     assert_one_event_each(rig.db, want, "summary")
 
 
+@both_backends
 async def test_failed_transcription_is_stored_with_its_error_and_event(
     rig_factory: RigFactory, dialect: Dialect
 ) -> None:
@@ -263,7 +287,12 @@ def marked(world: World, rec: str, word: str) -> str:
     return str(own["id"])
 
 
-def hits(db: str | Path, words: str) -> list[str]:
+def hits(db: str | Path | TestDb, words: str) -> list[str]:
+    if isinstance(db, TestDb) and db.backend == "postgres":
+        return [r[0] for r in rows(
+            db, "SELECT DISTINCT transcription_id FROM transcript_segments WHERE "
+                "to_tsvector('simple'::regconfig, text) @@ phraseto_tsquery('simple'::regconfig, ?)",
+            (words,))]
     return [r[0] for r in rows(
         db, "SELECT DISTINCT s.transcription_id FROM transcript_fts f JOIN transcript_segments s "
             "ON s.id = f.rowid WHERE transcript_fts MATCH ?", (words,))]
@@ -279,6 +308,7 @@ async def notice_rerun(rig: Rig) -> None:
     rig.fetcher.notify()
 
 
+@both_backends
 async def test_rerun_replaces_the_stored_transcript_with_an_event(
     rig_factory: RigFactory, dialect: Dialect
 ) -> None:
@@ -314,6 +344,7 @@ async def test_rerun_replaces_the_stored_transcript_with_an_event(
     assert_mirrored(rig.db, served(world))
 
 
+@both_backends
 async def test_rerun_completed_at_once_replaces_at_once(
     rig_factory: RigFactory, dialect: Dialect
 ) -> None:
@@ -334,6 +365,7 @@ async def test_rerun_completed_at_once_replaces_at_once(
     assert_mirrored(rig.db, served(world))
 
 
+@both_backends
 async def test_a_tombstoned_recording_keeps_its_transcript(rig_factory: RigFactory) -> None:
     """A recording deleted remotely is tombstoned; its transcript and segments stay."""
     world = World(seed=9, recordings=30, dialect="deployed")
@@ -598,7 +630,7 @@ async def test_sigkill_while_fetching_loses_and_duplicates_nothing(
 # --- two projects in one database ---------------------------------------------------------
 
 
-def project_rows(db: str | Path, project: str) -> dict[str, tuple[str, dict[str, Any]]]:
+def project_rows(db: str | Path | TestDb, project: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """One project's stored transcriptions: id -> (recording id, raw)."""
     return {r[0]: (r[1], json.loads(r[2])) for r in rows(
         db, "SELECT id, recording_id, raw FROM transcriptions WHERE project = ?", (project,))}

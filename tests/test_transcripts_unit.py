@@ -40,13 +40,21 @@ from botasync.transcripts.fetcher import (
     sync_reserve,
 )
 from botasync.transcripts.progress import fetch_progress, time_left
+from tests.pgserver import TestDb
 
 NOW = "2026-11-25T10:00:00.000Z"
 P = "default"  # the project of `[api]` alone
 
 
-def fts_matches_rows(db: str | Path) -> None:
-    """The FTS index passes its integrity-check and equals an index rebuilt from the rows."""
+def fts_matches_rows(db: str | Path | TestDb) -> None:
+    """The FTS index passes its integrity-check and equals an index rebuilt from the rows
+    (on PostgreSQL: the index PostgreSQL keeps itself is there and valid)."""
+    if isinstance(db, TestDb):
+        if db.backend == "postgres":
+            assert db.rows("SELECT indisvalid FROM pg_index "
+                           "WHERE indexrelid = 'transcript_fts'::regclass") == [(True,)]
+            return
+        db = db.path
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         conn.execute("INSERT INTO transcript_fts(transcript_fts) VALUES('integrity-check')")

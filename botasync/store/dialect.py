@@ -13,7 +13,7 @@ than guess:
   one-argument aggregates stay);
 - `json_extract(x, '$.k')` -> `(x ->> 'k')`, `json_type(x, '$.k')` -> `(x -> 'k')` (NULL
   alike when the key is missing; `json_type` then says 'null' for a JSON null, `->` a jsonb
-  `null`: both not NULL);
+  `null`: both not NULL); a nested `'$.a.b'` -> `(x #>> '{a,b}')`, `(x #> '{a,b}')`;
 - `PRAGMA`, `GLOB` and `COLLATE NOCASE` are refused: where a statement truly differs
   (the full-text search, a snapshot, integrity checks) its caller picks one per dialect
   (`Database.dialect`), and a glob goes through `glob_condition`.
@@ -108,12 +108,20 @@ def _split_args(tokens: Sequence[Token]) -> list[list[Token]]:
     return args
 
 
-def _json_key(path: str, func: str) -> str:
-    """`'$.key'` -> `'key'`; anything but one plain key is refused."""
-    m = re.fullmatch(r"'\$\.([A-Za-z_]\w*)'", path.strip())
+def _json_path(path: str, func: str) -> list[str]:
+    """`'$.key'` -> `['key']`, `'$.a.b'` -> `['a', 'b']`; any other path is refused."""
+    m = re.fullmatch(r"'\$((?:\.[A-Za-z_]\w*)+)'", path.strip())
     if m is None:
-        raise TranslationError(f"{func}: only a '$.key' path translates, not {path.strip()}")
-    return f"'{m.group(1)}'"
+        raise TranslationError(f"{func}: only a '$.key' or '$.a.b' path translates, "
+                               f"not {path.strip()}")
+    return m.group(1)[1:].split(".")
+
+
+def _json_get(value: str, path: str, func: str, *, text: bool) -> str:
+    keys = _json_path(path, func)
+    if len(keys) == 1:
+        return f"({value} {'->>' if text else '->'} '{keys[0]}')"
+    return f"({value} {'#>>' if text else '#>'} '{{{','.join(keys)}}}')"
 
 
 def _greatest(name: str) -> Callable[[list[str]], str | None]:
@@ -125,13 +133,13 @@ def _greatest(name: str) -> Callable[[list[str]], str | None]:
 def _json_extract(args: list[str]) -> str:
     if len(args) != 2:
         raise TranslationError("json_extract: exactly (value, '$.key') translates")
-    return f"({args[0]} ->> {_json_key(args[1], 'json_extract')})"
+    return _json_get(args[0], args[1], "json_extract", text=True)
 
 
 def _json_type(args: list[str]) -> str:
     if len(args) != 2:
         raise TranslationError("json_type: exactly (value, '$.key') translates")
-    return f"({args[0]} -> {_json_key(args[1], 'json_type')})"
+    return _json_get(args[0], args[1], "json_type", text=False)
 
 
 _FUNCTIONS: dict[str, Callable[[list[str]], str | None]] = {

@@ -1,0 +1,96 @@
+"""The command line with the store on PostgreSQL (`[database] url`): the commands people run,
+end to end against the simulator, and what differs from SQLite said in one line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from botasync.simulator import World
+from tests.pgserver import TestDb
+from tests.test_cli import ThreadedSim, cli_env, one_clear_line, run
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[ThreadedSim]:
+    with ThreadedSim(World(seed=12, recordings=180)) as s:
+        yield s
+
+
+@pytest.fixture
+def env(sim: ThreadedSim, pg_database: TestDb) -> dict[str, str]:
+    """The CLI's environment with the store on the test's PostgreSQL database."""
+    return {**cli_env(sim, pg_database.path), "BOTASYNC_DATABASE_URL": pg_database.url}
+
+
+def test_sync_status_and_queries_on_postgres(
+    env: dict[str, str], sim: ThreadedSim, pg_database: TestDb,
+) -> None:
+    """sync, recordings list/show, events list/replay/prune and status answer as on SQLite;
+    no SQLite file is made."""
+    result = run(["sync"], env)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "180 created" in result.stdout
+    assert not pg_database.path.exists()
+    assert pg_database.rows("SELECT count(*) FROM recordings") == [(180,)]
+    again = json.loads(run(["sync", "--json"], env).stdout)
+    assert again["passes"][0]["unchanged"] == 180
+    quick = json.loads(run(["sync", "--quick", "--json"], env).stdout)
+    assert [p["kind"] for p in quick["passes"]] == ["head", "hot"]
+
+    rows = json.loads(run(["recordings", "list", "--json", "--limit", "5"], env).stdout)
+    assert len(rows) == 5 and rows[0]["id"] == sim.world.all()[0]["id"]
+    one = json.loads(run(["recordings", "show", rows[0]["id"], "--json"], env).stdout)
+    assert [e["type"] for e in one["events"]] == ["recording.created"]
+    assert isinstance(one["metadata"], dict | None)
+    events = json.loads(run(["events", "list", "--json", "--type", "recording.*",
+                             "--limit", "3"], env).stdout)
+    assert len(events) == 3 and events[0]["type"] == "recording.created"
+    assert json.loads(run(["events", "list", "--json", "--type", "[!r]*"], env).stdout) == []
+
+    status = json.loads(run(["status", "--json"], env).stdout)
+    assert sum(status["recordings"].values()) == 180
+    assert status["last_walk"]["complete"] == 1 and status["events"]["total"] == 180
+    assert status["database"]["path"] == pg_database.url and status["database"]["bytes"] > 0
+    text = run(["status"], env).stdout
+    assert pg_database.url in text
+    pruned = run(["events", "prune", "--dry-run"], env)
+    assert pruned.exit_code == 0, pruned.stderr
+
+
+def test_what_postgres_does_not_do_is_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    """`snapshot` copies a SQLite file: on PostgreSQL it says to use pg_dump, exit 1."""
+    assert run(["sync"], env).exit_code == 0
+    result = run(["snapshot", str(tmp_path / "copy.db")], env)
+    assert result.exit_code == 1 and "pg_dump" in one_clear_line(result)
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_a_read_only_command_on_an_empty_database_is_one_line(env: dict[str, str]) -> None:
+    """Before the first sync: `status` says to run one; nothing is created."""
+    result = run(["status"], env)
+    assert result.exit_code == 1 and "no botasync database at" in one_clear_line(result)
+
+
+def test_the_password_is_never_shown(env: dict[str, str]) -> None:
+    """A password in the URL: `config show` prints ***, and an unreachable server's error
+    names the URL without it."""
+    url = "postgresql://botasync:sup3rsecret@127.0.0.1:1/botasync?password=sup3rsecret"
+    shown = run(["config", "show"], {**env, "BOTASYNC_DATABASE_URL": url})
+    assert shown.exit_code == 0 and "sup3rsecret" not in shown.stdout
+    assert json.loads(shown.stdout)["database"]["url"] == (
+        "postgresql://botasync:***@127.0.0.1:1/botasync?password=***")
+    result = run(["status"], {**env, "BOTASYNC_DATABASE_URL": url})
+    assert result.exit_code == 1 and "cannot open database" in one_clear_line(result)
+    assert "sup3rsecret" not in result.stderr + result.stdout
+    result = run(["sync"], {**env, "BOTASYNC_DATABASE_URL": url})
+    assert result.exit_code == 1 and "sup3rsecret" not in result.stderr + result.stdout
+
+
+def test_a_url_that_is_not_postgres_is_a_config_error(env: dict[str, str]) -> None:
+    result = run(["status"], {**env, "BOTASYNC_DATABASE_URL": "mysql://x@y/z"})
+    assert result.exit_code == 2
+    assert "[database] url: Value error, must be a postgresql://" in one_clear_line(result)
