@@ -3,15 +3,22 @@ end to end against the simulator, and what differs from SQLite said in one line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from botasync.simulator import World
+from botasync import config
+from botasync.errors import BotasyncError
+from botasync.service.daemon import Daemon
+from botasync.simulator import Simulator, World
+from tests.conftest import SimulatorFactory, wait_for
 from tests.pgserver import TestDb
 from tests.test_cli import ThreadedSim, cli_env, one_clear_line, run
+from tests.test_daemon import KEY, Collect, start
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +101,60 @@ def test_a_url_that_is_not_postgres_is_a_config_error(env: dict[str, str]) -> No
     result = run(["status"], {**env, "BOTASYNC_DATABASE_URL": "mysql://x@y/z"})
     assert result.exit_code == 2
     assert "[database] url: Value error, must be a postgresql://" in one_clear_line(result)
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+def _daemon_cfg(sim: Simulator, db: TestDb, lock_dir: Path) -> config.Config:
+    """A daemon's config; `lock_dir` stands for the machine (its local lock files)."""
+    return config.load(env={}, overrides={
+        "api": {"base_url": sim.url, "api_key": KEY, "requests_per_minute": 100_000},
+        "database": {"path": str(lock_dir / "botasync.db"), "url": db.url},
+        "sync": {"interval_s": 0.2, "reconcile_every_s": 1.0},
+    })
+
+
+def _count(db: TestDb) -> int:
+    try:
+        return int(db.rows("SELECT count(*) FROM recordings")[0][0])
+    except psycopg.Error:  # no tables yet
+        return 0
+
+
+async def test_the_daemon_on_postgres_delivers_changes_and_is_alone(
+    simulator_factory: SimulatorFactory, pg_database: TestDb, tmp_path: Path,
+) -> None:
+    """`botasync run` on PostgreSQL: changes become delivered events while it runs; a second
+    daemon on the same database, from another machine (other lock files), is refused."""
+    sim = await simulator_factory(World(seed=21, recordings=300))
+    handler = Collect()
+    daemon = Daemon(_daemon_cfg(sim, pg_database, tmp_path / "one"), handle_signals=False,
+                    extra_handlers=[handler])
+    task = await start(daemon)
+    try:
+        await wait_for(lambda: _count(pg_database) == 300, timeout=20)
+        assert handler.events == []  # the backfill is not delivered
+        second = Daemon(_daemon_cfg(sim, pg_database, tmp_path / "two"), handle_signals=False)
+        with pytest.raises(BotasyncError, match="another botasync daemon is already using "
+                                                "postgresql://"):
+            await second.run()
+        world = sim.world
+        moving = world.all()[250]["id"]
+        world.update(moving, status="failed")
+        new = world.create(name="fresh")
+        await wait_for(lambda: handler.of("recording.failed", moving), timeout=30)
+        await wait_for(lambda: handler.of("recording.created", new["id"]), timeout=30)
+        gone = world.all()[100]["id"]
+        world.delete(gone)
+        await wait_for(lambda: handler.of("recording.deleted", gone), timeout=30)
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(task, 10) == 0
+    ids = [e["id"] for e in handler.events]
+    assert len(ids) == len(set(ids))
+    # the lock went with the daemon: another may start now
+    again = Daemon(_daemon_cfg(sim, pg_database, tmp_path / "two"), handle_signals=False)
+    task = await start(again)
+    again.stop()
+    assert await asyncio.wait_for(task, 10) == 0

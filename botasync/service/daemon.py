@@ -30,6 +30,7 @@ from botasync.events.handlers import Handler
 from botasync.jsoncodec import dumps
 from botasync.locks import ExclusiveLock
 from botasync.service.app import App, ProjectParts
+from botasync.store import describe, exclusive_on_server
 from botasync.store.sqlite import Mirror
 from botasync.sync.syncer import PassStats
 
@@ -123,7 +124,10 @@ class Daemon:
         """Open, schedule, serve until stopped, close; return the exit code."""
         # the lock first: a second daemon must not even open (and migrate) the database
         with self.lock:
-            async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
+            async with exclusive_on_server(
+                    self.cfg.database, "daemon",
+                    f"another botasync daemon is already using {describe(self.cfg.database)}"), \
+                    await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
                 try:
                     await self._serve(app)
                 finally:
@@ -142,7 +146,7 @@ class Daemon:
         self._scheduler.start()
         self.notifier.send("READY=1\nSTATUS=syncing")
         watchdog = asyncio.create_task(self._watchdog())
-        log.info("daemon_started", db=str(app.store.path), interval_s=self.cfg.sync.interval_s,
+        log.info("daemon_started", db=app.store.where, interval_s=self.cfg.sync.interval_s,
                  handlers=[h.name for h in self.cfg.handlers], projects=list(app.projects))
         try:
             await self._stop.wait()
