@@ -20,6 +20,7 @@ import pytest
 from botasync.simulator import Dialect, Simulator, World
 from tests.conftest import SimulatorFactory, wait_for
 from tests.mirror import mirror_diff
+from tests.pgserver import TestDb
 
 KEY = "sk_test_botasync"
 HANDLER = '''
@@ -38,11 +39,12 @@ with open(out, "a") as f:
 
 
 def write_cfg(tmp_path: Path, sim: Simulator, handlers: list[tuple[str, str]],
-              max_attempts: int = 10) -> Path:
+              max_attempts: int = 10, db: TestDb | None = None) -> Path:
     script = tmp_path / "handler.py"
     script.write_text(HANDLER)
+    db = db or TestDb("sqlite", tmp_path / "botasync.db")
     lines = ["[api]", f'base_url = "{sim.url}"', f'api_key = "{KEY}"',
-             "[database]", f'path = "{tmp_path / "botasync.db"}"',
+             "[database]", f'path = "{db.path}"', f'url = "{db.url}"',
              "[events]", f"max_attempts = {max_attempts}", "backoff_base_s = 0.01",
              "backoff_max_s = 0.05"]
     for name, mode in handlers:
@@ -168,11 +170,12 @@ def _old_name(tmp_path: Path, rec_id: str) -> Any:
 
 
 async def test_failing_handler_goes_dead_and_others_get_everything(
-    simulator_factory: SimulatorFactory, tmp_path: Path
+    simulator_factory: SimulatorFactory, tmp_path: Path, database: TestDb,
 ) -> None:
     """A handler that always fails ends dead after max_attempts; the other got every event."""
     sim = await simulator_factory(World(seed=32, recordings=120))
-    cfg = write_cfg(tmp_path, sim, [("good", "append"), ("bad", "fail")], max_attempts=3)
+    cfg = write_cfg(tmp_path, sim, [("good", "append"), ("bad", "fail")], max_attempts=3,
+                    db=database)
     assert (await botasync("sync", cfg=cfg))[0] == 0
     for item in sim.world.all()[:4]:
         sim.world.update(item["id"], name="changed " + item["id"])
@@ -180,23 +183,22 @@ async def test_failing_handler_goes_dead_and_others_get_everything(
     assert code == 0, err
     good = delivered(tmp_path / "good.jsonl")
     assert Counter(g["event"]["type"] for g in good) == {"recording.updated": 4}
-    with sqlite3.connect(tmp_path / "botasync.db") as conn:
-        rows = conn.execute("SELECT state, attempts FROM deliveries WHERE handler = 'bad'"
-                            ).fetchall()
+    rows = database.rows("SELECT state, attempts FROM deliveries WHERE handler = 'bad'")
     assert rows and all(r == ("dead", 3) for r in rows) and len(rows) == 4
     code, out, _ = await botasync("status", "--json", cfg=cfg)
     assert json.loads(out)["handlers"]["bad"]["dead"] == 4
 
 
 async def test_sigkill_between_commit_and_delivery_loses_nothing(
-    simulator_factory: SimulatorFactory, tmp_path: Path
+    simulator_factory: SimulatorFactory, tmp_path: Path, database: TestDb,
 ) -> None:
     """Killed while a handler holds an event, the next run delivers it with the same id."""
     sim = await simulator_factory(World(seed=33, recordings=80))
-    assert (await botasync("sync", cfg=write_cfg(tmp_path, sim, [("h", "append")])))[0] == 0
+    assert (await botasync("sync", cfg=write_cfg(tmp_path, sim, [("h", "append")],
+                                                 db=database)))[0] == 0
     for item in sim.world.all()[:3]:
         sim.world.update(item["id"], name="edited")
-    cfg = write_cfg(tmp_path, sim, [("h", "block")])
+    cfg = write_cfg(tmp_path, sim, [("h", "block")], db=database)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "botasync", "sync", "--config", str(cfg),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -207,22 +209,22 @@ async def test_sigkill_between_commit_and_delivery_loses_nothing(
     proc.kill()
     await proc.wait()
     os.kill(int(handler_pid), signal.SIGKILL)
-    with sqlite3.connect(tmp_path / "botasync.db") as conn:
-        committed = [r[0] for r in conn.execute(
-            "SELECT id FROM events WHERE type = 'recording.updated' ORDER BY seq")]
+    committed = [r[0] for r in database.rows(
+        "SELECT id FROM events WHERE type = 'recording.updated' ORDER BY seq")]
     assert first_id in committed and len(committed) == 3
-    code, _, err = await botasync("sync", cfg=write_cfg(tmp_path, sim, [("h", "append")]))
+    code, _, err = await botasync("sync", cfg=write_cfg(tmp_path, sim, [("h", "append")],
+                                                        db=database))
     assert code == 0, err
     got = [g["event"]["id"] for g in delivered(tmp_path / "h.jsonl")]
     assert got == committed  # every committed event, in order, the interrupted one included
 
 
 async def test_replay_and_list_the_backfill(
-    simulator_factory: SimulatorFactory, tmp_path: Path
+    simulator_factory: SimulatorFactory, tmp_path: Path, database: TestDb,
 ) -> None:
     """The backfill stays in the outbox; `events replay` delivers it, in order, on demand."""
     sim = await simulator_factory(World(seed=34, recordings=60))
-    cfg = write_cfg(tmp_path, sim, [("cmd", "append")])
+    cfg = write_cfg(tmp_path, sim, [("cmd", "append")], db=database)
     assert (await botasync("sync", cfg=cfg))[0] == 0
     code, out, _ = await botasync("events", "list", "--json", "--limit", "100", cfg=cfg)
     listed = json.loads(out)

@@ -16,6 +16,7 @@ from botasync.errors import ConfigError
 from botasync.jsoncodec import dumps
 from botasync.store import migrations
 from botasync.store.sqlite import Mirror, PageWrite, Store, Upsert
+from tests.pgserver import TestDb
 
 NOW = "2026-11-29T00:00:00.000Z"
 
@@ -114,8 +115,8 @@ async def _write(store: Store, project: str, *ups: Upsert) -> None:
     await Mirror(store, project).apply([u.recording.id for u in ups], build, NOW)
 
 
-async def test_the_same_ids_in_two_projects_stay_apart(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "m.db") as store:
+async def test_the_same_ids_in_two_projects_stay_apart(database: TestDb) -> None:
+    async with await database.open() as store:
         await _write(store, "staging", _upsert("rec_1", "staging one"), _upsert("rec_2", "s2"))
         await _write(store, "prod", _upsert("rec_1", "prod one"))
         staging, prod = Mirror(store, "staging"), Mirror(store, "prod")
@@ -139,8 +140,8 @@ async def test_the_same_ids_in_two_projects_stay_apart(tmp_path: Path) -> None:
         assert sorted(await staging.live_ids()) == ["rec_1", "rec_2"]
 
 
-async def test_state_and_runs_are_per_project(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "m.db") as store:
+async def test_state_and_runs_are_per_project(database: TestDb) -> None:
+    async with await database.open() as store:
         a, b, service = Mirror(store, "a"), Mirror(store, "b"), Mirror(store, config.SERVICE)
         await a.set_state("dialect", dumps({"paging": "cursor"}))
         await service.set_state("daemon", "{}")
@@ -232,7 +233,7 @@ def collect(event: dict[str, Any]) -> None:
     DELIVERED.append(event)
 
 
-async def test_projects_sync_side_by_side_each_exact(tmp_path: Path) -> None:
+async def test_projects_sync_side_by_side_each_exact(tmp_path: Path, database: TestDb) -> None:
     """Three Bota projects, two with the same recording ids, the third in the deployed
     dialect: one `sync` mirrors each exactly, each learns its own dialect, events carry
     their project, and a handler limited to one project gets that project's events alone."""
@@ -241,7 +242,7 @@ async def test_projects_sync_side_by_side_each_exact(tmp_path: Path) -> None:
     from tests.mirror import mirror_diff
 
     DELIVERED.clear()
-    db = tmp_path / "m.db"
+    db = database
     worlds = {"one": World(seed=5, recordings=250), "two": World(seed=5, recordings=250),
               "three": World(seed=6, recordings=250, dialect="deployed")}
     assert set(worlds["one"].ids()) == set(worlds["two"].ids())  # the same ids, kept apart
@@ -257,7 +258,8 @@ async def test_projects_sync_side_by_side_each_exact(tmp_path: Path) -> None:
             for name, sim in (("one", one), ("two", two), ("three", three)))
         cfg = _load(tmp_path, f"""
 [database]
-path = "{db}"
+path = "{db.path}"
+url = "{db.url}"
 [events]
 deliver_backfill = true
 [[handlers]]
@@ -270,11 +272,10 @@ projects = ["two"]
         assert delivered and [s.created for s in stats] == [250, 250, 250]
         for name, world in worlds.items():
             assert mirror_diff(db, world.all(), name) == [], name
-    with sqlite3.connect(db) as conn:
-        learned = dict(conn.execute(
-            "SELECT project, json_extract(value, '$.paging') FROM state WHERE key = 'dialect'"))
-        by_project = dict(conn.execute("SELECT project, count(*) FROM events GROUP BY project"))
-    conn.close()
+    paging = ("CAST(value AS JSONB) ->> 'paging'" if db.backend == "postgres"
+              else "json_extract(value, '$.paging')")
+    learned = dict(db.rows(f"SELECT project, {paging} FROM state WHERE key = 'dialect'"))
+    by_project = dict(db.rows("SELECT project, count(*) FROM events GROUP BY project"))
     assert learned == {"one": "offset", "two": "offset", "three": "cursor"}
     assert min(by_project.values()) >= 250 and set(by_project) == {"one", "two", "three"}
     assert DELIVERED and {e["project"] for e in DELIVERED} == {"two"}
