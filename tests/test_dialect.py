@@ -49,6 +49,12 @@ from botasync.store.dialect import (
     ("SELECT json_extract(payload, '$.data.id'), json_type(raw, '$.a.b') FROM events",
      "SELECT (payload #>> '{data,id}'), (raw #> '{a,b}') FROM events"),
     ("SELECT count(*) FROM events", "SELECT count(*) FROM events"),
+    # SQLite's null-safe comparisons; IS [NOT] NULL/TRUE/FALSE stay
+    ("SELECT 1 WHERE m.a IS NOT m.b AND c IS NOT NULL AND d IS NULL AND e IS ?",
+     "SELECT 1 WHERE m.a IS DISTINCT FROM m.b AND c IS NOT NULL AND d IS NULL "
+     "AND e IS NOT DISTINCT FROM %s"),
+    ("SELECT a IS TRUE, b IS NOT FALSE, c IS DISTINCT FROM d, e IS NOT (f)",
+     "SELECT a IS TRUE, b IS NOT FALSE, c IS DISTINCT FROM d, e IS DISTINCT FROM (f)"),
 ])
 def test_translate(sql: str, expected: str) -> None:
     assert translate(sql) == expected

@@ -22,6 +22,7 @@ from botasync.service.daemon import Daemon
 from botasync.service.monitor import MonitorServer
 from botasync.simulator import World
 from tests.conftest import SimulatorFactory, wait_for
+from tests.pgserver import TestDb
 from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,7 @@ retry_max_s = 0.05
 {sections.get("api", "")}
 [database]
 path = "{tmp_path / 'botasync.db'}"
+{sections.get("database", "")}
 [sync]
 interval_s = 0.1
 reconcile_every_s = 3600
@@ -191,15 +193,19 @@ def test_config_check_refuses_a_bad_listen(tmp_path: Path) -> None:
 # --- against a running daemon ------------------------------------------------------------
 
 
-async def test_metrics_after_a_sync(simulator_factory: SimulatorFactory, tmp_path: Path) -> None:
+async def test_metrics_after_a_sync(
+    simulator_factory: SimulatorFactory, tmp_path: Path, database: TestDb,
+) -> None:
     """After a sync, /metrics parses and holds every metric with plausible values; /livez
-    answers; /readyz names the dead deliveries as `status --check` does."""
+    answers; /readyz names the dead deliveries as `status --check` does (the daemon with
+    media and transcripts on, on either backend)."""
     sim = await simulator_factory(World(seed=31, recordings=40), rate_limit=100_000,
                                   download_rate_limit=None, transcription_rate_limit=None)
     sim.faults.queue("server_error", 1)  # the first list request: a 5xx, retried
     path = write_config(tmp_path, sim.url, media=(
         f'download = true\nfiles_dir = "{tmp_path / "files"}"\nrequests_per_minute = 100000\n'
-        "min_free_bytes = 0"), transcripts="download = true\nrequests_per_minute = 100000")
+        "min_free_bytes = 0"), transcripts="download = true\nrequests_per_minute = 100000",
+        database=f'url = "{database.url}"')
     cfg = config.load(path, env={})
     before = await _counters()
     async with running(cfg) as daemon:

@@ -11,6 +11,8 @@ than guess:
   `INSERT OR REPLACE` and `REPLACE INTO` are refused (they need a conflict target);
 - SQLite's scalar `max(a, b, ...)` / `min(a, b, ...)` -> `GREATEST` / `LEAST` (the
   one-argument aggregates stay);
+- SQLite's null-safe `a IS b` / `a IS NOT b` (b not NULL, TRUE or FALSE) -> `a IS NOT
+  DISTINCT FROM b` / `a IS DISTINCT FROM b`;
 - `json_extract(x, '$.k')` -> `(x ->> 'k')`, `json_type(x, '$.k')` -> `(x -> 'k')` (NULL
   alike when the key is missing; `json_type` then says 'null' for a JSON null, `->` a jsonb
   `null`: both not NULL); a nested `'$.a.b'` -> `(x #>> '{a,b}')`, `(x #> '{a,b}')`;
@@ -172,6 +174,36 @@ def _render(tokens: Sequence[Token]) -> str:
     return "".join(out)
 
 
+_IS_KEEPS = frozenset({"NULL", "TRUE", "FALSE", "UNKNOWN", "DISTINCT", "NOT"})
+
+
+def _next(tokens: Sequence[Token], i: int) -> int:
+    """The index of the first token after `i` that is not white space (len: none)."""
+    i += 1
+    while i < len(tokens) and tokens[i][0] in ("space", "comment"):
+        i += 1
+    return i
+
+
+def _null_safe(tokens: list[Token]) -> list[Token]:
+    """SQLite's `a IS b` / `a IS NOT b` between two values (not NULL, TRUE, FALSE) is
+    PostgreSQL's `IS NOT DISTINCT FROM` / `IS DISTINCT FROM`."""
+    out = list(tokens)
+    for i, (kind, text) in enumerate(tokens):
+        if kind != "word" or text.upper() != "IS":
+            continue
+        j = _next(tokens, i)
+        word = tokens[j][1].upper() if j < len(tokens) and tokens[j][0] == "word" else ""
+        if word == "NOT":
+            k = _next(tokens, j)
+            after = tokens[k][1].upper() if k < len(tokens) and tokens[k][0] == "word" else ""
+            if after not in _IS_KEEPS:
+                out[j] = ("word", "DISTINCT FROM")
+        elif word not in _IS_KEEPS:
+            out[i] = ("word", "IS NOT DISTINCT FROM")
+    return out
+
+
 @functools.lru_cache(maxsize=2048)
 def translate(sql: str) -> str:
     """A statement of the shared subset (SQLite's placeholders) as psycopg takes it."""
@@ -214,7 +246,7 @@ def translate(sql: str) -> str:
             tokens[i] = (kind, text.replace("%", "%%"))
     if len(styles) > 1:
         raise TranslationError("a statement mixes ? and :name parameters")
-    out = _render(tokens)
+    out = _render(_null_safe(tokens))
     if on_conflict:
         body = out.rstrip().rstrip(";").rstrip()
         out = f"{body} ON CONFLICT DO NOTHING"
