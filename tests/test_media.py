@@ -40,9 +40,11 @@ from botasync.media import files as fs
 from botasync.media.downloader import Downloader, DownloadStats, _reason, orphans
 from botasync.media.progress import download_progress, eta_seconds
 from botasync.simulator import Dialect, Simulator, World, file_bytes, recording_bytes
+from botasync.store.base import Database
 from botasync.store.sqlite import Store
 from botasync.sync.syncer import Syncer
 from tests.conftest import SimulatorFactory, wait_for
+from tests.pgserver import TestDb
 
 KEY = "sk_test_botasync"
 REPO = Path(__file__).resolve().parent.parent
@@ -57,10 +59,15 @@ class Rig:
 
     sim: Simulator
     cfg: config.Config
-    store: Store
+    store: Database
     client: BotaClient
     syncer: Syncer
     downloader: Downloader
+    database: TestDb
+
+    @property
+    def db(self) -> TestDb:
+        return self.database
 
     @property
     def root(self) -> Path:
@@ -75,19 +82,32 @@ class Rig:
 RigFactory = Callable[..., Awaitable[Rig]]
 
 
-def make_cfg(sim: Simulator, tmp_path: Path, **media: Any) -> config.Config:
+def make_cfg(sim: Simulator, tmp_path: Path, database: TestDb | None = None,
+             **media: Any) -> config.Config:
     media = {"download": True, "files_dir": str(tmp_path / "files"), "min_free_bytes": 0,
              "concurrency": 4, "requests_per_minute": 100_000, **media}
     return config.load(env={}, overrides={
         "api": {"base_url": sim.url, "api_key": KEY, "requests_per_minute": 100_000},
-        "database": {"path": str(tmp_path / "botasync.db")},
+        "database": database.config if database else {"path": str(tmp_path / "botasync.db")},
         "media": media,
     })
 
 
 @pytest.fixture
+def rig_database(request: pytest.FixtureRequest, tmp_path: Path) -> TestDb:
+    """The rig's database: a SQLite file, unless a test asks for both backends."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return TestDb("sqlite", tmp_path / "botasync.db")
+    db: TestDb = request.getfixturevalue("pg_database")
+    return db
+
+
+both_backends = pytest.mark.parametrize("rig_database", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture
 async def rig_factory(
-    tmp_path: Path, simulator_factory: SimulatorFactory
+    tmp_path: Path, simulator_factory: SimulatorFactory, rig_database: TestDb,
 ) -> AsyncIterator[RigFactory]:
     """Build rigs; everything they opened is closed at teardown, newest first."""
     async with contextlib.AsyncExitStack() as stack:
@@ -97,8 +117,8 @@ async def rig_factory(
                        **media: Any) -> Rig:
             options = {"download_rate_limit": None, **(sim or {})}
             served = await simulator_factory(world or World(seed=5, recordings=40), **options)
-            cfg = make_cfg(served, tmp_path, **media)
-            store = await Store.open(cfg.database.path)
+            cfg = make_cfg(served, tmp_path, rig_database, **media)
+            store = await rig_database.open()
             stack.push_async_callback(store.aclose)
             client = BotaClient(cfg.api, budget=RequestBudget(None),
                                 download_budget=download_budget or RequestBudget(None),
@@ -108,7 +128,7 @@ async def rig_factory(
                             sweep_every_s=0, max_attempts=max_attempts)
             stack.push_async_callback(dl.aclose)
             syncer = Syncer(cfg, client, store, on_commit=dl.notify)
-            return Rig(served, cfg, store, client, syncer, dl)
+            return Rig(served, cfg, store, client, syncer, dl, rig_database)
 
         yield make
 
@@ -172,7 +192,9 @@ def on_disk(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != fs.LOCK_NAME)
 
 
-def db_rows(db: str, sql: str) -> list[tuple[Any, ...]]:
+def db_rows(db: str | TestDb, sql: str) -> list[tuple[Any, ...]]:
+    if isinstance(db, TestDb):
+        return db.rows(sql)
     conn = sqlite3.connect(db)
     try:
         return conn.execute(sql).fetchall()
@@ -197,7 +219,7 @@ def url_methods(sim: Simulator, since: int = 0) -> list[tuple[str, int]]:
 def assert_landed(rig: Rig, want: dict[str, Want]) -> None:
     """Exactly these files are on disk and recorded, each with its bytes, size and sha256."""
     rows = {r[0]: r[1:] for r in db_rows(
-        rig.cfg.database.path, "SELECT id, local_path, local_size_bytes, sha256 FROM media "
+        rig.db, "SELECT id, local_path, local_size_bytes, sha256 FROM media "
         "WHERE local_path IS NOT NULL")}
     assert set(rows) == set(want)
     for w in want.values():
@@ -317,6 +339,7 @@ def test_progress_bar_shows_files_bytes_and_eta() -> None:
 # --- the queue against the simulator ------------------------------------------------------
 
 
+@both_backends
 async def test_200_recordings_mirror_every_uploaded_audio_file(
     rig_factory: RigFactory, dialect: Dialect
 ) -> None:
@@ -334,6 +357,7 @@ async def test_200_recordings_mirror_every_uploaded_audio_file(
         assert {w.ext for w in want.values()} == {".ogg", ".m4a", ".bin"}
 
 
+@both_backends
 async def test_downloaded_event_carries_recording_and_file(
     rig_factory: RigFactory, dialect: Dialect
 ) -> None:
@@ -341,10 +365,10 @@ async def test_downloaded_event_carries_recording_and_file(
     rig = await rig_factory(World(seed=3, recordings=10, dialect=dialect))
     await rig.sync_and_drain()
     events = [json.loads(p[0]) for p in db_rows(
-        rig.cfg.database.path, "SELECT payload FROM events WHERE type = 'media.downloaded'")]
+        rig.db, "SELECT payload FROM events WHERE type = 'media.downloaded'")]
     want = wanted(rig.sim.world)
     assert sorted(e["media"]["id"] for e in events) == sorted(want)
-    raws = dict(db_rows(rig.cfg.database.path, "SELECT id, raw FROM recordings"))
+    raws = dict(db_rows(rig.db, "SELECT id, raw FROM recordings"))
     for e in events:
         w = want[e["media"]["id"]]
         assert e["data"] == json.loads(raws[w.recording_id])
@@ -423,7 +447,7 @@ async def test_url_is_reused_until_it_nearly_expires(
     else:
         world.update_media(want.recording_id, want.file_id, file_size_bytes=want.size + 1)
     await rig.downloader.start()
-    db = rig.cfg.database.path
+    db = rig.db
     await wait_for(lambda: db_rows(
         db, f"SELECT download_attempts, download_next_at FROM media WHERE id = '{want.file_id}'")
         == [(3, None)])
@@ -468,6 +492,7 @@ async def test_download_url_budget_holds_in_every_window(
     assert worst <= limit
 
 
+@both_backends
 async def test_removed_media_loses_its_file_and_tombstones_keep_theirs(
     rig_factory: RigFactory,
 ) -> None:
@@ -488,10 +513,11 @@ async def test_removed_media_loses_its_file_and_tombstones_keep_theirs(
     report = await media_admin.prune_deleted(rig.store, rig.cfg.media)
     assert (report.recordings, report.files, report.bytes) == (1, 1, i2["file_size_bytes"])
     assert not kept.exists() and not kept.parent.exists()
-    assert db_rows(rig.cfg.database.path, f"SELECT local_path FROM media WHERE id = '{m2}'") \
+    assert db_rows(rig.db, f"SELECT local_path FROM media WHERE id = '{m2}'") \
         == [(None,)]
 
 
+@both_backends
 async def test_deleted_recording_keeps_its_file_until_prune(
     rig_factory: RigFactory, dialect: Dialect
 ) -> None:
@@ -502,7 +528,7 @@ async def test_deleted_recording_keeps_its_file_until_prune(
     want = next(iter(wanted(world).values()))
     rec, kept = want.recording_id, want.path(rig.root)
     recorded = f"FROM media WHERE recording_id = '{rec}' AND local_path IS NOT NULL"
-    (files, size), = db_rows(rig.cfg.database.path, f"SELECT count(*), sum(local_size_bytes) {recorded}")
+    (files, size), = db_rows(rig.db, f"SELECT count(*), sum(local_size_bytes) {recorded}")
     world.delete(rec)
     await rig.syncer.full()
     assert await rig.downloader.sweep() == 0
@@ -510,7 +536,7 @@ async def test_deleted_recording_keeps_its_file_until_prune(
     report = await media_admin.prune_deleted(rig.store, rig.cfg.media)
     assert (report.recordings, report.files, report.bytes) == (1, files, size)
     assert not kept.exists() and not kept.parent.exists()
-    assert db_rows(rig.cfg.database.path, f"SELECT count(*) {recorded}") == [(0,)]
+    assert db_rows(rig.db, f"SELECT count(*) {recorded}") == [(0,)]
 
 
 async def test_low_disk_starts_nothing_and_says_so_once(
@@ -529,6 +555,7 @@ async def test_low_disk_starts_nothing_and_says_so_once(
     assert "wait for disk space" in status["disk"]["message"]
 
 
+@both_backends
 async def test_failures_back_off_give_up_and_can_be_retried(
     rig_factory: RigFactory, dialect: Dialect
 ) -> None:
@@ -548,7 +575,7 @@ async def test_failures_back_off_give_up_and_can_be_retried(
     else:
         world.remove_media(want.recording_id, med)
     await rig.downloader.start()
-    db = rig.cfg.database.path
+    db = rig.db
     await wait_for(lambda: db_rows(
         db, f"SELECT download_attempts, download_next_at FROM media WHERE id = '{med}'") == [(3, None)])
     status = await media_admin.files_status(rig.store, rig.cfg.media)
@@ -633,7 +660,9 @@ RUNNER = textwrap.dedent("""
     from botasync.api.budget import RequestBudget
     from botasync.api.client import BotaClient
     from botasync.media.downloader import Downloader
-    from botasync.store.sqlite import Store
+    from botasync.store.base import Database
+from botasync.store.sqlite import Store
+from tests.pgserver import TestDb
 
     async def main(url, db, files_dir):
         cfg = config.load(env={}, overrides={

@@ -360,10 +360,10 @@ async def _write_page(
         files = u.recording.files(u.raw)
         if not u.is_new and files is not None:
             keep = [m.id for m, _ in files]
-            marks = ",".join("?" * len(keep))
+            # `IN ()` is SQLite's alone: no media left is no condition on the ids
+            others = f" AND id NOT IN ({','.join('?' * len(keep))})" if keep else ""
             await conn.execute(
-                f"DELETE FROM media WHERE project = ? AND recording_id = ? "  # noqa: S608
-                f"AND id NOT IN ({marks})",
+                f"DELETE FROM media WHERE project = ? AND recording_id = ?{others}",  # noqa: S608
                 (project, u.recording.id, *keep),
             )
     await conn.executemany(
