@@ -10,7 +10,9 @@ every write transaction starts by taking one transaction-level advisory lock
 commits or rolls back. So the read-then-write logic written for SQLite stays correct, in
 this process and across processes, and the outbox's `seq` values commit in the order they
 were drawn: a dispatcher reading past its cursor never skips an event that commits later.
-Reads run on their own pooled connections (autocommit) and see only committed data.
+Within a process, writers first queue on an asyncio lock (holding no connection), so only
+one of them waits on the database's lock. Reads run on their own pooled connections
+(autocommit) and see only committed data.
 
 Rows read by index and by name (`Row`); JSONB reads back as text (the code `loads()` it,
 as it does SQLite's JSON text); `numeric` (what `sum()` of integers gives) as int (or float
@@ -19,6 +21,7 @@ when it has a fraction); a Python bool is written as 1 or 0, as SQLite stores it
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import re
@@ -290,6 +293,9 @@ class PgStore(AsyncClosing):
         self.path = path
         self.readonly = readonly
         self._closed = False
+        # this process's writers queue here, holding no connection, and one at a time take
+        # the database's lock: a burst of writers never drains the pool
+        self._writers = asyncio.Lock()
 
     @property
     def where(self) -> str:
@@ -364,7 +370,7 @@ class PgStore(AsyncClosing):
         """One write transaction, the writers' lock taken first: commits on exit, rolls
         back on error."""
         try:
-            async with self._pool.connection() as raw, raw.transaction():
+            async with self._writers, self._pool.connection() as raw, raw.transaction():
                 await raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
                 yield PgConnection(raw)
         except psycopg.Error as e:
