@@ -12,7 +12,9 @@ truly differs the caller asks `dialect`.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -30,9 +32,11 @@ class Database(Protocol):
         """The database for a message: its path, or its URL without a password."""
         ...
 
-    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+    def transaction(self, *, background: bool = False) -> AbstractAsyncContextManager[Any]: ...
 
-    def read(self) -> AbstractAsyncContextManager[Any]: ...
+    def read(self, *, background: bool = False) -> AbstractAsyncContextManager[Any]: ...
+
+    def foreground(self) -> AbstractAsyncContextManager[None]: ...
 
     async def fetchall(self, sql: str, params: Any = ()) -> list[Any]: ...
 
@@ -45,3 +49,26 @@ class Database(Protocol):
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None,
     ) -> None: ...
+
+
+class ForegroundPasses:
+    """Latency-sensitive passes (the daemon's tick) go before background work (the
+    transcript worker): `foreground()` marks a pass for as long as it runs, and a store
+    lets `background=True` work take the database only while none runs, so a tick never
+    queues behind a transcript's write (its segments and index rows)."""
+
+    def __init__(self) -> None:
+        self._foreground = 0
+        self._no_foreground = asyncio.Event()
+        self._no_foreground.set()
+
+    @asynccontextmanager
+    async def foreground(self) -> AsyncIterator[None]:
+        self._foreground += 1
+        self._no_foreground.clear()
+        try:
+            yield
+        finally:
+            self._foreground -= 1
+            if not self._foreground:
+                self._no_foreground.set()

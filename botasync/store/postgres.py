@@ -44,6 +44,7 @@ from botasync.errors import BotasyncError, MigrationError, StoreError
 from botasync.lifecycle import AsyncClosing
 from botasync.logging import add_secret
 from botasync.store import migrations
+from botasync.store.base import ForegroundPasses
 from botasync.store.dialect import POSTGRES, translate
 
 # pg_advisory_xact_lock's key for the writers of a database: "botasync" in ASCII
@@ -281,13 +282,14 @@ async def exclusive(url: str, name: str, busy: str) -> AsyncIterator[None]:
 # --- the store ---------------------------------------------------------------------------
 
 
-class PgStore(AsyncClosing):
+class PgStore(ForegroundPasses, AsyncClosing):
     """The database on PostgreSQL: `await PgStore.open(url)` or `async with ...`."""
 
     dialect = POSTGRES
 
     def __init__(self, pool: AsyncConnectionPool[Any], url: str, path: Path,
                  readonly: bool) -> None:
+        ForegroundPasses.__init__(self)
         self._pool = pool
         self.url = url
         self.path = path
@@ -366,9 +368,11 @@ class PgStore(AsyncClosing):
         await self._pool.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgConnection]:
+    async def transaction(self, *, background: bool = False) -> AsyncIterator[PgConnection]:
         """One write transaction, the writers' lock taken first: commits on exit, rolls
-        back on error."""
+        back on error. `background`: once no foreground pass runs (`foreground`)."""
+        if background:
+            await self._no_foreground.wait()
         try:
             async with self._writers, self._pool.connection() as raw, raw.transaction():
                 await raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
@@ -377,8 +381,10 @@ class PgStore(AsyncClosing):
             raise StoreError(f"database {self.where}: {_why(e)}") from None
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[PgConnection]:
+    async def read(self, *, background: bool = False) -> AsyncIterator[PgConnection]:
         """A connection for reads (each statement its own snapshot, committed data only)."""
+        if background:
+            await self._no_foreground.wait()
         try:
             async with self._pool.connection() as raw:
                 yield PgConnection(raw)

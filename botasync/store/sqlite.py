@@ -27,7 +27,7 @@ from botasync.errors import MigrationError, StoreError
 from botasync.jsoncodec import dumps, loads
 from botasync.lifecycle import AsyncClosing
 from botasync.store import migrations, transcript_queue
-from botasync.store.base import Database
+from botasync.store.base import Database, ForegroundPasses
 from botasync.store.dialect import SQLITE
 
 BUSY_TIMEOUT_MS = 10_000
@@ -92,7 +92,7 @@ async def _open_ro(uri: str) -> aiosqlite.Connection:
     return conn
 
 
-class Store(AsyncClosing):
+class Store(ForegroundPasses, AsyncClosing):
     """The database: open with `await Store.open(path)` or `async with Store.open(path)`."""
 
     dialect = SQLITE
@@ -101,9 +101,7 @@ class Store(AsyncClosing):
         self._conn = conn
         self.path = path
         self._lock = asyncio.Lock()
-        self._foreground = 0  # latency-sensitive passes running (`foreground`)
-        self._no_foreground = asyncio.Event()
-        self._no_foreground.set()
+        ForegroundPasses.__init__(self)
         self._closed = False
         self.readonly = False  # opened by `open_readonly`
 
@@ -175,24 +173,6 @@ class Store(AsyncClosing):
         self._closed = True
         async with self._lock:
             await self._conn.close()
-
-    @asynccontextmanager
-    async def foreground(self) -> AsyncIterator[None]:
-        """Mark a latency-sensitive pass (the daemon's tick) for as long as it runs.
-
-        Background work (`transaction(background=True)`, `read(background=True)`: the
-        transcript worker) takes the connection only while no such pass runs, so a tick
-        never queues behind a transcript's write (its segments and index rows), which
-        would hold back the tick's recording events.
-        """
-        self._foreground += 1
-        self._no_foreground.clear()
-        try:
-            yield
-        finally:
-            self._foreground -= 1
-            if not self._foreground:
-                self._no_foreground.set()
 
     @asynccontextmanager
     async def _locked(self, background: bool) -> AsyncIterator[None]:
