@@ -221,7 +221,11 @@ async def test_metrics_after_a_sync(
                     and value(s, "botasync_transcripts", state="done") > 0
                     and value(s, "botasync_transcripts", state="queued") == 0
                     and value(s, "botasync_deliveries_total", handler="refuse", result="dead") > 0
-                    and value(s, "botasync_outbox_pending") == 0)
+                    and value(s, "botasync_outbox_pending") == 0
+                    # read apart from the pending count: one taken between the two reads
+                    # leaves a scrape with none pending and an oldest one's age
+                    and value(s, "botasync_outbox_oldest_pending_age_seconds",
+                              handler="take") == 0)
             return s if done else None
 
         samples = await wait_for(synced, timeout=15, interval=0.05)
