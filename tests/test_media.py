@@ -660,9 +660,7 @@ RUNNER = textwrap.dedent("""
     from botasync.api.budget import RequestBudget
     from botasync.api.client import BotaClient
     from botasync.media.downloader import Downloader
-    from botasync.store.base import Database
-from botasync.store.sqlite import Store
-from tests.pgserver import TestDb
+    from botasync.store.sqlite import Store
 
     async def main(url, db, files_dir):
         cfg = config.load(env={}, overrides={

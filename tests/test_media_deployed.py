@@ -54,6 +54,7 @@ from tests.test_media import (
 # the media rig's fixtures, shared with test_media.py
 rig_factory = test_media.rig_factory
 dialect = test_media.dialect
+rig_database = test_media.rig_database
 
 # --- the form, as a case table --------------------------------------------------------------
 

@@ -559,7 +559,7 @@ async def test_cli_status_download_and_retry(rig_factory: RigFactory, tmp_path: 
     world = World(seed=13, recordings=30, dialect="deployed")
     rig = await rig_factory(world)
     await rig.syncer.full()
-    conf = write_config(tmp_path, rig.sim.url, rig.db, requests_per_minute=100_000)
+    conf = write_config(tmp_path, rig.sim.url, str(rig.db.path), requests_per_minute=100_000)
     runner = CliRunner()
 
     async def cli(*args: str) -> Any:
@@ -603,7 +603,7 @@ async def test_sigkill_while_fetching_loses_and_duplicates_nothing(
     rig = await rig_factory(world, sim={"latency_s": 0.03})
     await rig.syncer.full()
     want = served(world)
-    conf = write_config(tmp_path, rig.sim.url, rig.db, requests_per_minute=100_000,
+    conf = write_config(tmp_path, rig.sim.url, str(rig.db.path), requests_per_minute=100_000,
                         concurrency=3, summaries=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     script = tmp_path / "runner.py"
