@@ -40,7 +40,8 @@ from sections import markers
 from steady import steady
 
 # written by the scripts named alike
-KEPT_SECTIONS = ("torture", "media", "retention", "dialects", "search", "nats", "transcripts")
+KEPT_SECTIONS = ("torture", "media", "retention", "dialects", "search", "nats", "transcripts",
+                 "projects")
 
 
 def write_results_md(path: Path, text: str) -> None:
