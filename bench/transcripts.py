@@ -220,6 +220,7 @@ async def run_dialect(dialect: str, args: argparse.Namespace, work: Path) -> dic
                 return lags, ticks
 
             before, before_ticks = await tick_loop(None, args.quiet)
+            loads = [os.getloadavg()[0]]  # 1-minute load at the end of each phase
             mark = len(sim.requests)
             stop = asyncio.Event()
             started = time.monotonic()
@@ -229,9 +230,11 @@ async def run_dialect(dialect: str, args: argparse.Namespace, work: Path) -> dic
             took = time.monotonic() - started
             stop.set()
             busy, busy_ticks = await loop_task
+            loads.append(os.getloadavg()[0])
             fstats = fetcher.stats
             await fetcher.aclose()
             after, after_ticks = await tick_loop(None, args.quiet)  # off again: the load drifts
+            loads.append(os.getloadavg()[0])
         log = [r for r in sim.requests[mark:] if r.path.startswith(TRANSCRIPT_PATHS)]
     sent = sum(1 for r in log if r.status != 429)
     refused = sum(1 for r in log if r.status == 429)
@@ -257,6 +260,7 @@ async def run_dialect(dialect: str, args: argparse.Namespace, work: Path) -> dic
                  if busy else None, "p95_s": round(b95, 3) if b95 is not None else None,
                  "max_tick_s": round(max(busy_ticks), 3) if busy_ticks else None},
         "p95_ratio": round(b95 / q95, 3) if q95 and b95 is not None else None,
+        "load_1min": [round(x, 2) for x in loads],
     }
 
 
@@ -271,7 +275,7 @@ def holds(r: dict[str, Any]) -> bool:
 
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, load: tuple[float, ...],
-           ) -> str:
+           took: float) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     w = args.window
     out = [
@@ -279,7 +283,8 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, load: tuple[flo
         "",
         f"Written by `python bench/transcripts.py --write` on {when} ({platform.machine()}, "
         f"{os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
-        f"at the start, {platform.python_implementation()} {platform.python_version()}).",
+        f"at the start, {platform.python_implementation()} {platform.python_version()}; "
+        f"{took / 60:.0f} minutes in all).",
         "",
         f"Each dialect: a world of {args.recordings:,} recordings (seed 7) plus "
         f"{args.moving} whose status the bench flips (they never have a transcript), "
@@ -314,15 +319,16 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, load: tuple[flo
         "whole drain above.",
         "",
         "| dialect | off: changes | off: p50 / p95 (s) | on: changes | on: p50 / p95 (s) | "
-        "p95 on / off | longest tick off / on (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "p95 on / off | longest tick off / on (s) | load (1 min) after off / on / off |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         q, b = r["quiet"], r["busy"]
         out.append(f"| {r['dialect']} | {q['changes']} | {q['p50_s']} / {q['p95_s']} "
                    f"({q['p95_before_s']}, {q['p95_after_s']}) | "
                    f"{b['changes']} | {b['p50_s']} / {b['p95_s']} | {r['p95_ratio']} | "
-                   f"{q['max_tick_s']} / {b['max_tick_s']} |")
+                   f"{q['max_tick_s']} / {b['max_tick_s']} | "
+                   f"{' / '.join(f'{x:.2f}' for x in r['load_1min'])} |")
     return "\n".join(out) + "\n"
 
 
@@ -351,9 +357,10 @@ def main() -> None:
         args.tick = args.window / 10
     configure("warning", "json")
     load = os.getloadavg()
+    started = time.monotonic()
     rows = asyncio.run(main_async(args))
     print(json.dumps(rows, indent=2))
-    text = render(rows, args, load)
+    text = render(rows, args, load, time.monotonic() - started)
     print(text)
     if args.write:
         replace_section(ROOT / "bench" / "RESULTS.md", "transcripts", text)
