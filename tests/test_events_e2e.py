@@ -204,7 +204,9 @@ async def test_sigkill_between_commit_and_delivery_loses_nothing(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "BOTASYNC_CONFIG": ""})
     started = tmp_path / "h.jsonl.started"
-    await wait_for(started.exists, timeout=30)
+    # the handler opens the file, then writes its line: wait for the line, not the file
+    await wait_for(lambda: started.exists() and len(started.read_text().split()) >= 2,
+                   timeout=30)
     handler_pid, first_id = started.read_text().split()[:2]
     proc.kill()
     await proc.wait()
