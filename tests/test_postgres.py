@@ -131,9 +131,6 @@ def _backfilled(db: TestDb) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: 2 runs in 3 the change made after the first walk reaches no handler; the walk "
-    "that sees it is a resumed one (its events counted as the backfill's?), under study"))
 async def test_the_daemon_on_postgres_delivers_changes_and_is_alone(
     simulator_factory: SimulatorFactory, pg_database: TestDb, tmp_path: Path,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from botasync.api.budget import RequestBudget
 from botasync.service.app import App
 from botasync.simulator import Simulator, World, serve
 from botasync.sync.syncer import PassStats
+from tests.conftest import wait_for
 from tests.mirror import mirror_diff
 from tests.pgserver import TestDb
 
@@ -306,3 +308,26 @@ def test_repeat_guard_tolerates_what_a_busy_archive_does() -> None:
     assert [broken.repeated(10 + n * 2, page) for n in range(REPEAT_LIMIT)] == \
         [False] * (REPEAT_LIMIT - 1) + [True]
     assert broken.since == 10 and f"for {REPEAT_LIMIT} pages" in str(broken.error(18))
+
+
+async def test_a_reconcile_due_during_the_first_walk_waits_its_turn(database: TestDb) -> None:
+    """The daemon's reconcile comes due while the tick still makes the first walk: it is
+    skipped instead of resuming that same walk beside it (the two walks then took each
+    other's changes for the backfill's, and a change after the first walk reached no one)."""
+    async with serve(World(seed=9, recordings=400), rate_limit=None, latency_s=0.02) as sim:
+        cfg = make_cfg(sim, database)
+        async with await App.open(cfg) as app:
+            first = asyncio.create_task(app.syncer.quick())
+            await wait_for(lambda: len(sim.requests) >= 1, timeout=10)
+            assert await app.syncer.reconcile() == []
+            head, _ = await first
+            assert head.kind == "full" and head.complete and head.created == 400
+            moving = sim.world.all()[350]["id"]
+            sim.world.update(moving, status="failed")
+            (walk,) = await app.syncer.reconcile()
+            assert walk.complete and walk.updated == 1
+        runs = table_rows(database, "SELECT kind, complete FROM sync_runs ORDER BY id")
+        assert runs == [("full", 1), ("hot", 1), ("reconcile", 1)]
+        assert table_rows(database, "SELECT type, backfill FROM events WHERE recording_id = "
+                                    f"'{moving}' ORDER BY seq") == [
+            ("recording.created", 1), ("recording.status_changed", 0), ("recording.failed", 0)]

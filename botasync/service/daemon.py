@@ -184,8 +184,8 @@ class Daemon:
         sched.add_job(self._job, "interval", args=[tick, part.syncer.quick, part.name], id=tick,
                       seconds=sync.interval_s, next_run_time=now, **opts)
 
-        async def reconcile() -> PassStats:
-            stats = await part.syncer.full(kind="reconcile")
+        async def reconcile() -> list[PassStats]:
+            stats = await part.syncer.reconcile()
             cutoff = iso(utc_now() - timedelta(days=RUN_LOG_DAYS))
             await Mirror(app.store, part.name).prune_runs(cutoff)
             await app.prune_events()

@@ -138,16 +138,29 @@ class Syncer:
         self.learned = dialect.Learned()
         self.device_id = cfg.sync.device_id or None
         self.end_user_id = cfg.sync.end_user_id or None
+        # one walk at a time: a reconcile due while the first walk (the tick's, during the
+        # backfill) still runs would resume that very walk beside it, and the two would
+        # each count the other's changes as the backfill's (events never delivered)
+        self._walking = asyncio.Lock()
 
     # -- passes -------------------------------------------------------------------------
 
     async def full(self, *, kind: str = "full", resume: bool = True) -> PassStats:
         """Walk every page, then confirm what was not seen; resumes an interrupted walk."""
         budgets = [self.reconcile_budget] if kind == "reconcile" and self.reconcile_budget else []
-        walk = await self._begin(kind, resume=resume)
-        if self.on_progress:
-            walk.total = await self._estimate_total()
-        return await self._run(walk, self._full_body(walk, budgets))
+        async with self._walking:
+            walk = await self._begin(kind, resume=resume)
+            if self.on_progress:
+                walk.total = await self._estimate_total()
+            return await self._run(walk, self._full_body(walk, budgets))
+
+    async def reconcile(self) -> list[PassStats]:
+        """The daemon's reconcile walk; none while another walk of this project runs (the
+        first one, which the ticks make): it would walk the same pages again, at once."""
+        if self._walking.locked():
+            self.log.info("reconcile_skipped", reason="a walk of this project is running")
+            return []
+        return [await self.full(kind="reconcile")]
 
     async def head(self, seen: set[str] | None = None) -> PassStats:
         """New recordings: walk from the top until a page is all known and unchanged.
@@ -155,8 +168,9 @@ class Syncer:
         `seen`, if given, receives the ids the pass saw (the tick's hot pass uses it).
         """
         if not await self._backfill_done():
-            walk = await self._begin("full", resume=True)
-            stats = await self._run(walk, self._full_body(walk, ()))
+            async with self._walking:
+                walk = await self._begin("full", resume=True)
+                stats = await self._run(walk, self._full_body(walk, ()))
         else:
             walk = await self._begin("head", resume=False)
             stats = await self._run(walk, self._walk(walk, stop_when_unchanged=True, depth=1))
@@ -188,6 +202,8 @@ class Syncer:
         """
         seen: set[str] = set()
         backfilled = await self._backfill_done()
+        if not backfilled and self._walking.locked():
+            return []  # the first walk goes on in a reconcile: this tick would only wait
         async with self.mirror.store.foreground() if backfilled else nullcontext():
             head = await self.head(seen)
             return [head, await self.hot(covered=seen)]
