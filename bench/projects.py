@@ -74,6 +74,8 @@ from procs import Background, http_json, kill_tree, tree_rss  # noqa: E402
 from sections import replace_section  # noqa: E402
 
 from tests.mirror import mirror_diff  # noqa: E402
+from tests.pgserver import TestDb  # noqa: E402
+from tests.pgserver import start as start_postgres  # noqa: E402
 
 WINDOW_S = 60.0  # Bota's window; the client's budget window too (not configurable)
 MUST_RSS_MB = 300.0
@@ -295,6 +297,11 @@ def measure(sim: Sim, case: Case, which: str, projects: list[int], args: argpars
     tag = f"{case.name}-{which}" + ("-profiled" if profile else "")
     db = str(work / f"{tag}.db")
     url = args.database_url.replace("{run}", tag.replace("-", "_")) if args.database_url else None
+    mirror: Path | TestDb | None = None if url else Path(db)
+    if args.pg is not None:  # --postgres: a new database on the bench's own cluster
+        name = args.pg.create_database()
+        url = args.pg.url(name)
+        mirror = TestDb("postgres", Path(db), url, args.pg, name)
     cfg = work / f"{tag}.toml"
     for old in (Path(db), Path(db + "-wal"), Path(db + "-shm"), Path(db + ".lock")):
         old.unlink(missing_ok=True)  # a first sync: an empty database every time
@@ -316,10 +323,10 @@ def measure(sim: Sim, case: Case, which: str, projects: list[int], args: argpars
         row["pass_s"] = round(p.get("seconds", 0.0), 2)
         row["complete"] = bool(p.get("complete"))
         row["created"] = p.get("created")
-        if url or profile:
+        if mirror is None or profile:
             row["exact"], row["problems"] = None, []
         else:
-            problems = mirror_diff(Path(db), sim.world(i), f"p{i}")
+            problems = mirror_diff(mirror, sim.world(i), f"p{i}")
             row["exact"], row["problems"] = not problems, problems[:3]
         run.per_project.append(row)
     return run
@@ -363,9 +370,13 @@ def span(v: list[int]) -> str:
 def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     m = results["machine"]
     n, rec = args.projects, args.recordings
-    store = "PostgreSQL (`[database] url`)" if args.database_url else f"SQLite {m['sqlite']}"
+    store = f"SQLite {m['sqlite']}"
+    if args.postgres:
+        store = f"PostgreSQL {args.pg_version} (a throwaway cluster, default durability)"
+    elif args.database_url:
+        store = "PostgreSQL (`[database] url`)"
     out = [
-        "## Many projects in one process",
+        "## Many projects in one process" + (", on PostgreSQL" if args.postgres else ""),
         "",
         f"Written by `{results['command']}` on {m['date']}; the run took "
         f"{results['bench_s'] / 60:.1f} min. Machine: {m['cores']} cores, {m['cpu_model']}, "
@@ -373,7 +384,8 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"botasync commit `{m['commit']}`. Load average {m['load_start']} at the start, "
         f"{results['load_end']} at the end (a shared machine: CPU-bound times drift).",
         "",
-        f"Issue 16's first must-hold, on SQLite: {n} projects x {rec:,} recordings in one "
+        f"Issue 16's first must-hold, on {'PostgreSQL' if args.postgres else 'SQLite'}: "
+        f"{n} projects x {rec:,} recordings in one "
         "`botasync sync` process (every project its own key, simulator world and server-side "
         "limit per key; the simulator in its own process, answers delayed "
         f"{args.latency_ms} ms). Wall time is spawn to exit; peak RSS is the botasync "
@@ -456,7 +468,8 @@ def threads(r: Run) -> str:
     idle = max(0.0, r.wall_s - r.main_cpu_s - r.main_wait_s)
     return (f"the event loop's thread ran {r.main_cpu_s:.1f} s, waited for a core "
             f"{r.main_wait_s:.1f} s and was blocked (network, the store thread's answers) "
-            f"{idle:.1f} s; the other threads (SQLite runs in aiosqlite's) ran "
+            f"{idle:.1f} s; the other threads (SQLite runs in aiosqlite's; PostgreSQL's own "
+            f"processes are not counted) ran "
             f"{r.other_threads_cpu_s:.1f} s and waited for a core {r.other_threads_wait_s:.1f} "
             f"s; the simulator ran {r.sim_cpu_s:.1f} s")
 
@@ -496,7 +509,8 @@ def explain(case: Case, one: Run, all_: Run, n: int, recordings: int) -> str:
     if idle < 0.5 * wall:
         text += (f"So it is CPU-bound: the {n} projects' pages are parsed, compared and "
                  "turned into rows and events in one Python thread (and written by one "
-                 f"SQLite thread), so {n} first syncs cost about {n} times one's CPU there, "
+                 f"store connection at a time), so {n} first syncs cost about {n} times "
+                 "one's CPU there, "
                  "and the ratio follows that CPU and the share of the 2 cores the machine's "
                  "other work left it, not the API. ")
     else:
@@ -509,7 +523,7 @@ def explain(case: Case, one: Run, all_: Run, n: int, recordings: int) -> str:
         f"budget), {n} projects would need {window_cpu:.0f} s of it per 60 s window "
         f"({window_cpu / WINDOW_S:.0%} of the window, on this machine at this load): by "
         f"its CPU alone one event loop keeps about {keeps} projects at their full budget "
-        "here (the SQLite thread's CPU comes beside it).")
+        "here (the store's CPU comes beside it).")
 
 
 def _where(file: str) -> tuple[str, str]:
@@ -577,7 +591,11 @@ def main() -> int:
     p.add_argument("--database-url", metavar="URL",
                    help="put the mirror at this [database] url instead of a SQLite file "
                    "('{run}' in it becomes the run's name, so each run can have a fresh "
-                   "database; the mirrors are then not compared: tests/mirror.py reads SQLite)")
+                   "database; the mirrors are then not compared)")
+    p.add_argument("--postgres", action="store_true",
+                   help="start a throwaway PostgreSQL (pg_virtualenv, as the tests do, but "
+                   "with fsync on) and give each run a fresh database on it; the mirrors are "
+                   "compared; --write fills the `projects-postgres` section")
     p.add_argument("--cases", nargs="+", default=["budget-bound", "defaults"],
                    choices=["budget-bound", "defaults"])
     p.add_argument("--profile", action="store_true",
@@ -588,6 +606,21 @@ def main() -> int:
     p.add_argument("--write", action="store_true", help="write the tables into RESULTS.md")
     args = p.parse_args()
     started = time.monotonic()
+    args.pg = None
+    if args.postgres:
+        args.pg, why = start_postgres(gucs=())
+        if args.pg is None:
+            raise SystemExit(f"--postgres: {why}")
+        with args.pg.connect() as conn:
+            args.pg_version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+    try:
+        return _main(args, started)
+    finally:
+        if args.pg is not None:
+            args.pg.stop()
+
+
+def _main(args: argparse.Namespace, started: float) -> int:
     cases = {
         "budget-bound": Case("budget-bound", args.rpm, math.ceil(args.rpm / 0.9),
                              "requests_per_minute lowered: the sync needs several windows"),
@@ -645,7 +678,8 @@ def main() -> int:
     text = render(results, args)
     print(text)
     if args.write:
-        replace_section(BENCH / "RESULTS.md", "projects", text)
+        section = "projects-postgres" if args.postgres else "projects"
+        replace_section(BENCH / "RESULTS.md", section, text)
     return 1 if results["missed"] else 0
 
 

@@ -100,8 +100,9 @@ def _reachable(params: dict[str, str]) -> str | None:
     return None
 
 
-def start() -> tuple[PgServer | None, str]:
-    """The session's server, or None and why there is none."""
+def start(gucs: Sequence[str] = FAST_GUCS) -> tuple[PgServer | None, str]:
+    """The session's server, or None and why there is none. `gucs`: the throwaway cluster's
+    settings (the tests' default trades durability for speed; a bench passes none)."""
     params = _from_environment()
     if params is not None:
         why = _reachable(params)
@@ -114,7 +115,7 @@ def start() -> tuple[PgServer | None, str]:
                       "postgresql) is there")
     env_file = Path(tempfile.mkdtemp(prefix="botasync-pg-")) / "env"
     args = [tool, "-t"]  # a temporary cluster directory even as root: never a clash
-    for guc in FAST_GUCS:
+    for guc in gucs:
         args += ["-o", guc]
     # the command inside the throwaway cluster: say where it is, then wait for our stdin
     script = f'env > "{env_file}.tmp" && mv "{env_file}.tmp" "{env_file}" && exec cat'
