@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,18 +37,6 @@ async def _postgres() -> Any:
     return await asyncio.to_thread(importlib.import_module, "botasync.store.postgres")
 
 
-@asynccontextmanager
-async def exclusive_on_server(db: DatabaseConfig, name: str, busy: str) -> AsyncIterator[None]:
-    """On PostgreSQL, a lock every process using the database sees, on any machine (a
-    session advisory lock; `BotasyncError(busy)` when taken). On SQLite nothing: the file
-    lock beside the database does that."""
-    if not db.url:
-        yield
-        return
-    async with (await _postgres()).exclusive(db.url, name, busy):
-        yield
-
-
 async def open_existing(db: DatabaseConfig, *, readonly: bool = True) -> Database:
     """`open_store` for a command that needs a mirror already there: a missing SQLite file
     is one line (`no database at ...`), not a new empty database."""
@@ -64,4 +50,4 @@ def describe(db: DatabaseConfig) -> str:
     return redact_database_url(db.url) if db.url else db.path
 
 
-__all__ = ["Database", "describe", "exclusive_on_server", "open_existing", "open_store"]
+__all__ = ["Database", "describe", "open_existing", "open_store"]

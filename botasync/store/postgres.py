@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -40,7 +39,7 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool
 
 from botasync.config import redact_database_url as redact_url
-from botasync.errors import BotasyncError, MigrationError, StoreError
+from botasync.errors import MigrationError, StoreError
 from botasync.lifecycle import AsyncClosing
 from botasync.logging import add_secret
 from botasync.store import migrations
@@ -246,37 +245,6 @@ class PgConnection:
         cur = self.raw.cursor()
         await cur.executemany(translate(sql), [_params(r) for r in rows])
         return PgCursor(cur)
-
-
-# --- a lock across machines ---------------------------------------------------------------
-
-
-def lock_key(name: str) -> int:
-    """A name as a signed 64-bit advisory lock key."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
-                          signed=True)
-
-
-@asynccontextmanager
-async def exclusive(url: str, name: str, busy: str) -> AsyncIterator[None]:
-    """Held by one process at a time among all that use the database, on any machine: a
-    session-level advisory lock on a connection of its own, which PostgreSQL drops when the
-    process dies (SIGKILL included). `BotasyncError(busy)` when another holds it."""
-    where = redact_url(url)
-    try:
-        conn = await AsyncConnection.connect(url, autocommit=True,
-                                             connect_timeout=CONNECT_TIMEOUT_S)
-    except (psycopg.Error, OSError) as e:
-        raise StoreError(f"cannot open database {where}: {_why(e)}") from None
-    try:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()",
-                                 (lock_key(name),))
-        row = await cur.fetchone()
-        if row is None or not row[0]:
-            raise BotasyncError(busy)
-        yield
-    finally:
-        await conn.close()
 
 
 # --- the store ---------------------------------------------------------------------------
