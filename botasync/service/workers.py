@@ -287,7 +287,8 @@ class FencedStore:
             async with conn.execute(sql.FENCE, (self.lease,)) as cur:
                 row = await cur.fetchone()
             if row is None or not leases.holds(row[1], row[2], self.me, row[0]):
-                why = f"{self.lease} is held by {row[1] if row else 'nobody'} now"
+                why = (f"{self.lease} ran out at {row[2]}" if row and row[1] == self.me
+                       else f"{self.lease} is held by {row[1] if row else 'nobody'} now")
                 log.error("lease_lost_write_refused", lease=self.lease, worker=self.me,
                           holder=row[1] if row else None)
                 self._on_lost(self.lease, why)
