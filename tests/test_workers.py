@@ -32,6 +32,7 @@ from botasync.store import open_store
 from tests.conftest import SimulatorFactory, wait_for
 from tests.mirror import mirror_diff
 from tests.pgserver import TestDb
+from tests.test_events_e2e import botasync
 
 T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
@@ -284,6 +285,7 @@ async def _kill_and_take_over(db: TestDb, hooks: Hooks, workers: list[Worker],
     # every project is held, each by one live worker, two workers sharing three (2 + 1)
     await wait_for(lambda: all(_holders(db).get(f"project:{p}") in pids for p in PROJECTS),
                    timeout=LEASE_S * 4)
+    await _status_shows_who_holds_what(db, workers[0], alive, dead)
     # changes after the kill reach the mirror and the handler
     for i in range(3):
         world = sim.project(i).world
@@ -293,6 +295,26 @@ async def _kill_and_take_over(db: TestDb, hooks: Hooks, workers: list[Worker],
     await _converged(db, sim)
     await _no_event_lost_nor_repeated(db, hooks, dead, killed_at)
     await _clean_stop_hands_over(db, alive, dead)
+
+
+async def _status_shows_who_holds_what(db: TestDb, any_worker: Worker, alive: list[Worker],
+                                       dead: Worker) -> None:
+    """`botasync status`: the workers, alive or dead, and the holder of every lease."""
+    cfg = any_worker.log.with_name(f"worker{any_worker.n}.toml")
+    code, out, err = await botasync("status", "--json", cfg=cfg)
+    assert code == 0, err
+    got = json.loads(out)["workers"]
+    by_pid = {w["pid"]: w for w in got["workers"]}
+    assert {p for p, w in by_pid.items() if w["alive"]} == {w.pid for w in alive}
+    assert by_pid[dead.pid]["alive"] is False
+    live_ids = {by_pid[w.pid]["id"] for w in alive}
+    assert {lease["name"] for lease in got["leases"]} == {
+        *(f"project:{p}" for p in PROJECTS), "handler:hook"}
+    assert all(lease["holder"] in live_ids and lease["held_s"] >= 0 for lease in got["leases"])
+    code, text, err = await botasync("status", cfg=cfg)
+    assert code == 0, err
+    assert "workers 2 alive" in text and f"{by_pid[dead.pid]['id']} dead since" in text
+    assert "project:alpha" in text and "handler:hook" in text
 
 
 async def _converged(db: TestDb, sim: Simulator) -> None:
