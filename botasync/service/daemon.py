@@ -153,7 +153,11 @@ class Daemon:
         self._scheduler = self._schedule()
         self._scheduler.start()
         self.coordinator = self._coordinator(app)
-        await self.coordinator.start()
+        try:
+            await self.coordinator.start()
+        except BaseException:
+            await self.coordinator.aclose()  # what it started, and its connection
+            raise
         self.notifier.send("READY=1\nSTATUS=syncing")
         watchdog = asyncio.create_task(self._watchdog())
         log.info("daemon_started", db=app.store.where, interval_s=self.cfg.sync.interval_s,

@@ -157,14 +157,19 @@ class Workers:
             await asyncio.sleep(period)
             try:
                 await self._round()
-            except BotasyncError as e:
-                log.warning("lease_round_failed", worker=self.me.id, error=str(e))
-                await self._reconnect()
+            except (BotasyncError, TimeoutError) as e:  # the database; try again next round
+                log.warning("lease_round_failed", worker=self.me.id,
+                            error=str(e) or "the database did not answer in time")
+                await self._reconnect(fresh=isinstance(e, TimeoutError))
+            except Exception as e:  # a bug in starting or stopping work: keep the loop
+                log.error("lease_round_error", worker=self.me.id, error=repr(e))
             await self._expire_locally()
             self.on_events()  # a NOTIFY missed while the listener reconnected
 
-    async def _reconnect(self) -> None:
-        if self._table is not None and not self._table.broken:
+    async def _reconnect(self, fresh: bool = False) -> None:
+        """A new connection when the old one broke, or (`fresh`) a statement on it was cut
+        off by the round's timeout and left it in an unknown state."""
+        if self._table is not None and not self._table.broken and not fresh:
             return
         with contextlib.suppress(BotasyncError):
             if self._table is not None:
