@@ -367,3 +367,45 @@ async def _clean_stop_hands_over(db: TestDb, alive: list[Worker], dead: Worker) 
     last.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(last.proc.wait(), 20) == 0
     assert db.rows("SELECT pid FROM workers") == [(dead.pid,)]
+
+
+async def test_a_worker_paused_past_its_lease_stops_that_work_when_it_wakes(
+    simulator_factory: SimulatorFactory, pg_database: TestDb, tmp_path: Path, hooks: Hooks,
+) -> None:
+    """SIGSTOP a worker past its lease: the other takes its projects; on SIGCONT it finds
+    them gone (its renewal, or the fence on its next write) and stops that work, saying so;
+    nothing was written twice (the mirror is exact, each event id once)."""
+    sim = await simulator_factory(World(seed=43, recordings=200), projects=3)
+    workers = [await _start(tmp_path, _cfg(tmp_path, sim, pg_database, hooks, n), n)
+               for n in range(2)]
+    try:
+        await wait_for(lambda: set(_holders(pg_database).values()) == {w.pid for w in workers}
+                       and len(_holders(pg_database)) == len(PROJECTS) + 1, timeout=30)
+        paused, other = workers
+        mine = [name for name, pid in _holders(pg_database).items() if pid == paused.pid]
+        paused.proc.send_signal(signal.SIGSTOP)
+        await wait_for(lambda: all(_holders(pg_database).get(n) == other.pid for n in mine),
+                       timeout=LEASE_S * 4)
+        for i in range(3):
+            world = sim.project(i).world
+            world.update(world.all()[3]["id"], name=f"while paused {i}")
+        paused.proc.send_signal(signal.SIGCONT)
+        stopped = [n for n in mine if n.startswith(leases.PROJECT)]
+        await wait_for(lambda: _stopped(paused) >= {leases.subject(n) for n in stopped},
+                       timeout=LEASE_S * 4)
+        await _converged(pg_database, sim)
+        events = _events(pg_database)
+        assert len({e[1] for e in events}) == len(events)
+    finally:
+        for w in workers:
+            if w.proc.returncode is None:
+                w.proc.send_signal(signal.SIGCONT)
+                w.proc.kill()
+                await w.proc.wait()
+
+
+def _stopped(w: Worker) -> set[str]:
+    """The projects whose work the worker's log says it stopped."""
+    lines = [json.loads(line) for line in w.log.read_text().splitlines()
+             if line.startswith("{") and line.endswith("}")]
+    return {line["project"] for line in lines if line.get("event") == "project_stopped"}
