@@ -25,7 +25,9 @@ async def open_store(db: DatabaseConfig, *, readonly: bool = False) -> Database:
         pg: type[PgStore] = (await _postgres()).PgStore
         if readonly:
             return await pg.open_readonly(db.url, lock_path=db.path)
-        return await pg.open(db.url, lock_path=db.path)
+        # a session idle in a transaction past a lease is a worker paused mid-write: the
+        # server ends it, so the other workers do not wait on its locks (store/postgres.py)
+        return await pg.open(db.url, lock_path=db.path, idle_in_transaction_s=db.lease_s)
     from botasync.store.sqlite import Store
 
     return await (Store.open_readonly(db.path) if readonly else Store.open(db.path))
