@@ -280,11 +280,12 @@ async def _kill_and_take_over(db: TestDb, hooks: Hooks, workers: list[Worker],
     pids = {w.pid for w in alive}
     # its project and the lane move to a live worker within lease_s (+ one round)
     await wait_for(lambda: _holders(db).get(f"project:{project}") in pids
-                   and _holders(db).get("handler:hook") in pids, timeout=LEASE_S * 4)
-    assert time.monotonic() - killed_at < LEASE_S + leases.renew_every(LEASE_S) + 2.0
+                   and _holders(db).get("handler:hook") in pids, timeout=LEASE_S * 6)
+    # (+ slack for a loaded 2-core machine: starting the project's parts, the test's polls)
+    assert time.monotonic() - killed_at < LEASE_S + leases.renew_every(LEASE_S) + 4.0
     # every project is held, each by one live worker, two workers sharing three (2 + 1)
     await wait_for(lambda: all(_holders(db).get(f"project:{p}") in pids for p in PROJECTS),
-                   timeout=LEASE_S * 4)
+                   timeout=LEASE_S * 6)
     await _status_shows_who_holds_what(db, workers[0], alive, dead)
     # changes after the kill reach the mirror and the handler
     for i in range(3):
