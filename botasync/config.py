@@ -84,6 +84,10 @@ class DatabaseConfig(_Section):
     # PostgreSQL instead of the file: `postgresql://user@host/db` (a password is better in
     # PGPASSWORD or ~/.pgpass than here; one given here is never shown or logged)
     url: str = ""
+    # PostgreSQL only: how long a worker's hold on a Bota project or a handler lasts
+    # without renewal (renewed every third of it). It bounds how long a worker that died
+    # keeps its work from the others; a short one costs a renewal query more often
+    lease_s: float = Field(30.0, gt=0, le=3600)
 
     @field_validator("url")
     @classmethod

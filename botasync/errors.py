@@ -13,6 +13,7 @@ BotasyncError
     ApiTransportError  connect, timeout, malformed body
   StoreError
     MigrationError
+    LeaseLost          a worker's write refused: its lease moved to another worker
   HandlerError         recorded on the delivery, never escapes the dispatcher
 ```
 
@@ -99,6 +100,11 @@ class StoreError(BotasyncError):
 
 class MigrationError(StoreError):
     """The database schema cannot be brought to this version (for example, it is newer)."""
+
+
+class LeaseLost(StoreError):
+    """A write for work whose lease this worker no longer holds (it expired, and another
+    worker may have it): refused, so two workers never write one project at once."""
 
 
 class HandlerError(BotasyncError):

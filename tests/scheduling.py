@@ -39,6 +39,7 @@ SPREAD = frozenset({
     "tests/test_progress.py",
     "tests/test_sync.py",
     "tests/test_transcripts.py",
+    "tests/test_workers.py",
     "tests/torture/test_kill9.py",
     "tests/torture/test_surface.py",
 })
@@ -51,6 +52,7 @@ FIRST = (
     "tests/test_bench.py::test_bench_smoke_measures_every_contender",
     "tests/torture/test_surface.py::test_no_secret_anywhere_and_a_narrow_surface",
     "tests/test_events_e2e.py",
+    "tests/test_workers.py::test_workers_share_projects_survive_a_kill_and_hand_over_at_a_clean_stop",
     "tests/test_demo.py::test_demo_runs_mirrors_and_prints_events",
     "tests/test_transcripts.py::test_sigkill_while_fetching_loses_and_duplicates_nothing",
     "tests/test_operating.py",

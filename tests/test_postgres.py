@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from botasync import config
-from botasync.errors import BotasyncError
 from botasync.service.daemon import Daemon
+from botasync.service.workers import Workers
 from botasync.simulator import Simulator, World
 from tests.conftest import SimulatorFactory, wait_for
 from tests.pgserver import TestDb
@@ -131,11 +131,16 @@ def _backfilled(db: TestDb) -> bool:
         return False
 
 
-async def test_the_daemon_on_postgres_delivers_changes_and_is_alone(
+def _holders(db: TestDb) -> dict[str, str | None]:
+    return {r[0]: r[1] for r in db.rows("SELECT name, holder FROM leases")}
+
+
+async def test_the_daemon_on_postgres_delivers_changes_and_shares_the_database(
     simulator_factory: SimulatorFactory, pg_database: TestDb, tmp_path: Path,
 ) -> None:
     """`botasync run` on PostgreSQL: changes become delivered events while it runs; a second
-    daemon on the same database, from another machine (other lock files), is refused."""
+    daemon on the same database, from another machine (other lock files), joins as a worker
+    and takes nothing the first holds (one project, one handler: a share of one each)."""
     sim = await simulator_factory(World(seed=21, recordings=300))
     handler = Collect()
     daemon = Daemon(_daemon_cfg(sim, pg_database, tmp_path / "one"), handle_signals=False,
@@ -145,10 +150,12 @@ async def test_the_daemon_on_postgres_delivers_changes_and_is_alone(
         await wait_for(lambda: _count(pg_database) == 300 and _backfilled(pg_database),
                        timeout=20)
         assert handler.events == []  # the backfill is not delivered
+        assert isinstance(daemon.coordinator, Workers)
+        first = daemon.coordinator.me.id
+        assert _holders(pg_database) == {"project:default": first, "handler:collect": first}
         second = Daemon(_daemon_cfg(sim, pg_database, tmp_path / "two"), handle_signals=False)
-        with pytest.raises(BotasyncError, match="another botasync daemon is already using "
-                                                "postgresql://"):
-            await second.run()
+        second_task = await start(second)
+        await wait_for(lambda: len(pg_database.rows("SELECT id FROM workers")) == 2, timeout=10)
         world = sim.world
         moving = world.all()[250]["id"]
         world.update(moving, status="failed")
@@ -158,13 +165,14 @@ async def test_the_daemon_on_postgres_delivers_changes_and_is_alone(
         gone = world.all()[100]["id"]
         world.delete(gone)
         await wait_for(lambda: handler.of("recording.deleted", gone), timeout=30)
+        assert _holders(pg_database) == {"project:default": first, "handler:collect": first}
+        second.stop()
+        assert await asyncio.wait_for(second_task, 10) == 0
     finally:
         daemon.stop()
         assert await asyncio.wait_for(task, 10) == 0
     ids = [e["id"] for e in handler.events]
     assert len(ids) == len(set(ids))
-    # the lock went with the daemon: another may start now
-    again = Daemon(_daemon_cfg(sim, pg_database, tmp_path / "two"), handle_signals=False)
-    task = await start(again)
-    again.stop()
-    assert await asyncio.wait_for(task, 10) == 0
+    # a clean stop gives every lease back and leaves the workers table
+    assert _holders(pg_database) == {"project:default": None, "handler:collect": None}
+    assert pg_database.rows("SELECT id FROM workers") == []

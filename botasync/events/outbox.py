@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -156,6 +156,7 @@ class _Lane:
     cursor: int = 0
     saved_cursor: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # `stop_lane`: this one only
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one delivery at a time
     done: list[tuple[str, int, str, str]] = field(default_factory=list)
     first_done_at: float = 0.0
@@ -209,7 +210,8 @@ class Dispatcher(AsyncClosing):
         only = projects or {}
         self._lanes = {h.name: _Lane(h, batching(h), projects=frozenset(only.get(h.name, ())))
                        for h in handlers}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # the lanes running, by handler
+        self._started = False
         self._busy: set[str] = set()
         self._settled = asyncio.Event()
         self._settled.set()
@@ -225,24 +227,63 @@ class Dispatcher(AsyncClosing):
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Register the handlers' cursors and start one worker task per handler."""
+    async def start(self, lanes: Iterable[str] | None = None) -> None:
+        """Register the handlers' cursors and start one worker task per handler (`lanes`:
+        only those; the others wait for `start_lane`, as a worker does for its leases)."""
         if self._closed:
             raise BotasyncError("the dispatcher is closed")
-        if self._tasks:
+        if self._started:
             return
         await start_handlers([lane.handler for lane in self._lanes.values()], self._events)
         await self._register()
-        for lane in self._lanes.values():
-            self._set_busy(lane, True)
-            task = asyncio.create_task(self._run(lane), name=f"botasync-outbox-{lane.name}")
-            self._tasks.append(task)
+        self._started = True
+        for name in self._lanes if lanes is None else lanes:
+            self._spawn(self._lanes[name])
+
+    def _spawn(self, lane: _Lane) -> None:
+        lane.stop.clear()
+        self._set_busy(lane, True)
+        self._tasks[lane.name] = asyncio.create_task(
+            self._run(lane), name=f"botasync-outbox-{lane.name}")
+
+    async def start_lane(self, name: str) -> None:
+        """Start delivering to one handler, from its cursor as stored now: another process
+        may have moved it since this one last delivered to it."""
+        lane = self._lanes[name]
+        if not self._started or self._closed or name in self._tasks:
+            return
+        lane.cursor = lane.saved_cursor = await self._cursor(name)
+        lane.done.clear()
+        self._spawn(lane)
+
+    async def stop_lane(self, name: str, grace_s: float = 5.0) -> None:
+        """Stop delivering to one handler: a delivery in flight gets `grace_s` to finish,
+        what was delivered is recorded; the handler stays open for a later `start_lane`."""
+        task = self._tasks.pop(name, None)
+        if task is None:
+            return
+        lane = self._lanes[name]
+        lane.stop.set()
+        lane.wake.set()
+        _, late = await asyncio.wait([task], timeout=grace_s)
+        for t in late:
+            t.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    @property
+    def running_lanes(self) -> list[str]:
+        """The handlers this dispatcher delivers to right now."""
+        return list(self._tasks)
+
+    def _halted(self, lane: _Lane) -> bool:
+        return self._stop.is_set() or lane.stop.is_set()
 
     def notify(self) -> None:
         """New events are committed: wake the idle workers (cheap; call it freely)."""
         if not self._tasks or self._stop.is_set():
             return
-        for lane in self._lanes.values():
+        for name in self._tasks:
+            lane = self._lanes[name]
             lane.wake.set()
             self._set_busy(lane, True)
 
@@ -264,11 +305,12 @@ class Dispatcher(AsyncClosing):
         self._stop.set()
         for lane in self._lanes.values():
             lane.wake.set()
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=grace_s)
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace_s)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         for lane in self._lanes.values():
             try:
                 await lane.handler.aclose()
@@ -314,7 +356,7 @@ class Dispatcher(AsyncClosing):
     async def _run(self, lane: _Lane) -> None:
         """One handler's loop: deliver what is due, then sleep until woken or a retry is due."""
         try:
-            while not self._stop.is_set():
+            while not self._halted(lane):
                 lane.wake.clear()  # before reading: a notify from now on is not lost
                 try:
                     wait = await self._step(lane)
@@ -352,7 +394,7 @@ class Dispatcher(AsyncClosing):
         if lane.batch is not None:
             return await self._step_batch(lane, lane.batch, rows)
         for r in rows:
-            if self._stop.is_set():
+            if self._halted(lane):
                 break
             row = _Row.of(r)
             wait = await self._settle(lane, row)
@@ -360,7 +402,7 @@ class Dispatcher(AsyncClosing):
                 await self._flush(lane)
                 return wait
         await self._flush(lane)
-        return 0.0 if len(rows) == BATCH and not self._stop.is_set() else None
+        return 0.0 if len(rows) == BATCH and not self._halted(lane) else None
 
     async def _next_rows(self, lane: _Lane) -> list[Any]:
         """The rows after the cursor: read while the batch before them was in flight, when
@@ -385,7 +427,7 @@ class Dispatcher(AsyncClosing):
         whole = True
         for r in rows:
             row = _Row.of(r)
-            if self._stop.is_set():
+            if self._halted(lane):
                 whole = False
                 break
             wanted = self._wanted(lane, row)
@@ -411,7 +453,7 @@ class Dispatcher(AsyncClosing):
         lane.cursor = max(lane.cursor, last)
         await self._flush(lane)
         more = len(rows) == BATCH or not whole
-        return 0.0 if more and not self._stop.is_set() else None
+        return 0.0 if more and not self._halted(lane) else None
 
     async def _attempt_batch(
         self, lane: _Lane, handler: BatchHandler, batch: list[_Row], last: int

@@ -29,13 +29,12 @@ from botasync.transcripts.fetcher import TranscriptFetcher
 SHUTDOWN_GRACE_S = 5.0
 
 
-
-
 @dataclass
 class ProjectParts:
     """One Bota project's share of the service: its configuration view, its client with its
     own budgets (each project has its own rate limit), its syncer, downloader and
-    transcript fetcher."""
+    transcript fetcher, and the store they write through (a worker's is fenced by the
+    project's lease)."""
 
     cfg: Config
     client: BotaClient
@@ -43,6 +42,7 @@ class ProjectParts:
     syncer: Syncer
     downloader: Downloader
     transcripts: TranscriptFetcher
+    store: Database
 
     @property
     def name(self) -> str:
@@ -67,7 +67,7 @@ class ProjectParts:
 
         syncer = Syncer(cfg, client, store, on_commit=committed, on_progress=on_progress,
                         reconcile_budget=RequestBudget(share))
-        return cls(cfg, client, client.budget, syncer, downloader, transcripts)
+        return cls(cfg, client, client.budget, syncer, downloader, transcripts, store)
 
     async def start(self) -> None:
         await self.downloader.start()
@@ -114,11 +114,15 @@ class App(AsyncClosing):
         parts = [ProjectParts.build(view, store, dispatcher, on_progress) for view in views]
         return cls(cfg, store, dispatcher, parts)
 
-    async def start_workers(self) -> None:
-        """The dispatcher, and each project's downloader and transcript fetcher."""
-        await self.dispatcher.start()
-        for part in self.projects.values():
-            await part.start()
+    async def rebuild(self, name: str, store: Database) -> ProjectParts:
+        """A project's parts anew, writing through `store` (a worker's, fenced by the
+        project's lease), in place of the ones before (closed first: a downloader or a
+        transcript fetcher does not start twice). Not started yet."""
+        old = self.projects[name]
+        await old.aclose(SHUTDOWN_GRACE_S)
+        part = ProjectParts.build(old.cfg, store, self.dispatcher)
+        self.projects[name] = part
+        return part
 
     async def prune_events(self) -> retention.PruneResult | None:
         """Forget settled events past `[events] retention_days` (None when that is 0)."""

@@ -4,11 +4,17 @@
 quick tick (head + hot) every `interval_s`, the reconcile walk every
 `reconcile_every_s`, the dispatcher alongside. SIGTERM/SIGINT stop it cleanly; a second
 signal exits at once (the outbox keeps what was not delivered).
+
+Which projects it syncs and which handlers it delivers to, a coordinator says
+(`service/workers.py`): on SQLite all of them (one daemon per file); on PostgreSQL the
+share this worker holds leases on, among every `botasync run` of the database. A project's
+tick, reconcile, downloader and transcript fetcher run only while its lease is held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -29,8 +35,9 @@ from botasync.errors import AuthError, BotasyncError
 from botasync.events.handlers import Handler
 from botasync.jsoncodec import dumps
 from botasync.locks import ExclusiveLock
+from botasync.service import leases
 from botasync.service.app import App, ProjectParts
-from botasync.store import describe, exclusive_on_server
+from botasync.service.workers import Alone, Workers
 from botasync.store.sqlite import Mirror
 from botasync.sync.syncer import PassStats
 
@@ -82,7 +89,8 @@ def job_id(kind: str, project: str) -> str:
 
 
 def daemon_lock(db: str | Path) -> ExclusiveLock:
-    """One daemon per database: a second would poll twice and deliver everything twice."""
+    """One daemon per SQLite database: a second would poll twice and deliver everything
+    twice. (On PostgreSQL, workers share the database by leases instead.)"""
     path = Path(db)
     return ExclusiveLock(path.with_name(path.name + ".lock"),
                          f"another botasync daemon is already using {path}")
@@ -92,7 +100,8 @@ class Daemon:
     """`botasync run`: passes on a schedule until a signal; `stop()` ends it from code.
 
     `lock`: the database's lock when the caller took it already (the demo does, before
-    it touches the file).
+    it touches the file). On PostgreSQL there is none: any number of daemons share the
+    database, each working the projects and handlers it holds leases on.
     """
 
     def __init__(self, cfg: Config, *, handle_signals: bool = True,
@@ -100,7 +109,7 @@ class Daemon:
                  on_pass: Callable[[PassStats], None] | None = None,
                  lock: ExclusiveLock | None = None) -> None:
         self.cfg = cfg
-        self.lock = lock or daemon_lock(cfg.database.path)
+        self.lock = lock or (None if cfg.database.url else daemon_lock(cfg.database.path))
         self.skipped: dict[str, int] = {}  # ticks not started: the previous one still ran
         self.extra_handlers = list(extra_handlers)
         self.on_pass = on_pass
@@ -111,8 +120,10 @@ class Daemon:
         self.error: BotasyncError | None = None  # what stopped it, for the command line
         self._stop = asyncio.Event()
         self._signals = 0
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: dict[asyncio.Task[Any], str] = {}  # passes in flight -> their project
         self._scheduler: AsyncIOScheduler | None = None
+        self.coordinator: Alone | Workers | None = None
+        self._used: set[str] = set()  # projects whose parts ran once (closed since)
         self.monitor: MonitorServer | None = None  # `[metrics] listen`: /metrics /livez /readyz
 
     def stop(self, code: int = 0) -> None:
@@ -123,11 +134,8 @@ class Daemon:
     async def run(self) -> int:
         """Open, schedule, serve until stopped, close; return the exit code."""
         # the lock first: a second daemon must not even open (and migrate) the database
-        with self.lock:
-            async with exclusive_on_server(
-                    self.cfg.database, "daemon",
-                    f"another botasync daemon is already using {describe(self.cfg.database)}"), \
-                    await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
+        with self.lock or contextlib.nullcontext():
+            async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
                 try:
                     await self._serve(app)
                 finally:
@@ -140,10 +148,16 @@ class Daemon:
         """Schedule the passes and serve until stopped, then shut down."""
         self.app = app
         await self._start_monitor()
-        await app.start_workers()
+        await app.dispatcher.start(lanes=())  # each lane starts with its lease
         self._install_signals()
-        self._scheduler = self._schedule(app)
+        self._scheduler = self._schedule()
         self._scheduler.start()
+        self.coordinator = self._coordinator(app)
+        try:
+            await self.coordinator.start()
+        except BaseException:
+            await self.coordinator.aclose()  # what it started, and its connection
+            raise
         self.notifier.send("READY=1\nSTATUS=syncing")
         watchdog = asyncio.create_task(self._watchdog())
         log.info("daemon_started", db=app.store.where, interval_s=self.cfg.sync.interval_s,
@@ -167,13 +181,64 @@ class Daemon:
         self.monitor = MonitorServer(self.cfg)
         await self.monitor.start()
 
-    def _schedule(self, app: App) -> AsyncIOScheduler:
+    def _schedule(self) -> AsyncIOScheduler:
+        """The scheduler, empty: a project's jobs are added when its lease is taken."""
         sched = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         sched.add_listener(self._on_skip, EVENT_JOB_MAX_INSTANCES)
-        now = datetime.now().astimezone()
-        for part in app.projects.values():
-            self._schedule_project(sched, app, part, now)
         return sched
+
+    def _coordinator(self, app: App) -> Alone | Workers:
+        """Every project and handler, as lease names, to the coordinator of this database."""
+        names = ([leases.project_lease(n) for n in app.projects]
+                 + [leases.handler_lease(n) for n in app.dispatcher.handler_names])
+        db = self.cfg.database
+        if not db.url:
+            return Alone(names, self)
+        return Workers(db.url, db.lease_s, names, self, on_events=app.dispatcher.notify)
+
+    # --- the work a lease stands for (`service.workers.Work`) ----------------------------
+
+    async def take(self, lease: str) -> None:
+        """Start a project's parts and schedule its passes (its tick at once), or a
+        handler's lane, from its cursor as stored."""
+        assert self.app is not None and self.coordinator is not None
+        name = leases.subject(lease)
+        if leases.kind_of(lease) == leases.HANDLER:
+            await self.app.dispatcher.start_lane(name)
+            return
+        part = self.app.projects[name]
+        store = self.coordinator.store_for(lease, self.app.store)
+        if name in self._used or part.store is not store:
+            part = await self.app.rebuild(name, store)
+        self._used.add(name)
+        try:
+            await part.start()
+        except BaseException:
+            await part.aclose(SHUTDOWN_GRACE_S)
+            raise
+        if self._scheduler is not None and not self._stop.is_set():
+            self._schedule_project(self._scheduler, self.app, part,
+                                   datetime.now().astimezone())
+
+    async def drop(self, lease: str, why: str) -> None:
+        """Stop a project's passes and parts, or a handler's lane, promptly."""
+        assert self.app is not None
+        name = leases.subject(lease)
+        if leases.kind_of(lease) == leases.HANDLER:
+            await self.app.dispatcher.stop_lane(name, SHUTDOWN_GRACE_S)
+            return
+        if why != "stopping":
+            log.warning("project_stopped", project=name, why=why)
+        if self._scheduler is not None:
+            for kind in ("tick", "reconcile"):
+                with contextlib.suppress(Exception):  # not scheduled, or the scheduler is down
+                    self._scheduler.remove_job(job_id(kind, name))
+        passes = [t for t, project in self._running.items() if project == name]
+        for task in passes:
+            task.cancel()
+        if passes:
+            await asyncio.wait(passes, timeout=SHUTDOWN_GRACE_S)
+        await self.app.projects[name].aclose(SHUTDOWN_GRACE_S)
 
     def _schedule_project(self, sched: AsyncIOScheduler, app: App, part: ProjectParts,
                           now: datetime) -> None:
@@ -187,7 +252,7 @@ class Daemon:
         async def reconcile() -> list[PassStats]:
             stats = await part.syncer.reconcile()
             cutoff = iso(utc_now() - timedelta(days=RUN_LOG_DAYS))
-            await Mirror(app.store, part.name).prune_runs(cutoff)
+            await Mirror(part.store, part.name).prune_runs(cutoff)
             await app.prune_events()
             return stats
 
@@ -214,7 +279,7 @@ class Daemon:
         self._report_skips(name)
         task = asyncio.current_task()
         assert task is not None
-        self._running.add(task)
+        self._running[task] = project
         try:
             result = await body()
             for stats in result if isinstance(result, list) else [result]:
@@ -232,7 +297,7 @@ class Daemon:
             # here keeps APScheduler from logging the cancel as a crash, with a traceback
             log.info("pass_cancelled", job=name)
         finally:
-            self._running.discard(task)
+            self._running.pop(task, None)
             if not self._stop.is_set():  # stopping: _shutdown saves the state, once, last
                 await self._save_state()
 
@@ -247,7 +312,8 @@ class Daemon:
                  "next_runs": jobs,
                  "projects": {name: {"requests_last_minute": part.budget.used(),
                                      "requests_per_minute": part.cfg.api.requests_per_minute}
-                              for name, part in self.app.projects.items()}}
+                              for name, part in self.app.projects.items()},
+                 "leases": sorted(self.coordinator.held) if self.coordinator else []}
         try:
             await Mirror(self.app.store, SERVICE).set_state(DAEMON_STATE, dumps(state))
         except BotasyncError as e:
@@ -276,7 +342,8 @@ class Daemon:
         self.stop()
 
     async def _shutdown(self) -> None:
-        """Stop scheduling, cancel passes (a page write in hand still commits), close."""
+        """Stop scheduling, cancel passes (a page write in hand still commits), stop the
+        work and give its leases back, close."""
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         for task in list(self._running):
@@ -285,4 +352,6 @@ class Daemon:
             await asyncio.wait(list(self._running), timeout=SHUTDOWN_GRACE_S)
         for name in list(self.skipped):
             self._report_skips(name)
+        if self.coordinator is not None:
+            await self.coordinator.aclose()
         await self._save_state()

@@ -6,19 +6,23 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from botasync import humanize
 from botasync.config import SERVICE, Config
+from botasync.envelope import iso, utc_now
 from botasync.errors import BotasyncError
 from botasync.events.outbox import backlog
 from botasync.jsoncodec import loads
 from botasync.media.admin import files_status
 from botasync.store import open_store, queries
 from botasync.store.base import Database
+from botasync.store.dialect import POSTGRES
 from botasync.store.queries import database_bytes
 from botasync.store.sqlite import Mirror
 from botasync.transcripts.admin import transcripts_status
@@ -82,8 +86,11 @@ async def collect(cfg: Config) -> dict[str, Any]:
         facts = await health_facts(store, cfg)
         daemon_raw = await Mirror(store, SERVICE).get_state(DAEMON_STATE)
         daemon = loads(daemon_raw) if daemon_raw else None
+        workers = await workers_and_leases(store) if store.dialect == POSTGRES else None
         if daemon:
-            daemon["running"] = _alive(daemon.get("pid"))
+            # on PostgreSQL the workers may run on other hosts: a pid says nothing here
+            daemon["running"] = (any(w["alive"] for w in workers["workers"]) if workers
+                                 else _alive(daemon.get("pid")))
         row = await store.fetchone("SELECT count(*), max(seq), min(created_at) FROM events")
         files = await files_status(store, cfg.media) if cfg.media.download else None
         by_project = ({name: await transcripts_status(store, cfg.transcripts, name)
@@ -106,9 +113,51 @@ async def collect(cfg: Config) -> dict[str, Any]:
             "handlers": {name: {"backlog": pending.get(name, 0), **h}
                          for name, h in facts["handlers"].items()},
             "daemon": daemon,
+            "workers": workers,
             "files": files,
             "transcripts": transcripts,
         }
+
+
+async def workers_and_leases(store: Database) -> dict[str, Any]:
+    """PostgreSQL: the workers (alive: seen within `lease_s`) and who holds which lease,
+    since when, until when; times by the database's clock, as the workers count them."""
+    row = await store.fetchone("SELECT now()")
+    now = iso(row[0]) if row is not None else iso(utc_now())
+    workers = [{**dict(zip(r.keys(), r, strict=True)), "alive": r["expires_at"] > now}
+               for r in await store.fetchall(
+                   "SELECT id, host, pid, started_at, seen_at, expires_at FROM workers "
+                   "ORDER BY started_at")]
+    held = []
+    for r in await store.fetchall("SELECT name, holder, acquired_at, expires_at FROM leases "
+                                  "ORDER BY name"):
+        live = r["holder"] is not None and (r["expires_at"] or "") > now
+        held.append({"name": r["name"], "holder": r["holder"] if live else None,
+                     "acquired_at": r["acquired_at"] if live else None,
+                     "held_s": _seconds_between(r["acquired_at"], now) if live else None,
+                     "expires_at": r["expires_at"] if live else None})
+    return {"now": now, "workers": workers, "leases": held}
+
+
+def _seconds_between(start: str | None, end: str) -> float | None:
+    if not start:
+        return None
+    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 1)
+
+
+def _render_workers(console: Console, w: dict[str, Any]) -> None:
+    """The workers of a PostgreSQL database and the leases they hold."""
+    alive = [x for x in w["workers"] if x["alive"]]
+    console.print(f"[bold]workers[/bold] {len(alive)} alive" + "".join(
+        f", [red]{x['id']} dead since {x['expires_at']}[/red]"
+        for x in w["workers"] if not x["alive"]))
+    t = Table("lease", "holder", "held for", "expires", box=None)
+    for lease in w["leases"]:
+        held = lease["held_s"]
+        t.add_row(lease["name"], lease["holder"] or "[yellow]free[/yellow]",
+                  humanize.human_seconds(held) if held is not None else "",
+                  lease["expires_at"] or "")
+    console.print(t)
 
 
 def render(console: Console, data: dict[str, Any]) -> None:
@@ -144,6 +193,8 @@ def render(console: Console, data: dict[str, Any]) -> None:
             f"last minute, as of {d.get('updated_at')}")
         for job, when in (d.get("next_runs") or {}).items() if d.get("running") else ():
             console.print(f"  next {job}: {when}")
+    if data.get("workers"):
+        _render_workers(console, data["workers"])
     walk = data["last_walk"]
     if walk:
         done = "complete" if walk["complete"] else f"stopped at offset {walk['position']}"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +25,9 @@ async def open_store(db: DatabaseConfig, *, readonly: bool = False) -> Database:
         pg: type[PgStore] = (await _postgres()).PgStore
         if readonly:
             return await pg.open_readonly(db.url, lock_path=db.path)
-        return await pg.open(db.url, lock_path=db.path)
+        # a session idle in a transaction past a lease is a worker paused mid-write: the
+        # server ends it, so the other workers do not wait on its locks (store/postgres.py)
+        return await pg.open(db.url, lock_path=db.path, idle_in_transaction_s=db.lease_s)
     from botasync.store.sqlite import Store
 
     return await (Store.open_readonly(db.path) if readonly else Store.open(db.path))
@@ -37,18 +37,6 @@ async def _postgres() -> Any:
     """`botasync.store.postgres`: psycopg is imported only when it is used, and off the loop
     (imports read files)."""
     return await asyncio.to_thread(importlib.import_module, "botasync.store.postgres")
-
-
-@asynccontextmanager
-async def exclusive_on_server(db: DatabaseConfig, name: str, busy: str) -> AsyncIterator[None]:
-    """On PostgreSQL, a lock every process using the database sees, on any machine (a
-    session advisory lock; `BotasyncError(busy)` when taken). On SQLite nothing: the file
-    lock beside the database does that."""
-    if not db.url:
-        yield
-        return
-    async with (await _postgres()).exclusive(db.url, name, busy):
-        yield
 
 
 async def open_existing(db: DatabaseConfig, *, readonly: bool = True) -> Database:
@@ -64,4 +52,4 @@ def describe(db: DatabaseConfig) -> str:
     return redact_database_url(db.url) if db.url else db.path
 
 
-__all__ = ["Database", "describe", "exclusive_on_server", "open_existing", "open_store"]
+__all__ = ["Database", "describe", "open_existing", "open_store"]

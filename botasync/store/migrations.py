@@ -415,6 +415,26 @@ STEPS: tuple[str, ...] = (
     ALTER TABLE sync_runs ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
     CREATE INDEX sync_runs_project ON sync_runs(project, kind, id);
     """,
+    # 7: several workers on one PostgreSQL database: who holds which Bota project and
+    # which handler's lane (a lease), and who is alive (a heartbeat). SQLite keeps the
+    # tables empty (one daemon per file), so the numbering and the contract stay one.
+    """
+    CREATE TABLE leases (
+        name             TEXT PRIMARY KEY, -- project:<name> | handler:<name>
+        holder           TEXT,             -- a workers.id; NULL: free
+        acquired_at      TEXT,
+        renewed_at       TEXT,
+        expires_at       TEXT              -- free for the taking from then on
+    );
+    CREATE TABLE workers (
+        id               TEXT PRIMARY KEY, -- <host>:<pid>:<random>
+        host             TEXT NOT NULL,
+        pid              INTEGER NOT NULL,
+        started_at       TEXT NOT NULL,
+        seen_at          TEXT NOT NULL,
+        expires_at       TEXT NOT NULL     -- dead from then on, unless seen again
+    );
+    """,
 )
 
 # The same schema on PostgreSQL, by the same numbers. Steps 1 to 5 are empty there: a
@@ -631,6 +651,24 @@ PG_STEPS: tuple[str, ...] = (
         FOREIGN KEY (project, recording_id) REFERENCES recordings(project, id)
     );
     CREATE INDEX transcript_queue_next ON transcript_queue(project, next_attempt_at);
+    """,
+    # 7: leases and workers (see STEPS): BIGINT for the pid, the rest as on SQLite
+    """
+    CREATE TABLE leases (
+        name             TEXT PRIMARY KEY,
+        holder           TEXT,
+        acquired_at      TEXT,
+        renewed_at       TEXT,
+        expires_at       TEXT
+    );
+    CREATE TABLE workers (
+        id               TEXT PRIMARY KEY,
+        host             TEXT NOT NULL,
+        pid              BIGINT NOT NULL,
+        started_at       TEXT NOT NULL,
+        seen_at          TEXT NOT NULL,
+        expires_at       TEXT NOT NULL
+    );
     """,
 )
 

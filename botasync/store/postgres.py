@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +39,7 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool
 
 from botasync.config import redact_database_url as redact_url
-from botasync.errors import BotasyncError, MigrationError, StoreError
+from botasync.errors import MigrationError, StoreError
 from botasync.lifecycle import AsyncClosing
 from botasync.logging import add_secret
 from botasync.store import migrations
@@ -139,6 +138,20 @@ async def _configure(conn: AsyncConnection[Any]) -> None:
     conn.adapters.register_loader("json", TextLoader)
     conn.adapters.register_loader("numeric", _NumericAsNumber)
     conn.row_factory = _row_factory
+
+
+def _writer_configure(
+    idle_in_transaction_s: float | None,
+) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+    if not idle_in_transaction_s:
+        return _configure
+    ms = max(1, round(idle_in_transaction_s * 1000))
+
+    async def configure(conn: AsyncConnection[Any]) -> None:
+        await _configure(conn)
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+
+    return configure
 
 
 async def _configure_readonly(conn: AsyncConnection[Any]) -> None:
@@ -248,37 +261,6 @@ class PgConnection:
         return PgCursor(cur)
 
 
-# --- a lock across machines ---------------------------------------------------------------
-
-
-def lock_key(name: str) -> int:
-    """A name as a signed 64-bit advisory lock key."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
-                          signed=True)
-
-
-@asynccontextmanager
-async def exclusive(url: str, name: str, busy: str) -> AsyncIterator[None]:
-    """Held by one process at a time among all that use the database, on any machine: a
-    session-level advisory lock on a connection of its own, which PostgreSQL drops when the
-    process dies (SIGKILL included). `BotasyncError(busy)` when another holds it."""
-    where = redact_url(url)
-    try:
-        conn = await AsyncConnection.connect(url, autocommit=True,
-                                             connect_timeout=CONNECT_TIMEOUT_S)
-    except (psycopg.Error, OSError) as e:
-        raise StoreError(f"cannot open database {where}: {_why(e)}") from None
-    try:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()",
-                                 (lock_key(name),))
-        row = await cur.fetchone()
-        if row is None or not row[0]:
-            raise BotasyncError(busy)
-        yield
-    finally:
-        await conn.close()
-
-
 # --- the store ---------------------------------------------------------------------------
 
 
@@ -304,9 +286,16 @@ class PgStore(ForegroundPasses, AsyncClosing):
         return redact_url(self.url)
 
     @classmethod
-    async def open(cls, url: str, *, lock_path: str | Path = "botasync.db") -> PgStore:
-        """Connect, and bring the schema to the latest version (the writers' lock held)."""
-        store = await cls._connect(url, lock_path, readonly=False)
+    async def open(cls, url: str, *, lock_path: str | Path = "botasync.db",
+                   idle_in_transaction_s: float | None = None) -> PgStore:
+        """Connect, and bring the schema to the latest version (the writers' lock held).
+
+        `idle_in_transaction_s`: the server ends a session that sits that long inside a
+        transaction (PostgreSQL's `idle_in_transaction_session_timeout`). A worker paused in
+        the middle of a write (a stopped VM) holds the writers' lock and its lease's row
+        lock: without it, every other worker of the database would wait for it to wake."""
+        store = await cls._connect(url, lock_path, readonly=False,
+                                   idle_in_transaction_s=idle_in_transaction_s)
         try:
             await migrations.apply_pg(store.transaction)
         except BaseException:
@@ -337,7 +326,8 @@ class PgStore(ForegroundPasses, AsyncClosing):
         return store
 
     @classmethod
-    async def _connect(cls, url: str, lock_path: str | Path, *, readonly: bool) -> PgStore:
+    async def _connect(cls, url: str, lock_path: str | Path, *, readonly: bool,
+                       idle_in_transaction_s: float | None = None) -> PgStore:
         password = url_password(url)
         if password:
             add_secret(password)
@@ -352,7 +342,8 @@ class PgStore(ForegroundPasses, AsyncClosing):
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             url, min_size=1, max_size=POOL_MAX, open=False, name="botasync",
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-            configure=_configure_readonly if readonly else _configure)
+            configure=_configure_readonly if readonly else _writer_configure(
+                idle_in_transaction_s))
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except Exception as e:
