@@ -16,8 +16,8 @@ from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from botasync.api.client import Page
 from botasync.api.dialect import Paging
+from botasync.api.shapes import Page
 from botasync.errors import PaginationError
 
 REPEAT_LIMIT = 5  # identical full pages in a row that stop an offset walk (see RepeatGuard)

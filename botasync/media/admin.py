@@ -20,16 +20,9 @@ from botasync.api.client import BotaClient
 from botasync.config import DEFAULT_PROJECT, Config, MediaConfig
 from botasync.humanize import human_bytes
 from botasync.media import files as fs
-from botasync.media.downloader import (
-    GAVE_UP,
-    JOIN_SQL,
-    NEEDS,
-    Downloader,
-    DownloadStats,
-    queue_query,
-    queued_sql,
-    wanted_sql,
-)
+from botasync.media.downloader import Downloader
+from botasync.media.ledger import DownloadStats
+from botasync.media.queue import GAVE_UP, JOIN_SQL, NEEDS, queue_query, queued_sql, wanted_sql
 from botasync.store import open_existing, open_store
 from botasync.store.base import Database
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from botasync.humanize import human_bytes, human_seconds
-from botasync.media.downloader import DownloadStats
+from botasync.media.ledger import DownloadStats
 
 
 def eta_seconds(
