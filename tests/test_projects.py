@@ -270,6 +270,7 @@ projects = ["two"]
 {entries}""")
         stats, delivered = await sync_once(cfg, deliver_timeout=30)
         assert delivered and [s.created for s in stats] == [250, 250, 250]
+        assert [s.as_dict()["project"] for s in stats] == ["one", "two", "three"]
         for name, world in worlds.items():
             assert mirror_diff(db, world.all(), name) == [], name
     paging = ("CAST(value AS JSONB) ->> 'paging'" if db.backend == "postgres"

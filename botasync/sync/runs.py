@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from botasync.config import DEFAULT_PROJECT
 from botasync.envelope import iso
 from botasync.store.sqlite import Mirror
 from botasync.sync.seen import SeenIds
@@ -41,6 +42,7 @@ class PassStats:
     seconds: float = 0.0
     complete: bool = False
     error: str | None = None
+    project: str = DEFAULT_PROJECT  # whose pass (`sync --json` lists every project's)
 
     def counts(self) -> dict[str, int]:
         keys = ("pages", "requests", "seen", "created", "updated", "unchanged", "invalid",
@@ -94,7 +96,7 @@ class Runs:
             await self._mirror.supersede_run(old_id)
             self._log.info("walk_resumed", kind=kind, position=position,
                            by_cursor=cursor is not None)
-        walk = Walk(PassStats(kind), 0, backfill=backfill)
+        walk = Walk(PassStats(kind, project=self._mirror.project), 0, backfill=backfill)
         if kind in WALK_KINDS:
             walk.seen = SeenIds()
             walk.position, walk.cursor, walk.resumed = position, cursor, position > 0
