@@ -20,7 +20,9 @@ recordings with `[transcripts] download = true`, then:
    daemon's tick), every `--tick` seconds; the change-to-committed-event latency with
    transcripts off (`--quiet` seconds before the queue starts and as long after it drained,
    pooled, so that a change in the machine's load during the run shows), and with them on
-   for the whole drain. The p95s side by side (ratio) and the longest tick.
+   for the whole drain. The p95s side by side (ratio) and the longest tick; beside them,
+   how late a 10 ms sleep of the event loop wakes in each phase (the loop busy with other
+   work at once, CPU rather than waiting).
 3. The FTS index against the rows: `integrity-check`, and the index's vocabulary (term,
    row, column, offset) equal to one rebuilt from the rows.
 
@@ -87,6 +89,7 @@ FINISHED = ("completed", "failed")
 TRANSCRIPT_PATHS = ("/v1/transcriptions", "/v1/summaries")
 FLIP = {"uploaded": "processing", "processing": "uploaded"}
 MUST_RATIO = 1.1
+SAVED = ROOT / "bench" / "transcripts.json"  # each dialect's last row, for --write
 
 
 def served(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -193,6 +196,23 @@ async def run_dialect(dialect: str, args: argparse.Namespace, work: Path) -> dic
             row = await store.fetchone("SELECT coalesce(max(seq), 0) FROM events")
             seen = int(row[0]) if row else 0
 
+            lag_probe: list[float] = []  # the event loop's lateness, the current phase
+
+            async def probe_loop() -> None:
+                """How late a 10 ms sleep wakes: time the loop spent on other work at once
+                (CPU on the loop: parsing, building rows) rather than waiting."""
+                while True:
+                    t = time.monotonic()
+                    await asyncio.sleep(0.01)
+                    lag_probe.append(time.monotonic() - t - 0.01)
+
+            probe = asyncio.create_task(probe_loop())
+
+            def lags_of_phase() -> list[float]:
+                out = list(lag_probe)
+                lag_probe.clear()
+                return out
+
             async def tick_loop(stop: asyncio.Event | None, seconds: float | None
                                 ) -> tuple[list[float], list[float]]:
                 nonlocal seen
@@ -219,7 +239,9 @@ async def run_dialect(dialect: str, args: argparse.Namespace, work: Path) -> dic
                     await asyncio.sleep(args.tick)
                 return lags, ticks
 
+            lags_of_phase()
             before, before_ticks = await tick_loop(None, args.quiet)
+            loop_lag = {"off": lags_of_phase()}
             loads = [os.getloadavg()[0]]  # 1-minute load at the end of each phase
             mark = len(sim.requests)
             stop = asyncio.Event()
@@ -230,10 +252,13 @@ async def run_dialect(dialect: str, args: argparse.Namespace, work: Path) -> dic
             took = time.monotonic() - started
             stop.set()
             busy, busy_ticks = await loop_task
+            loop_lag["on"] = lags_of_phase()
             loads.append(os.getloadavg()[0])
             fstats = fetcher.stats
             await fetcher.aclose()
             after, after_ticks = await tick_loop(None, args.quiet)  # off again: the load drifts
+            loop_lag["off"] += lags_of_phase()
+            probe.cancel()
             loads.append(os.getloadavg()[0])
         log = [r for r in sim.requests[mark:] if r.path.startswith(TRANSCRIPT_PATHS)]
     sent = sum(1 for r in log if r.status != 429)
@@ -260,6 +285,10 @@ async def run_dialect(dialect: str, args: argparse.Namespace, work: Path) -> dic
                  if busy else None, "p95_s": round(b95, 3) if b95 is not None else None,
                  "max_tick_s": round(max(busy_ticks), 3) if busy_ticks else None},
         "p95_ratio": round(b95 / q95, 3) if q95 and b95 is not None else None,
+        "loop_lag_ms": {k: {"p95": round(1000 * (p95(v) or 0), 1),
+                            "max": round(1000 * max(v, default=0), 1),
+                            "over_50ms": sum(1 for x in v if x > 0.05)}
+                        for k, v in loop_lag.items()},
         "load_1min": [round(x, 2) for x in loads],
     }
 
@@ -268,23 +297,33 @@ def _round(value: float | None) -> float | None:
     return round(value, 3) if value is not None else None
 
 
+def _lag(r: dict[str, Any]) -> str:
+    lag = r.get("loop_lag_ms")
+    if not lag:
+        return "not measured"
+    return (f"{lag['off']['p95']} / {lag['off']['max']}, "
+            f"{lag['on']['p95']} / {lag['on']['max']}")
+
+
 def holds(r: dict[str, Any]) -> bool:
     fts = r["fts"]
     return bool(r["drained"] and r["exact"] and r["ratio"] is not None
                 and r["ratio"] <= MUST_RATIO and fts["integrity"] and fts["equal_to_rebuild"])
 
 
-def render(rows: list[dict[str, Any]], args: argparse.Namespace, load: tuple[float, ...],
-           took: float) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     w = args.window
+    runs = "; ".join(
+        f"{r['dialect']} on {r['run']['when']}, load average "
+        f"{' / '.join(f'{x:.2f}' for x in r['run']['load_start'])} at the start, "
+        f"{r['run']['minutes']} minutes" for r in rows if "run" in r)
     out = [
         "## Transcripts: the backlog at its share, recording events beside it, the index",
         "",
-        f"Written by `python bench/transcripts.py --write` on {when} ({platform.machine()}, "
-        f"{os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
-        f"at the start, {platform.python_implementation()} {platform.python_version()}; "
-        f"{took / 60:.0f} minutes in all).",
+        f"Written by `python bench/transcripts.py --write` ({platform.machine()}, "
+        f"{os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}): {runs}. A run of one dialect (`--dialects`) keeps "
+        "the other's row of its last run (`bench/transcripts.json`).",
         "",
         f"Each dialect: a world of {args.recordings:,} recordings (seed 7) plus "
         f"{args.moving} whose status the bench flips (they never have a transcript), "
@@ -319,15 +358,16 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, load: tuple[flo
         "whole drain above.",
         "",
         "| dialect | off: changes | off: p50 / p95 (s) | on: changes | on: p50 / p95 (s) | "
-        "p95 on / off | longest tick off / on (s) | load (1 min) after off / on / off |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "p95 on / off | longest tick off / on (s) | event loop late p95 / max, off / on (ms) "
+        "| load (1 min) after off / on / off |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         q, b = r["quiet"], r["busy"]
         out.append(f"| {r['dialect']} | {q['changes']} | {q['p50_s']} / {q['p95_s']} "
                    f"({q['p95_before_s']}, {q['p95_after_s']}) | "
                    f"{b['changes']} | {b['p50_s']} / {b['p95_s']} | {r['p95_ratio']} | "
-                   f"{q['max_tick_s']} / {b['max_tick_s']} | "
+                   f"{q['max_tick_s']} / {b['max_tick_s']} | {_lag(r)} | "
                    f"{' / '.join(f'{x:.2f}' for x in r['load_1min'])} |")
     return "\n".join(out) + "\n"
 
@@ -359,8 +399,17 @@ def main() -> None:
     load = os.getloadavg()
     started = time.monotonic()
     rows = asyncio.run(main_async(args))
+    took = time.monotonic() - started
+    for r in rows:
+        r["run"] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "load_start": [round(x, 2) for x in load], "minutes": round(took / 60)}
     print(json.dumps(rows, indent=2))
-    text = render(rows, args, load, time.monotonic() - started)
+    if args.write:  # a dialect not run this time keeps its row of the last run
+        kept = json.loads(SAVED.read_text()) if SAVED.exists() else {}
+        kept.update({r["dialect"]: r for r in rows})
+        SAVED.write_text(json.dumps(kept, indent=1) + "\n")
+        rows = [kept[d] for d in DIALECTS if d in kept]
+    text = render(rows, args)
     print(text)
     if args.write:
         replace_section(ROOT / "bench" / "RESULTS.md", "transcripts", text)
