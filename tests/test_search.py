@@ -237,8 +237,9 @@ def pg_memory_db(pg_server: PgServer) -> Iterator[psycopg.Connection[Any]]:
     name = pg_server.create_database()
     try:
         with pg_server.connect(name) as conn:
-            for stmt in migrations._statements(migrations.PG_STEPS[-1]):
-                conn.execute(stmt)
+            for step in migrations.PG_STEPS:  # the schema as a new database gets it
+                for stmt in migrations._statements(step):
+                    conn.execute(stmt)
             conn.execute(translate(_RECORDING), ("rec_1", None, "completed", NOW, NOW, NOW,
                                                  None, "default"))
             conn.execute("INSERT INTO transcriptions (id, recording_id, status, raw, "
