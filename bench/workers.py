@@ -23,8 +23,9 @@ project started after that, and compares each mirror with its world field by fie
 (`tests/mirror.py`); then for the handler to have every event of the outbox, and counts
 the events never delivered, those delivered more than once, and of these the ones whose
 every delivery but the last was the killed worker's (in flight at the kill: allowed).
-Also counted: passes of one project that overlapped in time (two workers syncing it at
-once; the killed worker's unfinished pass excepted). The survivors are stopped with
+Also counted: two walks, or two ticks, of one project that overlapped in time (two workers
+syncing it at once; the killed worker's unfinished pass excepted; a tick beside its own
+worker's reconcile walk is by design). The survivors are stopped with
 SIGTERM and must exit 0.
 
 `--write` puts the table into bench/RESULTS.md between the `workers` markers.
@@ -168,14 +169,14 @@ class Db:
         return {str(r[0]) for r in self.rows("SELECT id FROM events")}
 
 
-def overlaps(runs: list[tuple[str, str, float | None, float | None, bool]],
-             killed_at: float) -> int:
-    """Pairs of one project's passes that ran at the same time (two holders at once); a
-    pass the kill left unfinished (no end) is ignored."""
-    by: dict[str, list[tuple[float, float]]] = {}
-    for project, _kind, start, end, _ in runs:
+def overlaps(runs: list[tuple[str, str, float | None, float | None, bool]]) -> int:
+    """Pairs of one project's walks, or of its ticks, that ran at the same time: two holders
+    at once (one worker runs a tick beside its own reconcile walk, by design, but never two
+    walks nor two ticks of a project). A pass the kill left unfinished (no end) is ignored."""
+    by: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for project, kind, start, end, _ in runs:
         if start is not None and end is not None:
-            by.setdefault(project, []).append((start, end))
+            by.setdefault((project, kind in ("full", "reconcile")), []).append((start, end))
     count = 0
     for spans in by.values():
         spans.sort()
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace, work: Path, server: PgServer) -> dict[str, Any
         "events": len(ids), "deliveries": len(lines), "drained": drained,
         "lost": len(ids - set(per_id)), "repeated": len(repeated),
         "repeated_in_flight": len(in_flight), "repeated_wrong": len(repeated) - len(in_flight),
-        "overlapping_passes": overlaps(db.runs(), killed_at),
+        "overlapping_passes": overlaps(db.runs()),
         "exit_codes": stopped,
     }
 
@@ -347,7 +348,8 @@ def render(r: dict[str, Any], args: argparse.Namespace, m: dict[str, Any], took:
         f"| events never delivered | {r['lost']} | 0 |",
         f"| events delivered twice: in flight at the kill (same id) / other | "
         f"{r['repeated_in_flight']} / {r['repeated_wrong']} | any / 0 |",
-        f"| passes of one project overlapping in time | {r['overlapping_passes']} | 0 |",
+        f"| two walks, or two ticks, of one project at the same time | "
+        f"{r['overlapping_passes']} | 0 |",
         f"| survivors' exit codes at SIGTERM | "
         f"{', '.join(f'{k} {v}' for k, v in r['exit_codes'].items())} | 0 |",
         "",
