@@ -101,14 +101,15 @@ class App(AsyncClosing):
     async def open(
         cls, cfg: Config, *, on_progress: Progress | None = None,
         extra_handlers: Sequence[Handler] = (), only: str | None = None,
+        application_name: str | None = None,
     ) -> App:
         """Open the database (migrating it), build the handlers and each project's parts
-        (`only`: that project's alone)."""
+        (`only`: that project's alone). `application_name`: a worker's id, on PostgreSQL."""
         views = [cfg.for_project(only)] if only else cfg.each_project()
         for view in views:
             require_key(view)
         handlers = build_handlers(cfg) + list(extra_handlers)
-        store = await open_store(cfg.database)
+        store = await open_store(cfg.database, application_name=application_name)
         dispatcher = Dispatcher(store, handlers, cfg.events,
                                 projects={h.name: h.projects for h in cfg.handlers if h.projects})
         parts = [ProjectParts.build(view, store, dispatcher, on_progress) for view in views]

@@ -71,24 +71,41 @@ class Alone:
             await self.work.drop(name, "stopping")
 
 
-def worker_id() -> sql.WorkerId:
+def worker_id(prefix: str = "") -> sql.WorkerId:
     """This process in the `workers` table: host, pid, and a few random characters (pids
-    are reused, across restarts and containers)."""
-    host = socket.gethostname()
-    return sql.WorkerId(f"{host}:{os.getpid()}:{secrets.token_hex(3)}", host, os.getpid())
+    are reused, across restarts and containers); the `application_name` of its sessions
+    too, so at most 63 bytes. `prefix`: before the host, to tell a kind of process."""
+    host, pid = socket.gethostname(), os.getpid()
+    return sql.WorkerId(leases.bounded_id(prefix, host, pid, secrets.token_hex(3)), host, pid)
+
+
+async def end_dead_sessions(table: sql.LeaseTable, me: str) -> None:
+    """End the sessions of the dead workers (see `sql.end_dead`), one line each. Refused
+    (no right to signal them), one line and the round goes on: their locks then last until
+    they wake, or until a write's `lock_wait_s` says who holds the writers' lock."""
+    try:
+        async with table.round() as r:
+            ended = await r.end_dead(iso(r.now))
+    except BotasyncError as e:
+        log.warning("dead_sessions_not_ended", worker=me, error=str(e))
+        return
+    for s in ended:
+        log.warning("dead_worker_session_ended", worker=me, dead_worker=s.worker,
+                    session_pid=s.pid, state=s.state, wait_event=s.wait_event)
 
 
 class Workers:
     """PostgreSQL: this process's share of the work, held by leases (see the module doc)."""
 
     def __init__(self, url: str, lease_s: float, names: Sequence[str], work: Work, *,
-                 on_events: Callable[[], None] = lambda: None) -> None:
+                 on_events: Callable[[], None] = lambda: None,
+                 me: sql.WorkerId | None = None) -> None:
         self.url = url
         self.lease_s = lease_s
         self.names = list(names)
         self.work = work
         self.on_events = on_events
-        self.me = worker_id()
+        self.me = me or worker_id()  # the id its store's sessions are named by, if given
         self.held: dict[str, float] = {}  # lease -> local deadline (monotonic)
         self._table: sql.LeaseTable | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,7 +120,7 @@ class Workers:
 
     async def start(self) -> None:
         """Join: the worker's row, a row for every lease, a first round; then the loop."""
-        self._table = await sql.LeaseTable.connect(self.url)
+        self._table = await sql.LeaseTable.connect(self.url, self.me.id)
         async with self._table.round() as r:
             now = iso(r.now)
             await r.heartbeat(self.me, now, leases.expiry(r.now, self.lease_s))
@@ -130,7 +147,7 @@ class Workers:
             return
         try:
             if self._table.broken:
-                self._table = await sql.LeaseTable.connect(self.url)
+                self._table = await sql.LeaseTable.connect(self.url, self.me.id)
             async with self._table.round() as r:
                 await r.release(self.me.id, names)
                 await r.retire(self.me.id)
@@ -174,7 +191,7 @@ class Workers:
         with contextlib.suppress(BotasyncError):
             if self._table is not None:
                 await self._table.aclose()
-            self._table = await sql.LeaseTable.connect(self.url)
+            self._table = await sql.LeaseTable.connect(self.url, self.me.id)
 
     async def _expire_locally(self) -> None:
         """A lease not renewed past its local deadline (the database unreachable, a round
@@ -189,6 +206,9 @@ class Workers:
         """Renew, drop what was lost, rebalance: give up what is over the share, claim."""
         timeout = leases.renew_every(self.lease_s)
         renewed, live = await asyncio.wait_for(self._renew(), timeout)
+        assert self._table is not None
+        # before claiming: a dead worker's session may hold a lease's row (the fence)
+        await asyncio.wait_for(end_dead_sessions(self._table, self.me.id), timeout)
         for name in [n for n in self.held if n not in renewed]:
             self.held.pop(name, None)
             await self._drop(name, "lease expired: another worker may hold it now")
@@ -256,7 +276,7 @@ class Workers:
         does not wait for its idle poll to see another worker's events."""
         while True:
             try:
-                async for _ in sql.listen(self.url):
+                async for _ in sql.listen(self.url, self.me.id):
                     self.on_events()
             except BotasyncError as e:
                 log.warning("listen_failed", error=str(e))

@@ -67,7 +67,26 @@ UPDATE leases SET holder = NULL, expires_at = NULL
 WHERE holder = %(me)s AND name = ANY(%(names)s)
 """
 _RETIRE = "DELETE FROM workers WHERE id = %s"
+# end the sessions of the workers that are dead (their heartbeat ran out): a worker paused
+# in the middle of a statement (the server reading the rest of a pipeline from it) is
+# neither idle in a transaction nor gone, and would hold the writers' lock and its lease's
+# row until it wakes. Its sessions carry its id as `application_name`.
+_END_DEAD_SESSIONS = """
+SELECT a.pid, w.id, a.state, a.wait_event, pg_terminate_backend(a.pid)
+FROM pg_stat_activity a JOIN workers w ON w.id = a.application_name
+WHERE w.expires_at <= %s AND a.pid <> pg_backend_pid() AND a.datname = current_database()
+"""
 _PRUNE = "DELETE FROM workers WHERE expires_at < %s"
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    """A dead worker's session this round ended: the server's pid for it, what it was doing."""
+
+    pid: int
+    worker: str
+    state: str | None
+    wait_event: str | None
 
 
 @dataclass(frozen=True)
@@ -92,11 +111,13 @@ class LeaseTable:
         self.where = where
 
     @classmethod
-    async def connect(cls, url: str) -> LeaseTable:
+    async def connect(cls, url: str, application_name: str) -> LeaseTable:
+        """`application_name`: the worker's id, as on all its sessions (see `end_dead`)."""
         where = redact_database_url(url)
         try:
             conn = await AsyncConnection.connect(url, autocommit=True,
-                                                 connect_timeout=CONNECT_TIMEOUT_S)
+                                                 connect_timeout=CONNECT_TIMEOUT_S,
+                                                 application_name=application_name)
         except (psycopg.Error, OSError) as e:
             raise StoreError(f"cannot open database {where}: {_why(e)}") from None
         return cls(conn, where)
@@ -164,17 +185,27 @@ class Round:
     async def retire(self, me: str) -> None:
         await self._conn.execute(_RETIRE, (me,))
 
+    async def end_dead(self, now: str) -> list[EndedSession]:
+        """End every session of the workers dead at `now` (`pg_terminate_backend`, which
+        needs the same role or `pg_signal_backend`); the sessions it ended. Run it in a
+        round of its own: the first read of `pg_stat_activity` in a transaction fixes what
+        it shows until the end, and a refusal fails the whole transaction."""
+        cur = await self._conn.execute(_END_DEAD_SESSIONS, (now,))
+        return [EndedSession(int(r[0]), str(r[1]), r[2], r[3])
+                for r in await cur.fetchall() if r[4]]
+
     async def prune(self, before: str) -> None:
         """Forget workers dead since before `before` (the status shows them until then)."""
         await self._conn.execute(_PRUNE, (before,))
 
 
-async def listen(url: str) -> AsyncIterator[None]:
+async def listen(url: str, application_name: str) -> AsyncIterator[None]:
     """Yield once per NOTIFY on `CHANNEL` (events committed by any process), until the
     connection fails (`StoreError`) or the caller stops iterating."""
     try:
         conn = await AsyncConnection.connect(url, autocommit=True,
-                                             connect_timeout=CONNECT_TIMEOUT_S)
+                                             connect_timeout=CONNECT_TIMEOUT_S,
+                                             application_name=application_name)
     except (psycopg.Error, OSError) as e:
         raise StoreError(f"cannot open database {redact_database_url(url)}: {_why(e)}") from None
     try:
