@@ -90,10 +90,11 @@ def test_a_worker_id_fits_postgresql_application_name() -> None:
     """The id names the worker's sessions (`application_name`, 63 bytes, ASCII): a long or
     non-ASCII host is cut or replaced in it, never the pid and the token."""
     assert leases.bounded_id("", "web-1", 42, "a1b2c3") == "web-1:42:a1b2c3"
-    long = leases.bounded_id("sync@", "h" * 200, 4194304, "a1b2c3")
+    long = leases.bounded_id(leases.ONE_SHOT, "h" * 200, 4194304, "a1b2c3")
     assert len(long.encode()) == leases.MAX_ID_BYTES
     assert long.startswith("sync@hhh") and long.endswith(":4194304:a1b2c3")
     assert leases.bounded_id("", "hôte", 7, "ff00aa") == "h?te:7:ff00aa"
+    assert leases.is_one_shot(long) and not leases.is_one_shot("web-1:42:a1b2c3")
 
 
 @pytest.mark.parametrize("bad", [0, -1, "soon"])
@@ -519,3 +520,78 @@ def _stopped(w: Worker) -> set[str]:
     lines = [json.loads(line) for line in w.log.read_text().splitlines()
              if line.startswith("{") and line.endswith("}")]
     return {line["project"] for line in lines if line.get("event") == "project_stopped"}
+
+
+# --- botasync sync beside running workers ------------------------------------------------------
+
+ELSEWHERE = "elsewhere:777:c0ffee"
+
+
+def _worker_elsewhere_holds(db: TestDb, names: list[str]) -> None:
+    """A live worker on another host (its row, its leases, as its rounds keep them)."""
+    now = leases.expiry(datetime.now(UTC), 0)
+    until = leases.expiry(datetime.now(UTC), 600)
+    db.execute("INSERT INTO workers (id, host, pid, started_at, seen_at, expires_at) "
+               "VALUES (?, 'elsewhere', 777, ?, ?, ?)", (ELSEWHERE, now, now, until))
+    for name in names:
+        db.execute("INSERT INTO leases (name, holder, acquired_at, renewed_at, expires_at) "
+                   "VALUES (?, ?, ?, ?, ?)", (name, ELSEWHERE, now, now, until))
+
+
+def _lease_holders(db: TestDb) -> dict[str, str | None]:
+    return {r[0]: r[1] for r in db.rows("SELECT name, holder FROM leases")}
+
+
+def _sync_holds(db: TestDb) -> bool:
+    """A `botasync sync` holds a lease and has its row in `workers`, right now."""
+    holders = _lease_holders(db).values()
+    rows = db.rows("SELECT id FROM workers")
+    return (any(h is not None and leases.is_one_shot(h) for h in holders)
+            and any(leases.is_one_shot(r[0]) for r in rows))
+
+
+async def test_sync_beside_a_worker_skips_what_it_holds_and_gives_back_what_it_took(
+    simulator_factory: SimulatorFactory, pg_database: TestDb, tmp_path: Path, hooks: Hooks,
+) -> None:
+    """`botasync sync` on PostgreSQL: a project or a handler's lane a live worker holds is
+    skipped, one line each, the mirror of that project untouched; the free ones are synced
+    under the sync's own leases, given back at the end, and a worker started after takes
+    them. `sync --project P` with P held: exit 1 and the line."""
+    sim = await simulator_factory(World(seed=44, recordings=200), projects=3, latency_s=0.05)
+    cfg = _cfg(tmp_path, sim, pg_database, hooks, 0)
+    async with await open_store(pg_database.db_config):
+        pass  # the schema
+    _worker_elsewhere_holds(pg_database, ["project:alpha", "handler:hook"])
+    sync = asyncio.create_task(botasync("sync", cfg=cfg))
+    # during its pass: its leases, its row (not after: see below)
+    seen = await wait_for(lambda: ("held" if _sync_holds(pg_database) else
+                                   "done" if sync.done() else None), timeout=30)
+    code, _, err = await sync
+    assert seen == "held"
+    assert code == 0, err
+    assert f"alpha: skipped, worker {ELSEWHERE} holds it; its daemon syncs it" in err
+    assert (f"handler hook: not delivered here, worker {ELSEWHERE} holds it; the workers "
+            "deliver to it") in err
+    assert pg_database.rows("SELECT count(*) FROM recordings WHERE project = 'alpha'") == [(0,)]
+    assert pg_database.rows("SELECT count(*) FROM sync_runs WHERE project = 'alpha'") == [(0,)]
+    for i, project in ((1, "beta"), (2, "gamma")):
+        assert mirror_diff(pg_database, sim.project(i).world.all(), project=project) == []
+    assert hooks.got == []  # the lane is the worker's
+    assert _lease_holders(pg_database) == {"project:alpha": ELSEWHERE, "handler:hook": ELSEWHERE,
+                                           "project:beta": None, "project:gamma": None}
+    assert pg_database.rows("SELECT id FROM workers") == [(ELSEWHERE,)]
+    code, _, err = await botasync("sync", "--project", "alpha", cfg=cfg)
+    assert code == 1
+    assert f"alpha: skipped, worker {ELSEWHERE} holds it; its daemon syncs it" in err
+    await _a_worker_takes_what_is_free(pg_database, tmp_path, cfg)
+
+
+async def _a_worker_takes_what_is_free(db: TestDb, tmp_path: Path, cfg: Path) -> None:
+    worker = await _start(tmp_path, cfg, 0)
+    try:
+        await wait_for(lambda: _holders(db).get("project:beta") == worker.pid
+                       and _holders(db).get("project:gamma") == worker.pid, timeout=30)
+        assert _lease_holders(db)["project:alpha"] == ELSEWHERE
+    finally:
+        worker.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.proc.wait(), 20) == 0

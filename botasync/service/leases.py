@@ -35,6 +35,7 @@ FORGET_DEAD_AFTER_S = 3600.0  # a dead worker's row stays this long (`status` sh
 # a worker's id is also its sessions' `application_name` (how the others find the sessions
 # of a dead worker to end them), which PostgreSQL cuts to 63 bytes (NAMEDATALEN - 1)
 MAX_ID_BYTES = 63
+ONE_SHOT = "sync@"  # the id's prefix of a `botasync sync` holding leases for one pass
 
 
 def project_lease(name: str) -> str:
@@ -66,6 +67,11 @@ def bounded_id(prefix: str, host: str, pid: int, token: str) -> str:
     room = max(0, MAX_ID_BYTES - len(prefix) - len(tail))
     ascii_host = host.encode("ascii", "replace").decode("ascii")
     return f"{prefix}{ascii_host[:room]}{tail}"
+
+
+def is_one_shot(worker: str) -> bool:
+    """A `botasync sync` (it holds leases for one pass, and takes no share of the work)."""
+    return worker.startswith(ONE_SHOT)
 
 
 def renew_every(lease_s: float) -> float:

@@ -49,15 +49,24 @@ _RENEW = """
 UPDATE leases SET renewed_at = %(now)s, expires_at = %(expires)s
 WHERE holder = %(me)s AND expires_at > %(now)s RETURNING name
 """
-_LIVE = "SELECT count(*) FROM workers WHERE expires_at > %s"
-# free or expired leases among `names`, the oldest-expired first, as many as asked
+# the workers sharing the work: a one-shot `botasync sync` (its id starts with a prefix the
+# caller gives) holds leases for one pass but takes no share, so it does not count
+_LIVE = "SELECT count(*) FROM workers WHERE expires_at > %s AND NOT starts_with(id, %s)"
+# free or expired leases among `names`, the oldest-expired first, as many as asked; and
+# those of a one-shot `botasync sync` (id starting `%(one_shot)s`) that has no session left:
+# killed (kill -9) before it gave them back, it would otherwise keep the next `sync`, and
+# the workers, off its projects for `lease_s`. (A process paused or cut off by the network
+# keeps its sessions: only its lease's expiry frees what it holds. Not so for a worker,
+# whose sessions may all be reconnecting at once after a database restart.)
 _CLAIM = """
 UPDATE leases SET holder = %(me)s, acquired_at = %(now)s, renewed_at = %(now)s,
     expires_at = %(expires)s
 WHERE name IN (
     SELECT name FROM leases
-    WHERE name = ANY(%(names)s) AND (holder IS NULL OR expires_at IS NULL
-                                     OR expires_at <= %(now)s)
+    WHERE name = ANY(%(names)s) AND (
+        holder IS NULL OR expires_at IS NULL OR expires_at <= %(now)s
+        OR (starts_with(holder, %(one_shot)s) AND NOT EXISTS (
+            SELECT 1 FROM pg_stat_activity a WHERE a.application_name = leases.holder)))
     ORDER BY expires_at NULLS FIRST, name LIMIT %(n)s
     FOR UPDATE SKIP LOCKED)
 RETURNING name
@@ -67,6 +76,11 @@ UPDATE leases SET holder = NULL, expires_at = NULL
 WHERE holder = %(me)s AND name = ANY(%(names)s)
 """
 _RETIRE = "DELETE FROM workers WHERE id = %s"
+# who holds which of `names` now (unexpired), for the line that says why one was not taken
+_HOLDERS = """
+SELECT name, holder FROM leases
+WHERE name = ANY(%(names)s) AND holder IS NOT NULL AND expires_at > %(now)s
+"""
 # end the sessions of the workers that are dead (their heartbeat ran out): a worker paused
 # in the middle of a statement (the server reading the rest of a pipeline from it) is
 # neither idle in a transaction nor gone, and would hold the writers' lock and its lease's
@@ -165,18 +179,21 @@ class Round:
         """Push on every unexpired lease this worker holds; the names it still holds."""
         return await self._names(_RENEW, {"me": me, "now": now, "expires": expires})
 
-    async def live_workers(self, now: str) -> int:
-        cur = await self._conn.execute(_LIVE, (now,))
+    async def live_workers(self, now: str, one_shot: str) -> int:
+        """The workers alive at `now`, but the one-shots (ids starting with `one_shot`)."""
+        cur = await self._conn.execute(_LIVE, (now, one_shot))
         row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def claim(self, me: str, names: Sequence[str], n: int, now: str,
-                    expires: str) -> list[str]:
-        """Take up to `n` of `names` that are free or expired; the names taken."""
+    async def claim(self, me: str, names: Sequence[str], n: int, now: str, expires: str,
+                    one_shot: str) -> list[str]:
+        """Take up to `n` of `names` that are free or expired, or held by a one-shot (id
+        starting `one_shot`) whose sessions are all gone; the names taken."""
         if n <= 0 or not names:
             return []
         return await self._names(_CLAIM, {"me": me, "names": list(names), "n": n,
-                                          "now": now, "expires": expires})
+                                          "now": now, "expires": expires,
+                                          "one_shot": one_shot})
 
     async def release(self, me: str, names: Sequence[str]) -> None:
         if names:
@@ -184,6 +201,11 @@ class Round:
 
     async def retire(self, me: str) -> None:
         await self._conn.execute(_RETIRE, (me,))
+
+    async def holders(self, names: Sequence[str], now: str) -> dict[str, str]:
+        """The holder of each of `names` held at `now` (a free one is not in it)."""
+        cur = await self._conn.execute(_HOLDERS, {"names": list(names), "now": now})
+        return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
 
     async def end_dead(self, now: str) -> list[EndedSession]:
         """End every session of the workers dead at `now` (`pg_terminate_backend`, which
