@@ -153,6 +153,10 @@ async def test_the_daemon_on_postgres_delivers_changes_and_shares_the_database(
         assert isinstance(daemon.coordinator, Workers)
         first = daemon.coordinator.me.id
         assert _holders(pg_database) == {"project:default": first, "handler:collect": first}
+        # every session of the worker carries its id (how the others end them if it dies):
+        # the store's pool, the lease table's, the listener's
+        assert pg_database.rows("SELECT count(*) >= 3 FROM pg_stat_activity "
+                                "WHERE application_name = ?", (first,)) == [(True,)]
         second = Daemon(_daemon_cfg(sim, pg_database, tmp_path / "two"), handle_signals=False)
         second_task = await start(second)
         await wait_for(lambda: len(pg_database.rows("SELECT id FROM workers")) == 2, timeout=10)

@@ -22,13 +22,15 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from botasync import config
-from botasync.errors import ConfigError, LeaseLost
+from botasync.errors import ConfigError, LeaseLost, StoreError
 from botasync.service import leases
-from botasync.service.workers import FencedStore
+from botasync.service.workers import FencedStore, Workers
 from botasync.simulator import Simulator, World
-from botasync.store import open_store
+from botasync.store import open_store, writers_lock_wait
+from botasync.store.postgres import WRITER_LOCK, PgStore
 from tests.conftest import SimulatorFactory, wait_for
 from tests.mirror import mirror_diff
 from tests.pgserver import TestDb
@@ -84,6 +86,17 @@ def test_lease_names() -> None:
         leases.kind_of("nothing")
 
 
+def test_a_worker_id_fits_postgresql_application_name() -> None:
+    """The id names the worker's sessions (`application_name`, 63 bytes, ASCII): a long or
+    non-ASCII host is cut or replaced in it, never the pid and the token."""
+    assert leases.bounded_id("", "web-1", 42, "a1b2c3") == "web-1:42:a1b2c3"
+    long = leases.bounded_id(leases.ONE_SHOT, "h" * 200, 4194304, "a1b2c3")
+    assert len(long.encode()) == leases.MAX_ID_BYTES
+    assert long.startswith("sync@hhh") and long.endswith(":4194304:a1b2c3")
+    assert leases.bounded_id("", "hôte", 7, "ff00aa") == "h?te:7:ff00aa"
+    assert leases.is_one_shot(long) and not leases.is_one_shot("web-1:42:a1b2c3")
+
+
 @pytest.mark.parametrize("bad", [0, -1, "soon"])
 def test_a_bad_lease_s_is_one_line(bad: Any) -> None:
     with pytest.raises(ConfigError, match=r"\[database\] lease_s"):
@@ -121,6 +134,100 @@ async def test_a_write_without_the_lease_is_refused_and_stops_the_work(
             async with fenced.transaction() as conn:
                 await conn.execute("UPDATE state SET value = 'late' WHERE project = 'p'")
         assert pg_database.rows("SELECT value FROM state WHERE project = 'p'") == [("ok",)]
+
+
+# --- a dead worker's sessions, the writers' lock ---------------------------------------------
+
+DEAD = "gone-host:4242:dead00"
+
+
+class _NoWork:
+    """A worker with no lease to take: its rounds alone are under test."""
+
+    async def take(self, lease: str) -> None:
+        raise AssertionError(f"nothing to take: {lease}")
+
+    async def drop(self, lease: str, why: str) -> None:
+        raise AssertionError(f"nothing to drop: {lease}")
+
+
+async def _holding_writers_lock(db: TestDb, name: str) -> psycopg.AsyncConnection[Any]:
+    """A session named `name` inside a transaction that holds the writers' lock."""
+    conn = await psycopg.AsyncConnection.connect(db.url, application_name=name)
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+    return conn
+
+
+def _sessions(db: TestDb, name: str) -> list[str]:
+    return [r[0] for r in db.rows("SELECT state FROM pg_stat_activity "
+                                  "WHERE application_name = ?", (name,))]
+
+
+def _lock_waiters(db: TestDb) -> int:
+    return int(db.rows("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                       "AND NOT granted")[0][0])
+
+
+async def _write_state(store: Any, value: str) -> None:
+    async with store.transaction() as conn:
+        await conn.execute("INSERT INTO state (project, key, value) VALUES ('p', 'x', ?) "
+                           "ON CONFLICT (project, key) DO UPDATE SET value = excluded.value",
+                           (value,))
+
+
+async def test_a_dead_workers_session_inside_a_statement_is_ended_and_the_writers_go_on(
+    pg_database: TestDb,
+) -> None:
+    """A worker dead (its heartbeat ran out) while the server runs a statement of its write
+    (not idle in the transaction, so no server timeout ends it) holds the writers' lock: a
+    live worker's round ends its sessions (found by `application_name`, its id), one line
+    each, and the write that waited goes through."""
+    async with await open_store(pg_database.db_config) as store:
+        gone = leases.expiry(datetime.now(UTC), -5)
+        pg_database.execute("INSERT INTO workers (id, host, pid, started_at, seen_at, "
+                            "expires_at) VALUES (?, 'gone-host', 4242, ?, ?, ?)",
+                            (DEAD, gone, gone, gone))
+        holder = await _holding_writers_lock(pg_database, DEAD)
+        session = holder.info.backend_pid
+        busy = asyncio.create_task(holder.execute("SELECT pg_sleep(600)"))
+        await wait_for(lambda: _sessions(pg_database, DEAD) == ["active"])
+        write = asyncio.create_task(_write_state(store, "after"))
+        await wait_for(lambda: _lock_waiters(pg_database) == 1)
+        worker = Workers(pg_database.url, 3.0, [], _NoWork())
+        with capture_logs() as logs:
+            await worker.start()
+            await asyncio.wait_for(write, 20)
+        await worker.aclose()
+        ended = [(x["dead_worker"], x["session_pid"], x["state"]) for x in logs
+                 if x["event"] == "dead_worker_session_ended"]
+        assert ended == [(DEAD, session, "active")]
+        assert _sessions(pg_database, DEAD) == []
+        assert pg_database.rows("SELECT value FROM state WHERE project = 'p'") == [("after",)]
+        with pytest.raises(psycopg.OperationalError):
+            await busy
+        await holder.close()
+
+
+async def test_a_write_waiting_past_lock_wait_s_says_who_holds_the_writers_lock(
+    pg_database: TestDb,
+) -> None:
+    """A holder nobody ends (not a worker: a psql session) makes a write fail after
+    `lock_wait_s` with one line naming it, not hang; once it lets go, writes go on."""
+    assert writers_lock_wait(2.0) == 60.0 and writers_lock_wait(45.0) == 90.0
+    store = await PgStore.open(pg_database.url, lock_path=pg_database.path, lock_wait_s=0.5)
+    try:
+        holder = await _holding_writers_lock(pg_database, "psql by hand")
+        pid = holder.info.backend_pid
+        with pytest.raises(StoreError, match=(
+                rf"the writers' lock was not free within 0.5 s: held by session {pid} "
+                r"\(psql by hand\), idle in transaction since ")):
+            await _write_state(store, "never")
+        await holder.rollback()
+        await _write_state(store, "later")
+        assert pg_database.rows("SELECT value FROM state WHERE project = 'p'") == [("later",)]
+        await holder.close()
+    finally:
+        await store.aclose()
 
 
 # --- workers end to end --------------------------------------------------------------------
@@ -370,11 +477,6 @@ async def _clean_stop_hands_over(db: TestDb, alive: list[Worker], dead: Worker) 
     assert db.rows("SELECT pid FROM workers") == [(dead.pid,)]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: a worker paused in the middle of a write's statement pipeline (server state "
-    "active/ClientRead, not idle in transaction) keeps the writers' lock and its lease's "
-    "row lock until it wakes; the others wait. Fix: terminate a dead worker's sessions "
-    "(application_name = worker id, pg_terminate_backend)"))
 async def test_a_worker_paused_past_its_lease_stops_that_work_when_it_wakes(
     simulator_factory: SimulatorFactory, pg_database: TestDb, tmp_path: Path, hooks: Hooks,
 ) -> None:
@@ -390,8 +492,9 @@ async def test_a_worker_paused_past_its_lease_stops_that_work_when_it_wakes(
         paused, other = workers
         mine = [name for name, pid in _holders(pg_database).items() if pid == paused.pid]
         paused.proc.send_signal(signal.SIGSTOP)
-        # it may be paused inside a write (the writers' lock, its lease's row held): the
-        # server ends that session after lease_s idle, and the other goes on
+        # it may be paused inside a write (the writers' lock, its lease's row held), even in
+        # the middle of a statement: once it is dead (its heartbeat ran out) the other ends
+        # its sessions, and goes on
         await wait_for(lambda: all(_holders(pg_database).get(n) == other.pid for n in mine),
                        timeout=LEASE_S * 8)
         for i in range(3):
@@ -417,3 +520,78 @@ def _stopped(w: Worker) -> set[str]:
     lines = [json.loads(line) for line in w.log.read_text().splitlines()
              if line.startswith("{") and line.endswith("}")]
     return {line["project"] for line in lines if line.get("event") == "project_stopped"}
+
+
+# --- botasync sync beside running workers ------------------------------------------------------
+
+ELSEWHERE = "elsewhere:777:c0ffee"
+
+
+def _worker_elsewhere_holds(db: TestDb, names: list[str]) -> None:
+    """A live worker on another host (its row, its leases, as its rounds keep them)."""
+    now = leases.expiry(datetime.now(UTC), 0)
+    until = leases.expiry(datetime.now(UTC), 600)
+    db.execute("INSERT INTO workers (id, host, pid, started_at, seen_at, expires_at) "
+               "VALUES (?, 'elsewhere', 777, ?, ?, ?)", (ELSEWHERE, now, now, until))
+    for name in names:
+        db.execute("INSERT INTO leases (name, holder, acquired_at, renewed_at, expires_at) "
+                   "VALUES (?, ?, ?, ?, ?)", (name, ELSEWHERE, now, now, until))
+
+
+def _lease_holders(db: TestDb) -> dict[str, str | None]:
+    return {r[0]: r[1] for r in db.rows("SELECT name, holder FROM leases")}
+
+
+def _sync_holds(db: TestDb) -> bool:
+    """A `botasync sync` holds a lease and has its row in `workers`, right now."""
+    holders = _lease_holders(db).values()
+    rows = db.rows("SELECT id FROM workers")
+    return (any(h is not None and leases.is_one_shot(h) for h in holders)
+            and any(leases.is_one_shot(r[0]) for r in rows))
+
+
+async def test_sync_beside_a_worker_skips_what_it_holds_and_gives_back_what_it_took(
+    simulator_factory: SimulatorFactory, pg_database: TestDb, tmp_path: Path, hooks: Hooks,
+) -> None:
+    """`botasync sync` on PostgreSQL: a project or a handler's lane a live worker holds is
+    skipped, one line each, the mirror of that project untouched; the free ones are synced
+    under the sync's own leases, given back at the end, and a worker started after takes
+    them. `sync --project P` with P held: exit 1 and the line."""
+    sim = await simulator_factory(World(seed=44, recordings=200), projects=3, latency_s=0.05)
+    cfg = _cfg(tmp_path, sim, pg_database, hooks, 0)
+    async with await open_store(pg_database.db_config):
+        pass  # the schema
+    _worker_elsewhere_holds(pg_database, ["project:alpha", "handler:hook"])
+    sync = asyncio.create_task(botasync("sync", cfg=cfg))
+    # during its pass: its leases, its row (not after: see below)
+    seen = await wait_for(lambda: ("held" if _sync_holds(pg_database) else
+                                   "done" if sync.done() else None), timeout=30)
+    code, _, err = await sync
+    assert seen == "held"
+    assert code == 0, err
+    assert f"alpha: skipped, worker {ELSEWHERE} holds it; its daemon syncs it" in err
+    assert (f"handler hook: not delivered here, worker {ELSEWHERE} holds it; the workers "
+            "deliver to it") in err
+    assert pg_database.rows("SELECT count(*) FROM recordings WHERE project = 'alpha'") == [(0,)]
+    assert pg_database.rows("SELECT count(*) FROM sync_runs WHERE project = 'alpha'") == [(0,)]
+    for i, project in ((1, "beta"), (2, "gamma")):
+        assert mirror_diff(pg_database, sim.project(i).world.all(), project=project) == []
+    assert hooks.got == []  # the lane is the worker's
+    assert _lease_holders(pg_database) == {"project:alpha": ELSEWHERE, "handler:hook": ELSEWHERE,
+                                           "project:beta": None, "project:gamma": None}
+    assert pg_database.rows("SELECT id FROM workers") == [(ELSEWHERE,)]
+    code, _, err = await botasync("sync", "--project", "alpha", cfg=cfg)
+    assert code == 1
+    assert f"alpha: skipped, worker {ELSEWHERE} holds it; its daemon syncs it" in err
+    await _a_worker_takes_what_is_free(pg_database, tmp_path, cfg)
+
+
+async def _a_worker_takes_what_is_free(db: TestDb, tmp_path: Path, cfg: Path) -> None:
+    worker = await _start(tmp_path, cfg, 0)
+    try:
+        await wait_for(lambda: _holders(db).get("project:beta") == worker.pid
+                       and _holders(db).get("project:gamma") == worker.pid, timeout=30)
+        assert _lease_holders(db)["project:alpha"] == ELSEWHERE
+    finally:
+        worker.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.proc.wait(), 20) == 0

@@ -89,17 +89,25 @@ def sync(full: bool, deliver_timeout: float, as_json: bool, project: str | None)
     # one bar follows one walk: with several projects at once the log tells their progress
     one = project is not None or len(cfg.project_names()) == 1
     view = cfg.for_project(project or cfg.project_names()[0])
+    skipped: list[str] = []  # PostgreSQL: what running workers hold, one line each
+
+    def skip(line: str) -> None:
+        skipped.append(line)
+        click.echo(line, err=True)
+
     try:
         with walk_progress(err, view.api.requests_per_minute, view.sync.page_size,
                            enabled=not as_json and one) as progress:
             stats, delivered = run_async(sync_once(
                 cfg, full=full, deliver_timeout=deliver_timeout, on_progress=progress,
-                on_budget=progress.watch_budget if progress else None, only=project))
+                on_budget=progress.watch_budget if progress else None, only=project,
+                on_skip=skip))
     except KeyboardInterrupt:
         err.print(escape(_where_it_resumes(cfg)), soft_wrap=True)
         sys.exit(130)
     if as_json:
-        _print_json({"passes": [s.as_dict() for s in stats], "delivered": delivered})
+        _print_json({"passes": [s.as_dict() for s in stats], "delivered": delivered,
+                     "skipped": skipped})
         return
     for s in stats:
         click.echo(_summary(s))

@@ -9,22 +9,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 from botasync.api.budget import RequestBudget
 from botasync.api.client import BotaClient
 from botasync.config import Config, require_key
-from botasync.errors import ConfigError
+from botasync.errors import BotasyncError, ConfigError
 from botasync.events.handlers import Handler, build_handler
 from botasync.events.outbox import Dispatcher, ReplayResult, start_handlers
 from botasync.lifecycle import AsyncClosing
 from botasync.media.downloader import Downloader
+from botasync.service import leases
+from botasync.service.workers import OneShot, worker_id
 from botasync.store import open_store, retention
 from botasync.store.base import Database
+from botasync.store.leases import WorkerId
 from botasync.sync.syncer import PassStats, Progress, Syncer
 from botasync.transcripts.fetcher import TranscriptFetcher
+
+log = structlog.get_logger("botasync.app")
 
 SHUTDOWN_GRACE_S = 5.0
 
@@ -87,8 +95,9 @@ class App(AsyncClosing):
     """
 
     def __init__(self, cfg: Config, store: Database, dispatcher: Dispatcher,
-                 projects: Sequence[ProjectParts]) -> None:
+                 projects: Sequence[ProjectParts], on_progress: Progress | None = None) -> None:
         self.cfg = cfg
+        self.on_progress = on_progress
         self.store = store
         self.dispatcher = dispatcher
         self.projects = {p.name: p for p in projects}
@@ -101,18 +110,19 @@ class App(AsyncClosing):
     async def open(
         cls, cfg: Config, *, on_progress: Progress | None = None,
         extra_handlers: Sequence[Handler] = (), only: str | None = None,
+        application_name: str | None = None,
     ) -> App:
         """Open the database (migrating it), build the handlers and each project's parts
-        (`only`: that project's alone)."""
+        (`only`: that project's alone). `application_name`: a worker's id, on PostgreSQL."""
         views = [cfg.for_project(only)] if only else cfg.each_project()
         for view in views:
             require_key(view)
         handlers = build_handlers(cfg) + list(extra_handlers)
-        store = await open_store(cfg.database)
+        store = await open_store(cfg.database, application_name=application_name)
         dispatcher = Dispatcher(store, handlers, cfg.events,
                                 projects={h.name: h.projects for h in cfg.handlers if h.projects})
         parts = [ProjectParts.build(view, store, dispatcher, on_progress) for view in views]
-        return cls(cfg, store, dispatcher, parts)
+        return cls(cfg, store, dispatcher, parts, on_progress)
 
     async def rebuild(self, name: str, store: Database) -> ProjectParts:
         """A project's parts anew, writing through `store` (a worker's, fenced by the
@@ -120,7 +130,7 @@ class App(AsyncClosing):
         transcript fetcher does not start twice). Not started yet."""
         old = self.projects[name]
         await old.aclose(SHUTDOWN_GRACE_S)
-        part = ProjectParts.build(old.cfg, store, self.dispatcher)
+        part = ProjectParts.build(old.cfg, store, self.dispatcher, self.on_progress)
         self.projects[name] = part
         return part
 
@@ -177,38 +187,113 @@ async def sync_once(
     on_progress: Progress | None = None,
     on_budget: Callable[[RequestBudget], None] | None = None,
     only: str | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> tuple[list[PassStats], bool]:
     """`botasync sync`: one pass (full, or quick) of every project (or `only` that one),
     then deliver their events for a while.
+
+    On PostgreSQL, beside running workers: only the projects and handler lanes it can
+    lease, for the length of the pass; each one skipped is a line to `on_skip` (else the
+    log), and `only` skipped is an error.
 
     A first sync that fails (a rejected key, an API not there) leaves no empty database.
     """
     db = Path(cfg.database.path)
     fresh = not cfg.database.url and not any(f.exists() for f in _db_files(db))
     try:
-        return await _sync_once(cfg, full, deliver_timeout, on_progress, on_budget, only)
+        return await _sync_once(cfg, full, deliver_timeout, on_progress, on_budget, only,
+                                on_skip or _log_skip)
     except BaseException:
         if fresh:
             await asyncio.shield(asyncio.to_thread(_remove_if_empty, db))
         raise
 
 
+def _log_skip(line: str) -> None:
+    log.warning("sync_skipped", line=line)
+
+
 async def _sync_once(
     cfg: Config, full: bool, deliver_timeout: float, on_progress: Progress | None,
     on_budget: Callable[[RequestBudget], None] | None, only: str | None,
+    on_skip: Callable[[str], None],
 ) -> tuple[list[PassStats], bool]:
-    async with await App.open(cfg, on_progress=on_progress, only=only) as app:
-        if on_budget is not None:
-            on_budget(app.budget)
-        await app.dispatcher.start()
-        # each project has its own rate limit: they sync side by side
-        passes = await asyncio.gather(*(
-            _one_pass(part.syncer, full) for part in app.projects.values()))
-        stats = [s for one in passes for s in one]
-        delivered = await app.dispatcher.drain(deliver_timeout) if cfg.handlers else True
-        if full:
-            await app.prune_events()
-        return stats, delivered
+    # PostgreSQL: who this sync is among the workers, named on its sessions from the start
+    me = worker_id(leases.ONE_SHOT) if cfg.database.url else None
+    async with await App.open(cfg, on_progress=on_progress, only=only,
+                              application_name=me.id if me else None) as app:
+        async with _leased(app, me, only, on_skip) as (parts, lanes):
+            if on_budget is not None and parts:
+                on_budget(parts[0].budget)
+            await app.dispatcher.start(lanes=lanes)
+            # each project has its own rate limit: they sync side by side
+            passes = await asyncio.gather(*(_one_pass(part.syncer, full) for part in parts))
+            stats = [s for one in passes for s in one]
+            delivered = await app.dispatcher.drain(deliver_timeout) if cfg.handlers else True
+            if full:
+                await app.prune_events()
+            return stats, delivered
+
+
+@asynccontextmanager
+async def _leased(
+    app: App, me: WorkerId | None, only: str | None, on_skip: Callable[[str], None],
+) -> AsyncIterator[tuple[list[ProjectParts], list[str] | None]]:
+    """The projects (their parts writing through the lease's fence) and the handler lanes
+    this sync may work: on SQLite all of them (`None`: every lane); on PostgreSQL those it
+    leases (`OneShot`), until the end of the pass. Two walks of one project at once would
+    resume each other's checkpoint, and two lanes of one handler deliver twice."""
+    db = app.cfg.database
+    if me is None or not db.url:
+        yield list(app.projects.values()), None
+        return
+
+    async def lost(lease: str, why: str) -> None:
+        # a project's writes stop at the fence; a lane would go on delivering beside the
+        # worker that took it: stop it
+        if leases.kind_of(lease) == leases.HANDLER:
+            await app.dispatcher.stop_lane(leases.subject(lease), SHUTDOWN_GRACE_S)
+
+    shot = OneShot(db.url, db.lease_s, me, on_lost=lost)
+    names = ([leases.project_lease(n) for n in app.projects]
+             + [leases.handler_lease(n) for n in app.dispatcher.handler_names])
+    lanes: list[str] = []
+    try:
+        _skip(await shot.start(names), only, on_skip)
+        parts = [await app.rebuild(n, shot.store_for(leases.project_lease(n), app.store))
+                 for n in list(app.projects) if leases.project_lease(n) in shot.held]
+        lanes = [n for n in app.dispatcher.handler_names
+                 if leases.handler_lease(n) in shot.held]
+        yield parts, lanes
+    finally:
+        for lane in lanes:  # what it delivered is recorded before the lease goes back
+            await app.dispatcher.stop_lane(lane, SHUTDOWN_GRACE_S)
+        await shot.aclose()
+
+
+def _skip(skipped: dict[str, str | None], only: str | None,
+          on_skip: Callable[[str], None]) -> None:
+    """One line per lease another holds; the project asked for by name is an error."""
+    for lease, holder in skipped.items():
+        line = skip_line(lease, holder)
+        if only is not None and lease == leases.project_lease(only):
+            raise BotasyncError(line)
+        on_skip(line)
+
+
+def skip_line(lease: str, holder: str | None) -> str:
+    """Why `botasync sync` leaves a project or a handler's lane alone, in one line."""
+    name = leases.subject(lease)
+    if holder is None:
+        who = "another process is taking it right now"
+    elif leases.is_one_shot(holder):
+        who = f"another botasync sync ({holder}) holds it"
+    else:
+        who = f"worker {holder} holds it"
+    if leases.kind_of(lease) == leases.HANDLER:
+        return f"handler {name}: not delivered here, {who}; the workers deliver to it"
+    return f"{name}: skipped, {who}; " + (
+        "its daemon syncs it" if holder and not leases.is_one_shot(holder) else "try again later")
 
 
 async def _one_pass(syncer: Syncer, full: bool) -> list[PassStats]:

@@ -37,7 +37,7 @@ from botasync.jsoncodec import dumps
 from botasync.locks import ExclusiveLock
 from botasync.service import leases
 from botasync.service.app import App, ProjectParts
-from botasync.service.workers import Alone, Workers
+from botasync.service.workers import Alone, Workers, worker_id
 from botasync.store.sqlite import Mirror
 from botasync.sync.syncer import PassStats
 
@@ -123,6 +123,9 @@ class Daemon:
         self._running: dict[asyncio.Task[Any], str] = {}  # passes in flight -> their project
         self._scheduler: AsyncIOScheduler | None = None
         self.coordinator: Alone | Workers | None = None
+        # PostgreSQL: who this process is among the workers, known before the store opens
+        # so that every session of it carries the id (how the others end them if it dies)
+        self.me = worker_id() if cfg.database.url else None
         self._used: set[str] = set()  # projects whose parts ran once (closed since)
         self.monitor: MonitorServer | None = None  # `[metrics] listen`: /metrics /livez /readyz
 
@@ -135,7 +138,8 @@ class Daemon:
         """Open, schedule, serve until stopped, close; return the exit code."""
         # the lock first: a second daemon must not even open (and migrate) the database
         with self.lock or contextlib.nullcontext():
-            async with await App.open(self.cfg, extra_handlers=self.extra_handlers) as app:
+            async with await App.open(self.cfg, extra_handlers=self.extra_handlers,
+                                      application_name=self.me.id if self.me else None) as app:
                 try:
                     await self._serve(app)
                 finally:
@@ -194,7 +198,8 @@ class Daemon:
         db = self.cfg.database
         if not db.url:
             return Alone(names, self)
-        return Workers(db.url, db.lease_s, names, self, on_events=app.dispatcher.notify)
+        return Workers(db.url, db.lease_s, names, self, on_events=app.dispatcher.notify,
+                       me=self.me)
 
     # --- the work a lease stands for (`service.workers.Work`) ----------------------------
 

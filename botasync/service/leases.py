@@ -32,6 +32,10 @@ HANDLER = "handler:"
 KINDS = (PROJECT, HANDLER)
 RENEWALS_PER_LEASE = 3  # renewed every lease_s / 3: two renewals may fail before it expires
 FORGET_DEAD_AFTER_S = 3600.0  # a dead worker's row stays this long (`status` shows it)
+# a worker's id is also its sessions' `application_name` (how the others find the sessions
+# of a dead worker to end them), which PostgreSQL cuts to 63 bytes (NAMEDATALEN - 1)
+MAX_ID_BYTES = 63
+ONE_SHOT = "sync@"  # the id's prefix of a `botasync sync` holding leases for one pass
 
 
 def project_lease(name: str) -> str:
@@ -53,6 +57,21 @@ def kind_of(lease: str) -> str:
 def subject(lease: str) -> str:
     """The project's or the handler's name in a lease's name."""
     return lease[len(kind_of(lease)):]
+
+
+def bounded_id(prefix: str, host: str, pid: int, token: str) -> str:
+    """`<prefix><host>:<pid>:<token>`, the host cut so the whole fits `MAX_ID_BYTES` in
+    ASCII: PostgreSQL would cut a longer `application_name` (and show a non-ASCII one
+    escaped), and the id would then match none of the worker's sessions."""
+    tail = f":{pid}:{token}"
+    room = max(0, MAX_ID_BYTES - len(prefix) - len(tail))
+    ascii_host = host.encode("ascii", "replace").decode("ascii")
+    return f"{prefix}{ascii_host[:room]}{tail}"
+
+
+def is_one_shot(worker: str) -> bool:
+    """A `botasync sync` (it holds leases for one pass, and takes no share of the work)."""
+    return worker.startswith(ONE_SHOT)
 
 
 def renew_every(lease_s: float) -> float:

@@ -20,6 +20,7 @@ from botasync.errors import BotasyncError
 from botasync.events.outbox import backlog
 from botasync.jsoncodec import loads
 from botasync.media.admin import files_status
+from botasync.service import leases
 from botasync.store import open_store, queries
 from botasync.store.base import Database
 from botasync.store.dialect import POSTGRES
@@ -88,8 +89,10 @@ async def collect(cfg: Config) -> dict[str, Any]:
         daemon = loads(daemon_raw) if daemon_raw else None
         workers = await workers_and_leases(store) if store.dialect == POSTGRES else None
         if daemon:
-            # on PostgreSQL the workers may run on other hosts: a pid says nothing here
-            daemon["running"] = (any(w["alive"] for w in workers["workers"]) if workers
+            # on PostgreSQL the workers may run on other hosts: a pid says nothing here (and
+            # a `botasync sync` holding leases for its pass is no daemon)
+            daemon["running"] = (any(w["alive"] and not leases.is_one_shot(w["id"])
+                                     for w in workers["workers"]) if workers
                                  else _alive(daemon.get("pid")))
         row = await store.fetchone("SELECT count(*), max(seq), min(created_at) FROM events")
         files = await files_status(store, cfg.media) if cfg.media.download else None

@@ -18,7 +18,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -71,24 +71,41 @@ class Alone:
             await self.work.drop(name, "stopping")
 
 
-def worker_id() -> sql.WorkerId:
+def worker_id(prefix: str = "") -> sql.WorkerId:
     """This process in the `workers` table: host, pid, and a few random characters (pids
-    are reused, across restarts and containers)."""
-    host = socket.gethostname()
-    return sql.WorkerId(f"{host}:{os.getpid()}:{secrets.token_hex(3)}", host, os.getpid())
+    are reused, across restarts and containers); the `application_name` of its sessions
+    too, so at most 63 bytes. `prefix`: `leases.ONE_SHOT` for a `botasync sync`."""
+    host, pid = socket.gethostname(), os.getpid()
+    return sql.WorkerId(leases.bounded_id(prefix, host, pid, secrets.token_hex(3)), host, pid)
+
+
+async def end_dead_sessions(table: sql.LeaseTable, me: str) -> None:
+    """End the sessions of the dead workers (see `sql.end_dead`), one line each. Refused
+    (no right to signal them), one line and the round goes on: their locks then last until
+    they wake, or until a write's `lock_wait_s` says who holds the writers' lock."""
+    try:
+        async with table.round() as r:
+            ended = await r.end_dead(iso(r.now))
+    except BotasyncError as e:
+        log.warning("dead_sessions_not_ended", worker=me, error=str(e))
+        return
+    for s in ended:
+        log.warning("dead_worker_session_ended", worker=me, dead_worker=s.worker,
+                    session_pid=s.pid, state=s.state, wait_event=s.wait_event)
 
 
 class Workers:
     """PostgreSQL: this process's share of the work, held by leases (see the module doc)."""
 
     def __init__(self, url: str, lease_s: float, names: Sequence[str], work: Work, *,
-                 on_events: Callable[[], None] = lambda: None) -> None:
+                 on_events: Callable[[], None] = lambda: None,
+                 me: sql.WorkerId | None = None) -> None:
         self.url = url
         self.lease_s = lease_s
         self.names = list(names)
         self.work = work
         self.on_events = on_events
-        self.me = worker_id()
+        self.me = me or worker_id()  # the id its store's sessions are named by, if given
         self.held: dict[str, float] = {}  # lease -> local deadline (monotonic)
         self._table: sql.LeaseTable | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,7 +120,7 @@ class Workers:
 
     async def start(self) -> None:
         """Join: the worker's row, a row for every lease, a first round; then the loop."""
-        self._table = await sql.LeaseTable.connect(self.url)
+        self._table = await sql.LeaseTable.connect(self.url, self.me.id)
         async with self._table.round() as r:
             now = iso(r.now)
             await r.heartbeat(self.me, now, leases.expiry(r.now, self.lease_s))
@@ -130,7 +147,7 @@ class Workers:
             return
         try:
             if self._table.broken:
-                self._table = await sql.LeaseTable.connect(self.url)
+                self._table = await sql.LeaseTable.connect(self.url, self.me.id)
             async with self._table.round() as r:
                 await r.release(self.me.id, names)
                 await r.retire(self.me.id)
@@ -174,7 +191,7 @@ class Workers:
         with contextlib.suppress(BotasyncError):
             if self._table is not None:
                 await self._table.aclose()
-            self._table = await sql.LeaseTable.connect(self.url)
+            self._table = await sql.LeaseTable.connect(self.url, self.me.id)
 
     async def _expire_locally(self) -> None:
         """A lease not renewed past its local deadline (the database unreachable, a round
@@ -189,6 +206,9 @@ class Workers:
         """Renew, drop what was lost, rebalance: give up what is over the share, claim."""
         timeout = leases.renew_every(self.lease_s)
         renewed, live = await asyncio.wait_for(self._renew(), timeout)
+        assert self._table is not None
+        # before claiming: a dead worker's session may hold a lease's row (the fence)
+        await asyncio.wait_for(end_dead_sessions(self._table, self.me.id), timeout)
         for name in [n for n in self.held if n not in renewed]:
             self.held.pop(name, None)
             await self._drop(name, "lease expired: another worker may hold it now")
@@ -210,7 +230,7 @@ class Workers:
             now, expires = iso(r.now), leases.expiry(r.now, self.lease_s)
             await r.heartbeat(self.me, now, expires)
             renewed = set(await r.renew(self.me.id, now, expires))
-            live = await r.live_workers(now)
+            live = await r.live_workers(now, leases.ONE_SHOT)
             await r.prune(iso(r.now - timedelta(seconds=leases.FORGET_DEAD_AFTER_S)))
         for name in renewed & set(self.held):
             self.held[name] = leases.local_deadline(sent, self.lease_s)
@@ -226,7 +246,8 @@ class Workers:
             for kind, p in plans.items():
                 free = [n for n in self.names if leases.kind_of(n) == kind
                         and n not in self.held and n not in give_up]
-                claimed += await r.claim(self.me.id, free, p.claim, now, expires)
+                claimed += await r.claim(self.me.id, free, p.claim, now, expires,
+                                         leases.ONE_SHOT)
         for name in claimed:
             self.held[name] = leases.local_deadline(sent, self.lease_s)
         return claimed
@@ -256,11 +277,116 @@ class Workers:
         does not wait for its idle poll to see another worker's events."""
         while True:
             try:
-                async for _ in sql.listen(self.url):
+                async for _ in sql.listen(self.url, self.me.id):
                     self.on_events()
             except BotasyncError as e:
                 log.warning("listen_failed", error=str(e))
             await asyncio.sleep(RECONNECT_PAUSE_S)
+
+
+class OneShot:
+    """`botasync sync` on PostgreSQL, beside running workers: the leases of what it syncs,
+    for the length of its pass. It claims them as a worker does (the free and the expired
+    ones), renews them every third of `lease_s` while it runs, and gives them back at the
+    end; its project writes go through the fence (`store_for`), so a sync paused past its
+    lease cannot write a project a worker took meanwhile.
+
+    It has a row in `workers` (so the workers end its sessions if it dies in the middle of
+    a write), under an id starting `leases.ONE_SHOT`: it takes no share of the work, and
+    the workers do not count it when they share the work out.
+    """
+
+    def __init__(self, url: str, lease_s: float, me: sql.WorkerId, *,
+                 on_lost: Callable[[str, str], Awaitable[None]]) -> None:
+        self.url = url
+        self.lease_s = lease_s
+        self.on_lost = on_lost
+        self.me = me  # `worker_id(leases.ONE_SHOT)`, the id its store's sessions carry
+        self.held: dict[str, float] = {}  # lease -> local deadline (monotonic)
+        self._table: sql.LeaseTable | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    def store_for(self, lease: str, store: Database) -> Database:
+        return FencedStore(store, lease, self.me.id, self.lost)
+
+    async def start(self, names: Sequence[str]) -> dict[str, str | None]:
+        """Claim every one of `names` that is free; the others, with their live holder
+        (None: free, but locked by another process taking or writing it right now)."""
+        self._table = await sql.LeaseTable.connect(self.url, self.me.id)
+        sent = asyncio.get_running_loop().time()
+        async with self._table.round() as r:
+            now, expires = iso(r.now), leases.expiry(r.now, self.lease_s)
+            await r.heartbeat(self.me, now, expires)
+            await r.ensure(names)
+            claimed = await r.claim(self.me.id, names, len(names), now, expires,
+                                    leases.ONE_SHOT)
+            holders = await r.holders([n for n in names if n not in claimed], now)
+        self.held = {n: leases.local_deadline(sent, self.lease_s) for n in claimed}
+        self._loop = asyncio.create_task(self._renewing(), name="botasync-sync-leases")
+        return {n: holders.get(n) for n in names if n not in self.held}
+
+    def lost(self, lease: str, why: str) -> None:
+        """A write found the lease gone (the fence): the pass fails there; forget it."""
+        self.held.pop(lease, None)
+
+    async def aclose(self) -> None:
+        """Stop renewing, give every lease back, leave the `workers` table."""
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+        if self._table is None:
+            return
+        try:
+            if self._table.broken:
+                self._table = await sql.LeaseTable.connect(self.url, self.me.id)
+            async with self._table.round() as r:
+                await r.release(self.me.id, list(self.held))
+                await r.retire(self.me.id)
+        except BotasyncError as e:  # they run out by themselves within lease_s
+            log.warning("leases_not_released", worker=self.me.id, error=str(e))
+        finally:
+            self.held.clear()
+            await self._table.aclose()
+
+    async def _renewing(self) -> None:
+        period = leases.renew_every(self.lease_s)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await asyncio.wait_for(self._renew(), period)
+            except (BotasyncError, TimeoutError) as e:  # the database; try again
+                log.warning("lease_round_failed", worker=self.me.id,
+                            error=str(e) or "the database did not answer in time")
+                await self._reconnect()
+            now = asyncio.get_running_loop().time()
+            for name in [n for n, deadline in self.held.items() if now >= deadline]:
+                await self._lose(name, "lease not renewed in time (database unreachable?)")
+
+    async def _renew(self) -> None:
+        assert self._table is not None
+        sent = asyncio.get_running_loop().time()
+        async with self._table.round() as r:
+            now, expires = iso(r.now), leases.expiry(r.now, self.lease_s)
+            await r.heartbeat(self.me, now, expires)
+            renewed = set(await r.renew(self.me.id, now, expires))
+        for name in list(self.held):
+            if name in renewed:
+                self.held[name] = leases.local_deadline(sent, self.lease_s)
+            else:
+                await self._lose(name, "lease expired: a worker may hold it now")
+        await end_dead_sessions(self._table, self.me.id)
+
+    async def _lose(self, name: str, why: str) -> None:
+        self.held.pop(name, None)
+        log.warning("lease_dropped", worker=self.me.id, lease=name, why=why)
+        await self.on_lost(name, why)
+
+    async def _reconnect(self) -> None:
+        """A new connection: the old one broke, or a statement on it was cut off."""
+        with contextlib.suppress(BotasyncError):
+            if self._table is not None:
+                await self._table.aclose()
+            self._table = await sql.LeaseTable.connect(self.url, self.me.id)
 
 
 class FencedStore:

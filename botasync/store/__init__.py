@@ -18,19 +18,40 @@ if TYPE_CHECKING:
     from botasync.store.postgres import PgStore
 
 
-async def open_store(db: DatabaseConfig, *, readonly: bool = False) -> Database:
+async def open_store(db: DatabaseConfig, *, readonly: bool = False,
+                     application_name: str | None = None) -> Database:
     """The configured store, open: PostgreSQL when `[database] url` is set, else the SQLite
-    file at `path`. `readonly`: no migration, nothing written (`Store.open_readonly`)."""
+    file at `path`. `readonly`: no migration, nothing written (`Store.open_readonly`).
+    `application_name`: PostgreSQL, the sessions' name (a worker's id)."""
     if db.url:
         pg: type[PgStore] = (await _postgres()).PgStore
         if readonly:
             return await pg.open_readonly(db.url, lock_path=db.path)
         # a session idle in a transaction past a lease is a worker paused mid-write: the
         # server ends it, so the other workers do not wait on its locks (store/postgres.py)
-        return await pg.open(db.url, lock_path=db.path, idle_in_transaction_s=db.lease_s)
+        return await pg.open(db.url, lock_path=db.path, idle_in_transaction_s=db.lease_s,
+                             lock_wait_s=writers_lock_wait(db.lease_s),
+                             application_name=application_name)
     from botasync.store.sqlite import Store
 
     return await (Store.open_readonly(db.path) if readonly else Store.open(db.path))
+
+
+# A write waits this long at most for the writers' lock (PostgreSQL's `lock_timeout`), then
+# fails with one line naming the session that holds it; the pass runs again on its next
+# schedule. Why a bound at all: the live workers end a dead worker's sessions within
+# `lease_s` and a round, so a longer wait means a holder they cannot end (no right to
+# signal it, a process that is not a worker: a psql session, an older botasync) or one
+# stuck while alive, and a line in the log says so where a silent hang said nothing. Why
+# this long: a live writer may hold the lock for a while (a large retention prune, the
+# schema migration at the first start, a loaded machine), and failing it costs a retry;
+# it is never shorter than a minute, however short `lease_s` is.
+MIN_LOCK_WAIT_S = 60.0
+
+
+def writers_lock_wait(lease_s: float) -> float:
+    """How long a write waits for the writers' lock before it fails (see above)."""
+    return max(MIN_LOCK_WAIT_S, 2 * lease_s)
 
 
 async def _postgres() -> Any:

@@ -49,15 +49,24 @@ _RENEW = """
 UPDATE leases SET renewed_at = %(now)s, expires_at = %(expires)s
 WHERE holder = %(me)s AND expires_at > %(now)s RETURNING name
 """
-_LIVE = "SELECT count(*) FROM workers WHERE expires_at > %s"
-# free or expired leases among `names`, the oldest-expired first, as many as asked
+# the workers sharing the work: a one-shot `botasync sync` (its id starts with a prefix the
+# caller gives) holds leases for one pass but takes no share, so it does not count
+_LIVE = "SELECT count(*) FROM workers WHERE expires_at > %s AND NOT starts_with(id, %s)"
+# free or expired leases among `names`, the oldest-expired first, as many as asked; and
+# those of a one-shot `botasync sync` (id starting `%(one_shot)s`) that has no session left:
+# killed (kill -9) before it gave them back, it would otherwise keep the next `sync`, and
+# the workers, off its projects for `lease_s`. (A process paused or cut off by the network
+# keeps its sessions: only its lease's expiry frees what it holds. Not so for a worker,
+# whose sessions may all be reconnecting at once after a database restart.)
 _CLAIM = """
 UPDATE leases SET holder = %(me)s, acquired_at = %(now)s, renewed_at = %(now)s,
     expires_at = %(expires)s
 WHERE name IN (
     SELECT name FROM leases
-    WHERE name = ANY(%(names)s) AND (holder IS NULL OR expires_at IS NULL
-                                     OR expires_at <= %(now)s)
+    WHERE name = ANY(%(names)s) AND (
+        holder IS NULL OR expires_at IS NULL OR expires_at <= %(now)s
+        OR (starts_with(holder, %(one_shot)s) AND NOT EXISTS (
+            SELECT 1 FROM pg_stat_activity a WHERE a.application_name = leases.holder)))
     ORDER BY expires_at NULLS FIRST, name LIMIT %(n)s
     FOR UPDATE SKIP LOCKED)
 RETURNING name
@@ -67,7 +76,31 @@ UPDATE leases SET holder = NULL, expires_at = NULL
 WHERE holder = %(me)s AND name = ANY(%(names)s)
 """
 _RETIRE = "DELETE FROM workers WHERE id = %s"
+# who holds which of `names` now (unexpired), for the line that says why one was not taken
+_HOLDERS = """
+SELECT name, holder FROM leases
+WHERE name = ANY(%(names)s) AND holder IS NOT NULL AND expires_at > %(now)s
+"""
+# end the sessions of the workers that are dead (their heartbeat ran out): a worker paused
+# in the middle of a statement (the server reading the rest of a pipeline from it) is
+# neither idle in a transaction nor gone, and would hold the writers' lock and its lease's
+# row until it wakes. Its sessions carry its id as `application_name`.
+_END_DEAD_SESSIONS = """
+SELECT a.pid, w.id, a.state, a.wait_event, pg_terminate_backend(a.pid)
+FROM pg_stat_activity a JOIN workers w ON w.id = a.application_name
+WHERE w.expires_at <= %s AND a.pid <> pg_backend_pid() AND a.datname = current_database()
+"""
 _PRUNE = "DELETE FROM workers WHERE expires_at < %s"
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    """A dead worker's session this round ended: the server's pid for it, what it was doing."""
+
+    pid: int
+    worker: str
+    state: str | None
+    wait_event: str | None
 
 
 @dataclass(frozen=True)
@@ -92,11 +125,13 @@ class LeaseTable:
         self.where = where
 
     @classmethod
-    async def connect(cls, url: str) -> LeaseTable:
+    async def connect(cls, url: str, application_name: str) -> LeaseTable:
+        """`application_name`: the worker's id, as on all its sessions (see `end_dead`)."""
         where = redact_database_url(url)
         try:
             conn = await AsyncConnection.connect(url, autocommit=True,
-                                                 connect_timeout=CONNECT_TIMEOUT_S)
+                                                 connect_timeout=CONNECT_TIMEOUT_S,
+                                                 application_name=application_name)
         except (psycopg.Error, OSError) as e:
             raise StoreError(f"cannot open database {where}: {_why(e)}") from None
         return cls(conn, where)
@@ -144,18 +179,21 @@ class Round:
         """Push on every unexpired lease this worker holds; the names it still holds."""
         return await self._names(_RENEW, {"me": me, "now": now, "expires": expires})
 
-    async def live_workers(self, now: str) -> int:
-        cur = await self._conn.execute(_LIVE, (now,))
+    async def live_workers(self, now: str, one_shot: str) -> int:
+        """The workers alive at `now`, but the one-shots (ids starting with `one_shot`)."""
+        cur = await self._conn.execute(_LIVE, (now, one_shot))
         row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def claim(self, me: str, names: Sequence[str], n: int, now: str,
-                    expires: str) -> list[str]:
-        """Take up to `n` of `names` that are free or expired; the names taken."""
+    async def claim(self, me: str, names: Sequence[str], n: int, now: str, expires: str,
+                    one_shot: str) -> list[str]:
+        """Take up to `n` of `names` that are free or expired, or held by a one-shot (id
+        starting `one_shot`) whose sessions are all gone; the names taken."""
         if n <= 0 or not names:
             return []
         return await self._names(_CLAIM, {"me": me, "names": list(names), "n": n,
-                                          "now": now, "expires": expires})
+                                          "now": now, "expires": expires,
+                                          "one_shot": one_shot})
 
     async def release(self, me: str, names: Sequence[str]) -> None:
         if names:
@@ -164,17 +202,32 @@ class Round:
     async def retire(self, me: str) -> None:
         await self._conn.execute(_RETIRE, (me,))
 
+    async def holders(self, names: Sequence[str], now: str) -> dict[str, str]:
+        """The holder of each of `names` held at `now` (a free one is not in it)."""
+        cur = await self._conn.execute(_HOLDERS, {"names": list(names), "now": now})
+        return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+
+    async def end_dead(self, now: str) -> list[EndedSession]:
+        """End every session of the workers dead at `now` (`pg_terminate_backend`, which
+        needs the same role or `pg_signal_backend`); the sessions it ended. Run it in a
+        round of its own: the first read of `pg_stat_activity` in a transaction fixes what
+        it shows until the end, and a refusal fails the whole transaction."""
+        cur = await self._conn.execute(_END_DEAD_SESSIONS, (now,))
+        return [EndedSession(int(r[0]), str(r[1]), r[2], r[3])
+                for r in await cur.fetchall() if r[4]]
+
     async def prune(self, before: str) -> None:
         """Forget workers dead since before `before` (the status shows them until then)."""
         await self._conn.execute(_PRUNE, (before,))
 
 
-async def listen(url: str) -> AsyncIterator[None]:
+async def listen(url: str, application_name: str) -> AsyncIterator[None]:
     """Yield once per NOTIFY on `CHANNEL` (events committed by any process), until the
     connection fails (`StoreError`) or the caller stops iterating."""
     try:
         conn = await AsyncConnection.connect(url, autocommit=True,
-                                             connect_timeout=CONNECT_TIMEOUT_S)
+                                             connect_timeout=CONNECT_TIMEOUT_S,
+                                             application_name=application_name)
     except (psycopg.Error, OSError) as e:
         raise StoreError(f"cannot open database {redact_database_url(url)}: {_why(e)}") from None
     try:

@@ -48,6 +48,13 @@ from botasync.store.dialect import POSTGRES, translate
 
 # pg_advisory_xact_lock's key for the writers of a database: "botasync" in ASCII
 WRITER_LOCK = 0x626F746173796E63
+# the session that holds it (`pg_locks` splits a bigint key in two 32-bit halves)
+_LOCK_HOLDER = """
+SELECT a.pid, a.application_name, a.state, a.wait_event, a.state_change
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid::bigint = %s AND l.objid::bigint = %s AND a.datname = current_database()
+"""
 POOL_MAX = 4  # connections: the daemon's readers beside one writer at a time
 CONNECT_TIMEOUT_S = 10
 _INT8_OID = 20
@@ -141,15 +148,18 @@ async def _configure(conn: AsyncConnection[Any]) -> None:
 
 
 def _writer_configure(
-    idle_in_transaction_s: float | None,
+    idle_in_transaction_s: float | None, lock_wait_s: float | None,
 ) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
-    if not idle_in_transaction_s:
+    settings = {"idle_in_transaction_session_timeout": idle_in_transaction_s,
+                "lock_timeout": lock_wait_s}
+    sets = [f"SET {name} = {max(1, round(s * 1000))}" for name, s in settings.items() if s]
+    if not sets:
         return _configure
-    ms = max(1, round(idle_in_transaction_s * 1000))
 
     async def configure(conn: AsyncConnection[Any]) -> None:
         await _configure(conn)
-        await conn.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+        for statement in sets:
+            await conn.execute(statement)
 
     return configure
 
@@ -270,12 +280,13 @@ class PgStore(ForegroundPasses, AsyncClosing):
     dialect = POSTGRES
 
     def __init__(self, pool: AsyncConnectionPool[Any], url: str, path: Path,
-                 readonly: bool) -> None:
+                 readonly: bool, lock_wait_s: float | None = None) -> None:
         ForegroundPasses.__init__(self)
         self._pool = pool
         self.url = url
         self.path = path
         self.readonly = readonly
+        self.lock_wait_s = lock_wait_s
         self._closed = False
         # this process's writers queue here, holding no connection, and one at a time take
         # the database's lock: a burst of writers never drains the pool
@@ -287,15 +298,26 @@ class PgStore(ForegroundPasses, AsyncClosing):
 
     @classmethod
     async def open(cls, url: str, *, lock_path: str | Path = "botasync.db",
-                   idle_in_transaction_s: float | None = None) -> PgStore:
+                   idle_in_transaction_s: float | None = None,
+                   lock_wait_s: float | None = None,
+                   application_name: str | None = None) -> PgStore:
         """Connect, and bring the schema to the latest version (the writers' lock held).
 
         `idle_in_transaction_s`: the server ends a session that sits that long inside a
         transaction (PostgreSQL's `idle_in_transaction_session_timeout`). A worker paused in
         the middle of a write (a stopped VM) holds the writers' lock and its lease's row
-        lock: without it, every other worker of the database would wait for it to wake."""
+        lock: without it, every other worker of the database would wait for it to wake.
+        (Paused in the middle of a statement, it is not idle: the live workers end the
+        sessions of a dead worker, found by `application_name`, `store/leases.py`.)
+
+        `lock_wait_s`: a wait for a lock (the writers' lock, mostly) longer than this fails
+        the write with one line naming the session that holds it (`lock_timeout`).
+
+        `application_name`: the sessions' name on the server (`pg_stat_activity`); a
+        worker's is its id."""
         store = await cls._connect(url, lock_path, readonly=False,
-                                   idle_in_transaction_s=idle_in_transaction_s)
+                                   idle_in_transaction_s=idle_in_transaction_s,
+                                   lock_wait_s=lock_wait_s, application_name=application_name)
         try:
             await migrations.apply_pg(store.transaction)
         except BaseException:
@@ -327,29 +349,32 @@ class PgStore(ForegroundPasses, AsyncClosing):
 
     @classmethod
     async def _connect(cls, url: str, lock_path: str | Path, *, readonly: bool,
-                       idle_in_transaction_s: float | None = None) -> PgStore:
+                       idle_in_transaction_s: float | None = None,
+                       lock_wait_s: float | None = None,
+                       application_name: str | None = None) -> PgStore:
         password = url_password(url)
         if password:
             add_secret(password)
         where = redact_url(url)
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S}
+        if application_name:  # over the URL's own, if it has one: the workers need theirs
+            kwargs["application_name"] = application_name
         # one connection first: its error says why (a pool's says only that it timed out)
         try:
-            first = await AsyncConnection.connect(url, autocommit=True,
-                                                  connect_timeout=CONNECT_TIMEOUT_S)
+            first = await AsyncConnection.connect(url, **kwargs)
             await first.close()
         except (psycopg.Error, OSError) as e:
             raise StoreError(f"cannot open database {where}: {_why(e)}") from None
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url, min_size=1, max_size=POOL_MAX, open=False, name="botasync",
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            url, min_size=1, max_size=POOL_MAX, open=False, name="botasync", kwargs=kwargs,
             configure=_configure_readonly if readonly else _writer_configure(
-                idle_in_transaction_s))
+                idle_in_transaction_s, lock_wait_s))
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except Exception as e:
             await pool.close()
             raise StoreError(f"cannot open database {where}: {_why(e)}") from None
-        return cls(pool, url, Path(lock_path), readonly)
+        return cls(pool, url, Path(lock_path), readonly, lock_wait_s)
 
     async def aclose(self) -> None:
         """Close the pool; safe to call twice."""
@@ -366,10 +391,38 @@ class PgStore(ForegroundPasses, AsyncClosing):
             await self._no_foreground.wait()
         try:
             async with self._writers, self._pool.connection() as raw, raw.transaction():
-                await raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+                await self._writers_lock(raw)
                 yield PgConnection(raw)
         except psycopg.Error as e:
             raise StoreError(f"database {self.where}: {_why(e)}") from None
+
+    async def _writers_lock(self, raw: AsyncConnection[Any]) -> None:
+        """Take the writers' lock; waited for longer than `lock_wait_s`, one line that
+        says who holds it (the transaction rolls back, the caller's pass fails and runs
+        again on its next schedule)."""
+        try:
+            await raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+        except psycopg.errors.LockNotAvailable:
+            within = f"{self.lock_wait_s:g} s" if self.lock_wait_s else "lock_timeout"
+            raise StoreError(
+                f"database {self.where}: the writers' lock was not free within {within}: "
+                f"{await self._writers_lock_holder()}") from None
+
+    async def _writers_lock_holder(self) -> str:
+        """The session holding the writers' lock, as one phrase (its application_name is
+        a worker's id), read on a connection of its own."""
+        try:
+            async with self._pool.connection() as raw:
+                cur = await raw.execute(_LOCK_HOLDER, (WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFFFFFF))
+                row = await cur.fetchone()
+        except psycopg.Error as e:
+            return f"its holder is unknown ({_why(e)})"
+        if row is None:
+            return "it is free now"
+        pid, name, state, wait, since = row
+        # what an active session waits on says where it is stuck (ClientRead: on its client)
+        doing = f"{state} ({wait})" if state == "active" and wait else state
+        return f"held by session {pid} ({name or 'no application_name'}), {doing} since {since}"
 
     @asynccontextmanager
     async def read(self, *, background: bool = False) -> AsyncIterator[PgConnection]:
