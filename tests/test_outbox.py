@@ -595,3 +595,43 @@ def test_retry_delay_stays_positive_and_under_its_cap(
     """Whatever the attempt, the delay is positive and never above the cap."""
     delay = retry_delay(attempt, EventsConfig(backoff_base_s=base, backoff_max_s=cap), lambda: r)
     assert 0 < delay <= cap
+
+
+async def test_a_lane_whose_lease_lapsed_delivers_nothing_until_it_holds_it_again(
+    store: Store, dispatcher: Factory,
+) -> None:
+    """A worker that stalled past its lane's lease (its `held` says no) delivers no further
+    event, mid-batch included, until it holds the lease again; then it goes on from where
+    it stopped: each event once, in seq order."""
+    lease = {"held": True, "asked_while_lapsed": 0}
+
+    def held() -> bool:
+        if not lease["held"]:
+            lease["asked_while_lapsed"] += 1
+        return bool(lease["held"])
+
+    rec = Recorder("lane")
+    original = rec.deliver
+
+    async def deliver(payload: bytes, event_id: str, event_type: str) -> None:
+        await original(payload, event_id, event_type)
+        if len(rec.got) == 3:
+            lease["held"] = False  # the lease lapses while the third is delivered
+
+    rec.deliver = deliver  # type: ignore[method-assign]
+    d = dispatcher(rec)
+    await d.start(lanes=())
+    ids = await add_events(store, *created(*(f"rec_{i}" for i in range(8))))
+    await d.start_lane("lane", held=held)
+    d.notify()
+
+    async def paused() -> bool:  # the lane looked at its lease twice since it lapsed
+        return int(lease["asked_while_lapsed"]) >= 2
+
+    await wait_until(paused)
+    assert rec.ids == ids[:3]
+    lease["held"] = True
+    d.notify()
+    assert await d.drain(10)
+    assert rec.ids == ids
+    assert await cursor(store, "lane") >= 8

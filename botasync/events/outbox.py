@@ -49,6 +49,12 @@ ERROR_PAUSE_S = 1.0  # after an unexpected error (the database), before trying a
 # an idle worker looks again this often even without a notify: events committed by
 # another process (a `botasync sync` run beside the daemon) are not notified here
 IDLE_POLL_S = 30.0
+# a lane whose lease this worker may no longer hold looks again this often (see `held`)
+UNHELD_RECHECK_S = 1.0
+
+
+def _always_held() -> bool:
+    return True
 
 _NEXT_EVENTS = """
 SELECT e.seq, e.id, e.type, e.backfill, e.payload, d.state, d.attempts, d.next_attempt_at,
@@ -158,6 +164,9 @@ class _Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # `stop_lane`: this one only
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one delivery at a time
+    # whether this worker surely holds the lane's lease now (checked before each delivery:
+    # a worker that stalled past it must not deliver beside the lane's new holder)
+    held: Callable[[], bool] = _always_held
     done: list[tuple[str, int, str, str]] = field(default_factory=list)
     first_done_at: float = 0.0
 
@@ -246,12 +255,15 @@ class Dispatcher(AsyncClosing):
         self._tasks[lane.name] = asyncio.create_task(
             self._run(lane), name=f"botasync-outbox-{lane.name}")
 
-    async def start_lane(self, name: str) -> None:
+    async def start_lane(self, name: str, held: Callable[[], bool] | None = None) -> None:
         """Start delivering to one handler, from its cursor as stored now: another process
-        may have moved it since this one last delivered to it."""
+        may have moved it since this one last delivered to it. `held`: False while this
+        worker may not hold the lane's lease (its renewal is late); no event is delivered
+        then, the lane looks again every `UNHELD_RECHECK_S`."""
         lane = self._lanes[name]
         if not self._started or self._closed or name in self._tasks:
             return
+        lane.held = held or _always_held
         lane.cursor = lane.saved_cursor = await self._cursor(name)
         lane.done.clear()
         self._spawn(lane)
@@ -390,12 +402,17 @@ class Dispatcher(AsyncClosing):
 
     async def _step(self, lane: _Lane) -> float | None:
         """Work through one batch; 0 = more now, seconds = a retry is due then, None = idle."""
+        if not lane.held():
+            return UNHELD_RECHECK_S
         rows = await self._next_rows(lane)
         if lane.batch is not None:
             return await self._step_batch(lane, lane.batch, rows)
         for r in rows:
             if self._halted(lane):
                 break
+            if not lane.held():  # stalled mid-batch past the lease: deliver no more
+                await self._flush(lane)
+                return UNHELD_RECHECK_S
             row = _Row.of(r)
             wait = await self._settle(lane, row)
             if wait is not None:
@@ -443,6 +460,9 @@ class Dispatcher(AsyncClosing):
             if wanted:
                 batch.append(row)
             last = row.seq
+        if batch and not lane.held():
+            await self._flush(lane)
+            return UNHELD_RECHECK_S
         if whole and len(rows) == BATCH and batch:  # read on while the handler works
             lane.ahead_after = last
             lane.ahead = asyncio.create_task(

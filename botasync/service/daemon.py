@@ -209,7 +209,8 @@ class Daemon:
         assert self.app is not None and self.coordinator is not None
         name = leases.subject(lease)
         if leases.kind_of(lease) == leases.HANDLER:
-            await self.app.dispatcher.start_lane(name)
+            coordinator = self.coordinator
+            await self.app.dispatcher.start_lane(name, held=lambda: coordinator.holds(lease))
             return
         part = self.app.projects[name]
         store = self.coordinator.store_for(lease, self.app.store)

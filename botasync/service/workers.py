@@ -59,6 +59,10 @@ class Alone:
     def store_for(self, lease: str, store: Database) -> Database:
         return store
 
+    def holds(self, lease: str) -> bool:
+        """Alone, every lease is this process's."""
+        return True
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for name in self.names:
@@ -111,6 +115,13 @@ class Workers:
         self._tasks: list[asyncio.Task[None]] = []
         self._dropping: dict[str, asyncio.Task[None]] = {}
         self._closed = False
+
+    def holds(self, lease: str) -> bool:
+        """Whether this worker surely holds `lease` now: renewed, and its local deadline not
+        passed (a worker that stalled, a paused VM, stops delivering at once on waking,
+        before its next round hears that the lease moved)."""
+        deadline = self.held.get(lease)
+        return deadline is not None and asyncio.get_running_loop().time() < deadline
 
     def store_for(self, lease: str, store: Database) -> Database:
         """The store the work of `lease` writes through: fenced by the lease."""
