@@ -83,6 +83,25 @@ def worker_id(prefix: str = "") -> sql.WorkerId:
     return sql.WorkerId(leases.bounded_id(prefix, host, pid, secrets.token_hex(3)), host, pid)
 
 
+async def give_back(table: sql.LeaseTable, url: str, me: str, names: Sequence[str]) -> bool:
+    """Release `names`, leave the `workers` table and close the table's connection (a new
+    one first if it broke); False, with one line, when the database did not take it: the
+    leases then run out by themselves within `lease_s`."""
+    try:
+        if table.broken:
+            await table.aclose()
+            table = await sql.LeaseTable.connect(url, me)
+        async with table.round() as r:
+            await r.release(me, names)
+            await r.retire(me)
+        return True
+    except BotasyncError as e:
+        log.warning("leases_not_released", worker=me, error=str(e))
+        return False
+    finally:
+        await table.aclose()
+
+
 async def end_dead_sessions(table: sql.LeaseTable, me: str) -> None:
     """End the sessions of the dead workers (see `sql.end_dead`), one line each. Refused
     (no right to signal them), one line and the round goes on: their locks then last until
@@ -154,19 +173,8 @@ class Workers:
         names = list(self.held)
         for name in names:
             await self._drop(name, "stopping")
-        if self._table is None:
-            return
-        try:
-            if self._table.broken:
-                self._table = await sql.LeaseTable.connect(self.url, self.me.id)
-            async with self._table.round() as r:
-                await r.release(self.me.id, names)
-                await r.retire(self.me.id)
+        if self._table is not None and await give_back(self._table, self.url, self.me.id, names):
             log.info("leases_released", worker=self.me.id, leases=names)
-        except BotasyncError as e:  # they run out by themselves within lease_s
-            log.warning("leases_not_released", worker=self.me.id, error=str(e))
-        finally:
-            await self._table.aclose()
 
     def lost(self, lease: str, why: str) -> None:
         """A write found the lease gone (the fence): stop that work now, from its own task
@@ -345,19 +353,9 @@ class OneShot:
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
-        if self._table is None:
-            return
-        try:
-            if self._table.broken:
-                self._table = await sql.LeaseTable.connect(self.url, self.me.id)
-            async with self._table.round() as r:
-                await r.release(self.me.id, list(self.held))
-                await r.retire(self.me.id)
-        except BotasyncError as e:  # they run out by themselves within lease_s
-            log.warning("leases_not_released", worker=self.me.id, error=str(e))
-        finally:
-            self.held.clear()
-            await self._table.aclose()
+        if self._table is not None:
+            await give_back(self._table, self.url, self.me.id, list(self.held))
+        self.held.clear()
 
     async def _renewing(self) -> None:
         period = leases.renew_every(self.lease_s)

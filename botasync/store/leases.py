@@ -117,6 +117,16 @@ def _why(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+async def _connect(url: str, application_name: str) -> AsyncConnection[Any]:
+    """An autocommit connection of the coordinator's own, named for its worker."""
+    try:
+        return await AsyncConnection.connect(url, autocommit=True,
+                                             connect_timeout=CONNECT_TIMEOUT_S,
+                                             application_name=application_name)
+    except (psycopg.Error, OSError) as e:
+        raise StoreError(f"cannot open database {redact_database_url(url)}: {_why(e)}") from None
+
+
 class LeaseTable:
     """The coordinator's connection to the lease tables: `async with table.round() as r`."""
 
@@ -127,14 +137,7 @@ class LeaseTable:
     @classmethod
     async def connect(cls, url: str, application_name: str) -> LeaseTable:
         """`application_name`: the worker's id, as on all its sessions (see `end_dead`)."""
-        where = redact_database_url(url)
-        try:
-            conn = await AsyncConnection.connect(url, autocommit=True,
-                                                 connect_timeout=CONNECT_TIMEOUT_S,
-                                                 application_name=application_name)
-        except (psycopg.Error, OSError) as e:
-            raise StoreError(f"cannot open database {where}: {_why(e)}") from None
-        return cls(conn, where)
+        return cls(await _connect(url, application_name), redact_database_url(url))
 
     @property
     def broken(self) -> bool:
@@ -224,12 +227,7 @@ class Round:
 async def listen(url: str, application_name: str) -> AsyncIterator[None]:
     """Yield once per NOTIFY on `CHANNEL` (events committed by any process), until the
     connection fails (`StoreError`) or the caller stops iterating."""
-    try:
-        conn = await AsyncConnection.connect(url, autocommit=True,
-                                             connect_timeout=CONNECT_TIMEOUT_S,
-                                             application_name=application_name)
-    except (psycopg.Error, OSError) as e:
-        raise StoreError(f"cannot open database {redact_database_url(url)}: {_why(e)}") from None
+    conn = await _connect(url, application_name)
     try:
         await conn.execute(f"LISTEN {CHANNEL}")
         async for _ in conn.notifies():
