@@ -7,13 +7,17 @@ postgresql-common: a temporary cluster, dropped when the session ends; it works 
 which `initdb` alone refuses). Without either, the PostgreSQL cases skip with the reason,
 unless `BOTASYNC_PG=required` (set by `.ci/run`): then they fail.
 
-Each test gets a database of its own (`CREATE DATABASE`, dropped after it), empty: the
-store creates its schema on open, as it does on a new SQLite file.
+Each test gets a database of its own (`CREATE DATABASE`, dropped after it), a copy of one
+the store migrated once for the session (`TEMPLATE`): the schema's steps run once per
+session, not once per test. A test of the migrations themselves asks for an empty one
+(`create_database(empty=True)`, the `pg_empty_database` fixture).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import itertools
 import os
 import shutil
@@ -21,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,7 @@ class PgServer:
     params: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _template: str | None = None  # a database at the latest schema, copied for each test
 
     def url(self, dbname: str) -> str:
         """A `postgresql://` URL for one database (the password stays in the environment
@@ -60,17 +66,45 @@ class PgServer:
         conn.adapters.register_loader("json", TextLoader)
         return conn
 
-    def create_database(self) -> str:
+    def create_database(self, *, empty: bool = False) -> str:
+        """A new database: at the latest schema (a copy of the session's migrated one), or
+        `empty` (the store will run every step on open)."""
+        source = "template1" if empty else self._migrated()
         name = f"botasync_test_{os.getpid()}_{next(self._names)}"
         with self.connect() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
         return name
 
     def drop_database(self, name: str) -> None:
         with self.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def _migrated(self) -> str:
+        """The session's database at the latest schema, migrated by the store itself, made
+        on first use. Its connections are closed: a template must have none to be copied."""
+        if self._template is None:
+            name = self.create_database(empty=True)
+
+            async def migrate() -> None:
+                async with await open_store(DatabaseConfig(path=os.devnull, url=self.url(name))):
+                    pass
+
+            # a thread of its own: the caller may be a fixture of a test's running loop
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, migrate()).result()
+            with self.connect() as conn:  # a closed session's backend may still be exiting
+                deadline = time.monotonic() + 10
+                while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                   (name,)).fetchone() != (0,) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            self._template = name
+        return self._template
+
     def stop(self) -> None:
+        if self._template is not None:  # a server of the environment's keeps no leftovers
+            with contextlib.suppress(psycopg.Error):
+                self.drop_database(self._template)
+            self._template = None
         if self.process is None:
             return
         assert self.process.stdin is not None
@@ -119,16 +153,20 @@ def start(gucs: Sequence[str] = FAST_GUCS) -> tuple[PgServer | None, str]:
         args += ["-o", guc]
     # the command inside the throwaway cluster: say where it is, then wait for our stdin
     script = f'env > "{env_file}.tmp" && mv "{env_file}.tmp" "{env_file}" && exec cat'
-    process = subprocess.Popen([*args, "sh", "-c", script], stdin=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not env_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            _, err = process.communicate()
-            tail = err.decode(errors="replace").strip().splitlines()[-3:]
-            return None, f"pg_virtualenv did not start a cluster: {' | '.join(tail)}"
-        time.sleep(0.1)
+    # one start at a time on this host: two pg_virtualenv starting at once pick the same
+    # port and the second fails ("This cluster is still running"); pytest-xdist's workers
+    # each start one, and reach their first PostgreSQL test at the same moment at times
+    with _start_lock():
+        process = subprocess.Popen([*args, "sh", "-c", script], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not env_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                _, err = process.communicate()
+                tail = err.decode(errors="replace").strip().splitlines()[-3:]
+                return None, f"pg_virtualenv did not start a cluster: {' | '.join(tail)}"
+            time.sleep(0.1)
     env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
     shutil.rmtree(env_file.parent, ignore_errors=True)
     os.environ["PGPASSWORD"] = env["PGPASSWORD"]  # libpq reads it: URLs carry no password
@@ -140,6 +178,17 @@ def start(gucs: Sequence[str] = FAST_GUCS) -> tuple[PgServer | None, str]:
         server.stop()
         return None, f"the cluster pg_virtualenv started does not answer: {why}"
     return server, ""
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    """An exclusive lock between this host's processes, for the length of a cluster start."""
+    with open(Path(tempfile.gettempdir()) / "botasync-pg-start.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _params(params: Sequence[Any] | Mapping[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -179,6 +180,9 @@ async def test_sigterm_mid_walk_exits_clean_and_resumes(
     _, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0
     assert '"walk_resumed"' in err.decode()
+    started = next(json.loads(line) for line in err.decode().splitlines()
+                   if '"daemon_started"' in line)
+    assert started["frozen_objects"] > 10_000  # its start-up heap, out of the GC's walks
     offsets = [int(r.query.split("offset=")[1].split("&")[0]) for r in sim.requests[mark:]
                if r.path == "/v1/recordings" and "status=" not in r.query]
     assert offsets and min(offsets) >= stopped_at  # it did not start over from offset 0

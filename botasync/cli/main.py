@@ -137,7 +137,7 @@ def run() -> None:
     from botasync.service.daemon import Daemon
 
     cfg = _state().load()
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, settle_heap=True)
     code = run_async(daemon.run())
     if daemon.error is not None:
         raise daemon.error

@@ -35,7 +35,7 @@ from botasync.errors import AuthError, BotasyncError
 from botasync.events.handlers import Handler
 from botasync.jsoncodec import dumps
 from botasync.locks import ExclusiveLock
-from botasync.service import leases
+from botasync.service import heap, leases
 from botasync.service.app import App, ProjectParts
 from botasync.service.workers import Alone, Workers, worker_id
 from botasync.store.sqlite import Mirror
@@ -107,8 +107,9 @@ class Daemon:
     def __init__(self, cfg: Config, *, handle_signals: bool = True,
                  notifier: Notifier | None = None, extra_handlers: Sequence[Handler] = (),
                  on_pass: Callable[[PassStats], None] | None = None,
-                 lock: ExclusiveLock | None = None) -> None:
+                 lock: ExclusiveLock | None = None, settle_heap: bool = False) -> None:
         self.cfg = cfg
+        self.settle_heap = settle_heap  # the process is the daemon's: see `service/heap.py`
         self.lock = lock or (None if cfg.database.url else daemon_lock(cfg.database.path))
         self.skipped: dict[str, int] = {}  # ticks not started: the previous one still ran
         self.extra_handlers = list(extra_handlers)
@@ -162,10 +163,12 @@ class Daemon:
         except BaseException:
             await self.coordinator.aclose()  # what it started, and its connection
             raise
+        frozen = heap.settle() if self.settle_heap else 0  # started: out of the GC's walks
         self.notifier.send("READY=1\nSTATUS=syncing")
         watchdog = asyncio.create_task(self._watchdog())
         log.info("daemon_started", db=app.store.where, interval_s=self.cfg.sync.interval_s,
-                 handlers=[h.name for h in self.cfg.handlers], projects=list(app.projects))
+                 handlers=[h.name for h in self.cfg.handlers], projects=list(app.projects),
+                 frozen_objects=frozen)
         try:
             await self._stop.wait()
         finally:

@@ -22,13 +22,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import psycopg
-from psycopg import AsyncConnection
+from typing import TYPE_CHECKING, Any
 
 from botasync.config import redact_database_url
 from botasync.errors import StoreError
+
+if TYPE_CHECKING:  # psycopg is imported where it is used: a SQLite service never loads it
+    from psycopg import AsyncConnection
 
 CONNECT_TIMEOUT_S = 10
 CHANNEL = "botasync_events"  # NOTIFY after a commit that may hold events: wakes the lanes
@@ -119,8 +119,10 @@ def _why(e: BaseException) -> str:
 
 async def _connect(url: str, application_name: str) -> AsyncConnection[Any]:
     """An autocommit connection of the coordinator's own, named for its worker."""
+    import psycopg
+
     try:
-        return await AsyncConnection.connect(url, autocommit=True,
+        return await psycopg.AsyncConnection.connect(url, autocommit=True,
                                              connect_timeout=CONNECT_TIMEOUT_S,
                                              application_name=application_name)
     except (psycopg.Error, OSError) as e:
@@ -149,6 +151,8 @@ class LeaseTable:
     @asynccontextmanager
     async def round(self) -> AsyncIterator[Round]:
         """One transaction on the lease tables, with the database's time at its start."""
+        import psycopg
+
         try:
             async with self._conn.transaction():
                 cur = await self._conn.execute("SELECT now()")
@@ -227,6 +231,8 @@ class Round:
 async def listen(url: str, application_name: str) -> AsyncIterator[None]:
     """Yield once per NOTIFY on `CHANNEL` (events committed by any process), until the
     connection fails (`StoreError`) or the caller stops iterating."""
+    import psycopg
+
     conn = await _connect(url, application_name)
     try:
         await conn.execute(f"LISTEN {CHANNEL}")
