@@ -164,19 +164,8 @@ def pg_server() -> Iterator[PgServer]:
 
 @pytest.fixture
 def pg_database(pg_server: PgServer, tmp_path: Path) -> Iterator[TestDb]:
-    """A new PostgreSQL database of its own for one test, at the latest schema (a copy of
-    the session's migrated one: see tests/pgserver.py)."""
-    yield from _pg_database(pg_server, tmp_path, empty=False)
-
-
-@pytest.fixture
-def pg_empty_database(pg_server: PgServer, tmp_path: Path) -> Iterator[TestDb]:
-    """A new, empty PostgreSQL database: the store runs every schema step on open."""
-    yield from _pg_database(pg_server, tmp_path, empty=True)
-
-
-def _pg_database(pg_server: PgServer, tmp_path: Path, *, empty: bool) -> Iterator[TestDb]:
-    name = pg_server.create_database(empty=empty)
+    """A fresh, empty PostgreSQL database of its own for one test."""
+    name = pg_server.create_database()
     try:
         yield TestDb("postgres", tmp_path / "botasync.db", pg_server.url(name), pg_server, name)
     finally:
@@ -189,8 +178,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> TestDb:
     database."""
     if request.param == "sqlite":
         return TestDb("sqlite", tmp_path / "botasync.db")
-    empty = request.node.get_closest_marker("empty_database") is not None
-    db: TestDb = request.getfixturevalue("pg_empty_database" if empty else "pg_database")
+    db: TestDb = request.getfixturevalue("pg_database")
     return db
 
 

@@ -7,15 +7,12 @@ postgresql-common: a temporary cluster, dropped when the session ends; it works 
 which `initdb` alone refuses). Without either, the PostgreSQL cases skip with the reason,
 unless `BOTASYNC_PG=required` (set by `.ci/run`): then they fail.
 
-Each test gets a database of its own (`CREATE DATABASE`, dropped after it), a copy of one
-the store migrated once for the session (`TEMPLATE`): the schema's steps run once per
-session, not once per test. A test of the migrations themselves asks for an empty one
-(`create_database(empty=True)`, the `pg_empty_database` fixture).
+Each test gets a database of its own (`CREATE DATABASE`, dropped after it), empty: the
+store creates its schema on open, as it does on a new SQLite file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import itertools
@@ -25,7 +22,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +47,6 @@ class PgServer:
     params: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-    _template: str | None = None  # a database at the latest schema, copied for each test
 
     def url(self, dbname: str) -> str:
         """A `postgresql://` URL for one database (the password stays in the environment
@@ -66,45 +61,17 @@ class PgServer:
         conn.adapters.register_loader("json", TextLoader)
         return conn
 
-    def create_database(self, *, empty: bool = False) -> str:
-        """A new database: at the latest schema (a copy of the session's migrated one), or
-        `empty` (the store will run every step on open)."""
-        source = "template1" if empty else self._migrated()
+    def create_database(self) -> str:
         name = f"botasync_test_{os.getpid()}_{next(self._names)}"
         with self.connect() as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
         return name
 
     def drop_database(self, name: str) -> None:
         with self.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def _migrated(self) -> str:
-        """The session's database at the latest schema, migrated by the store itself, made
-        on first use. Its connections are closed: a template must have none to be copied."""
-        if self._template is None:
-            name = self.create_database(empty=True)
-
-            async def migrate() -> None:
-                async with await open_store(DatabaseConfig(path=os.devnull, url=self.url(name))):
-                    pass
-
-            # a thread of its own: the caller may be a fixture of a test's running loop
-            with ThreadPoolExecutor(1) as pool:
-                pool.submit(asyncio.run, migrate()).result()
-            with self.connect() as conn:  # a closed session's backend may still be exiting
-                deadline = time.monotonic() + 10
-                while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                   (name,)).fetchone() != (0,) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            self._template = name
-        return self._template
-
     def stop(self) -> None:
-        if self._template is not None:  # a server of the environment's keeps no leftovers
-            with contextlib.suppress(psycopg.Error):
-                self.drop_database(self._template)
-            self._template = None
         if self.process is None:
             return
         assert self.process.stdin is not None

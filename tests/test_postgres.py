@@ -28,23 +28,21 @@ def sim() -> Iterator[ThreadedSim]:
 
 
 @pytest.fixture
-def env(sim: ThreadedSim, pg_empty_database: TestDb) -> dict[str, str]:
-    """The CLI's environment with the store on the test's PostgreSQL database, empty as a
-    new user's is (the first command creates the schema)."""
-    return {**cli_env(sim, pg_empty_database.path),
-            "BOTASYNC_DATABASE_URL": pg_empty_database.url}
+def env(sim: ThreadedSim, pg_database: TestDb) -> dict[str, str]:
+    """The CLI's environment with the store on the test's PostgreSQL database."""
+    return {**cli_env(sim, pg_database.path), "BOTASYNC_DATABASE_URL": pg_database.url}
 
 
 def test_sync_status_and_queries_on_postgres(
-    env: dict[str, str], sim: ThreadedSim, pg_empty_database: TestDb,
+    env: dict[str, str], sim: ThreadedSim, pg_database: TestDb,
 ) -> None:
     """sync, recordings list/show, events list/replay/prune and status answer as on SQLite;
     no SQLite file is made."""
     result = run(["sync"], env)
     assert result.exit_code == 0, result.output + result.stderr
     assert "180 created" in result.stdout
-    assert not pg_empty_database.path.exists()
-    assert pg_empty_database.rows("SELECT count(*) FROM recordings") == [(180,)]
+    assert not pg_database.path.exists()
+    assert pg_database.rows("SELECT count(*) FROM recordings") == [(180,)]
     again = json.loads(run(["sync", "--json"], env).stdout)
     assert again["passes"][0]["unchanged"] == 180
     quick = json.loads(run(["sync", "--quick", "--json"], env).stdout)
@@ -63,9 +61,9 @@ def test_sync_status_and_queries_on_postgres(
     status = json.loads(run(["status", "--json"], env).stdout)
     assert sum(status["recordings"].values()) == 180
     assert status["last_walk"]["complete"] == 1 and status["events"]["total"] == 180
-    assert status["database"]["path"] == pg_empty_database.url and status["database"]["bytes"] > 0
+    assert status["database"]["path"] == pg_database.url and status["database"]["bytes"] > 0
     text = run(["status"], env).stdout
-    assert pg_empty_database.url in text
+    assert pg_database.url in text
     pruned = run(["events", "prune", "--dry-run"], env)
     assert pruned.exit_code == 0, pruned.stderr
 

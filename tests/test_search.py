@@ -234,7 +234,7 @@ def test_no_query_fails_in_sqlite(memory_db: sqlite3.Connection, typed: str) -> 
 @pytest.fixture(scope="module")
 def pg_memory_db(pg_server: PgServer) -> Iterator[psycopg.Connection[Any]]:
     """`memory_db` on PostgreSQL: a database of the module's, the schema and the same rows."""
-    name = pg_server.create_database(empty=True)
+    name = pg_server.create_database()
     try:
         with pg_server.connect(name) as conn:
             for step in migrations.PG_STEPS:  # the schema as a new database gets it

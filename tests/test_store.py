@@ -147,7 +147,6 @@ async def test_rows_read_by_index_and_name_and_writes_count(database: TestDb) ->
         assert tuple(total) == (4, 2) and all(type(v) is int for v in total)
 
 
-@pytest.mark.empty_database
 async def test_a_reader_is_refused_a_write_and_an_empty_database(database: TestDb) -> None:
     """`open_readonly` never migrates: a database with no schema is one line, and a write
     through a read-only store fails."""
