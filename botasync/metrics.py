@@ -1,4 +1,4 @@
-"""What happens in-process, told to the metrics: requests, deliveries, passes.
+"""What happens in-process, told to the metrics: requests, deliveries, passes, leases.
 
 The client, the outbox and the daemon call the functions here where things happen; they
 do nothing until the daemon serves metrics (`[metrics] listen`) and installs a `Sink`
@@ -28,6 +28,8 @@ class Sink(Protocol):
     def deliveries(self, handler: str, result: str, count: int) -> None: ...
 
     def pass_finished(self, kind: str, seconds: float, project: str) -> None: ...
+
+    def lease(self, project: str, lease: str, held: bool) -> None: ...
 
 
 _sink: Sink | None = None
@@ -85,3 +87,11 @@ def pass_finished(kind: str, seconds: float, project: str = PROJECT) -> None:
     """A pass (head, hot, full, reconcile) of a project succeeded in `seconds`."""
     if _sink is not None:
         _sink.pass_finished(kind, seconds, project)
+
+
+def lease_held(lease: str, held: bool) -> None:
+    """This process started (`held`) or stopped the work of `lease` (`project:<name>`,
+    `handler:<name>`): alone on SQLite every lease is its own, among workers its share."""
+    if _sink is not None:
+        kind, _, name = lease.partition(":")
+        _sink.lease(name if kind == "project" else PROJECT, lease, held)

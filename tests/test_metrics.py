@@ -236,6 +236,9 @@ async def test_metrics_after_a_sync(
     assert problems and problems[0].startswith("handler refuse has ")
     assert "dead deliveries" in problems[0]
     assert value(samples, "botasync_ready") == 0
+    # alone (SQLite) or the only worker (PostgreSQL): the project's and each handler's lease
+    assert value(samples, "botasync_lease_held", lease="project:default") == 1
+    assert value(samples, "botasync_lease_held", lease="handler:refuse") == 1
     check_dashboard(samples)
     check_readme(samples)
 

@@ -597,15 +597,18 @@ def test_retry_delay_stays_positive_and_under_its_cap(
     assert 0 < delay <= cap
 
 
+@pytest.mark.parametrize("via", ["start_lane", "start"])
 async def test_a_lane_whose_lease_lapsed_delivers_nothing_until_it_holds_it_again(
-    store: Store, dispatcher: Factory,
+    store: Store, dispatcher: Factory, via: str,
 ) -> None:
     """A worker that stalled past its lane's lease (its `held` says no) delivers no further
     event, mid-batch included, until it holds the lease again; then it goes on from where
-    it stopped: each event once, in seq order."""
+    it stopped: each event once, in seq order. The same for a lane a `botasync sync`
+    started with its leases (`start(lanes, held)`)."""
     lease = {"held": True, "asked_while_lapsed": 0}
 
-    def held() -> bool:
+    def held(lane: str = "lane") -> bool:
+        assert lane == "lane"
         if not lease["held"]:
             lease["asked_while_lapsed"] += 1
         return bool(lease["held"])
@@ -620,9 +623,13 @@ async def test_a_lane_whose_lease_lapsed_delivers_nothing_until_it_holds_it_agai
 
     rec.deliver = deliver  # type: ignore[method-assign]
     d = dispatcher(rec)
-    await d.start(lanes=())
-    ids = await add_events(store, *created(*(f"rec_{i}" for i in range(8))))
-    await d.start_lane("lane", held=held)
+    if via == "start":
+        await d.start(lanes=["lane"], held=held)
+        ids = await add_events(store, *created(*(f"rec_{i}" for i in range(8))))
+    else:
+        await d.start(lanes=())
+        ids = await add_events(store, *created(*(f"rec_{i}" for i in range(8))))
+        await d.start_lane("lane", held=held)
     d.notify()
 
     async def paused() -> bool:  # the lane looked at its lease twice since it lapsed

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -236,9 +237,11 @@ class Dispatcher(AsyncClosing):
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def start(self, lanes: Iterable[str] | None = None) -> None:
+    async def start(self, lanes: Iterable[str] | None = None,
+                    held: Callable[[str], bool] | None = None) -> None:
         """Register the handlers' cursors and start one worker task per handler (`lanes`:
-        only those; the others wait for `start_lane`, as a worker does for its leases)."""
+        only those; the others wait for `start_lane`, as a worker does for its leases).
+        `held`: by lane name, as `start_lane`'s (a `botasync sync` holding leases)."""
         if self._closed:
             raise BotasyncError("the dispatcher is closed")
         if self._started:
@@ -247,7 +250,10 @@ class Dispatcher(AsyncClosing):
         await self._register()
         self._started = True
         for name in self._lanes if lanes is None else lanes:
-            self._spawn(self._lanes[name])
+            lane = self._lanes[name]
+            if held is not None:
+                lane.held = functools.partial(held, name)
+            self._spawn(lane)
 
     def _spawn(self, lane: _Lane) -> None:
         lane.stop.clear()

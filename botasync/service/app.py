@@ -222,10 +222,10 @@ async def _sync_once(
     me = worker_id(leases.ONE_SHOT) if cfg.database.url else None
     async with await App.open(cfg, on_progress=on_progress, only=only,
                               application_name=me.id if me else None) as app:
-        async with _leased(app, me, only, on_skip) as (parts, lanes):
+        async with _leased(app, me, only, on_skip) as (parts, lanes, held):
             if on_budget is not None and parts:
                 on_budget(parts[0].budget)
-            await app.dispatcher.start(lanes=lanes)
+            await app.dispatcher.start(lanes=lanes, held=held)
             # each project has its own rate limit: they sync side by side
             passes = await asyncio.gather(*(_one_pass(part.syncer, full) for part in parts))
             stats = [s for one in passes for s in one]
@@ -238,14 +238,15 @@ async def _sync_once(
 @asynccontextmanager
 async def _leased(
     app: App, me: WorkerId | None, only: str | None, on_skip: Callable[[str], None],
-) -> AsyncIterator[tuple[list[ProjectParts], list[str] | None]]:
-    """The projects (their parts writing through the lease's fence) and the handler lanes
-    this sync may work: on SQLite all of them (`None`: every lane); on PostgreSQL those it
-    leases (`OneShot`), until the end of the pass. Two walks of one project at once would
-    resume each other's checkpoint, and two lanes of one handler deliver twice."""
+) -> AsyncIterator[tuple[list[ProjectParts], list[str] | None, Callable[[str], bool] | None]]:
+    """The projects (their parts writing through the lease's fence), the handler lanes
+    this sync may work and, by lane name, whether it still holds the lane's lease: on
+    SQLite all of them (`None`: every lane, always); on PostgreSQL those it leases
+    (`OneShot`), until the end of the pass. Two walks of one project at once would resume
+    each other's checkpoint, and two lanes of one handler deliver twice."""
     db = app.cfg.database
     if me is None or not db.url:
-        yield list(app.projects.values()), None
+        yield list(app.projects.values()), None, None
         return
 
     async def lost(lease: str, why: str) -> None:
@@ -264,7 +265,7 @@ async def _leased(
                  for n in list(app.projects) if leases.project_lease(n) in shot.held]
         lanes = [n for n in app.dispatcher.handler_names
                  if leases.handler_lease(n) in shot.held]
-        yield parts, lanes
+        yield parts, lanes, lambda lane: shot.holds(leases.handler_lease(lane))
     finally:
         for lane in lanes:  # what it delivered is recorded before the lease goes back
             await app.dispatcher.stop_lane(lane, SHUTDOWN_GRACE_S)

@@ -214,6 +214,7 @@ class Daemon:
         if leases.kind_of(lease) == leases.HANDLER:
             coordinator = self.coordinator
             await self.app.dispatcher.start_lane(name, held=lambda: coordinator.holds(lease))
+            metrics.lease_held(lease, True)
             return
         part = self.app.projects[name]
         store = self.coordinator.store_for(lease, self.app.store)
@@ -228,11 +229,13 @@ class Daemon:
         if self._scheduler is not None and not self._stop.is_set():
             self._schedule_project(self._scheduler, self.app, part,
                                    datetime.now().astimezone())
+        metrics.lease_held(lease, True)
 
     async def drop(self, lease: str, why: str) -> None:
         """Stop a project's passes and parts, or a handler's lane, promptly."""
         assert self.app is not None
         name = leases.subject(lease)
+        metrics.lease_held(lease, False)
         if leases.kind_of(lease) == leases.HANDLER:
             await self.app.dispatcher.stop_lane(name, SHUTDOWN_GRACE_S)
             return

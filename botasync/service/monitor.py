@@ -71,10 +71,14 @@ class Instruments:
         self.pass_duration = Histogram(
             "botasync_pass_duration_seconds", "How long successful passes took, by kind",
             ["project", "kind"], buckets=PASS_BUCKETS, registry=None)
+        self.leases = Gauge(
+            "botasync_lease_held", "1 while this process does the work of the lease "
+            "(`project:<name>`: the project's sync; `handler:<name>`: a handler's deliveries), "
+            "0 once it stopped", ["project", "lease"], registry=None)
 
     def collectors(self) -> list[Collector]:
         return [self.requests, self.rate_limit_remaining, self.delivery_results,
-                self.pass_duration]
+                self.pass_duration, self.leases]
 
     def api_response(self, endpoint: str, code: str, remaining: int | None,
                      project: str) -> None:
@@ -87,6 +91,9 @@ class Instruments:
 
     def pass_finished(self, kind: str, seconds: float, project: str) -> None:
         self.pass_duration.labels(project, kind).observe(seconds)
+
+    def lease(self, project: str, lease: str, held: bool) -> None:
+        self.leases.labels(project, lease).set(float(held))
 
 
 _instruments: Instruments | None = None

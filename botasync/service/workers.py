@@ -75,6 +75,14 @@ class Alone:
             await self.work.drop(name, "stopping")
 
 
+def surely_held(held: dict[str, float], lease: str) -> bool:
+    """Whether `lease` is surely held now: renewed, and its local deadline (`held`, the
+    event loop's clock) not passed. A worker that stalled (a paused VM) stops delivering at
+    once on waking, before its next round hears that the lease moved."""
+    deadline = held.get(lease)
+    return deadline is not None and asyncio.get_running_loop().time() < deadline
+
+
 def worker_id(prefix: str = "") -> sql.WorkerId:
     """This process in the `workers` table: host, pid, and a few random characters (pids
     are reused, across restarts and containers); the `application_name` of its sessions
@@ -136,11 +144,8 @@ class Workers:
         self._closed = False
 
     def holds(self, lease: str) -> bool:
-        """Whether this worker surely holds `lease` now: renewed, and its local deadline not
-        passed (a worker that stalled, a paused VM, stops delivering at once on waking,
-        before its next round hears that the lease moved)."""
-        deadline = self.held.get(lease)
-        return deadline is not None and asyncio.get_running_loop().time() < deadline
+        """Whether this worker surely holds `lease` now (see `surely_held`)."""
+        return surely_held(self.held, lease)
 
     def store_for(self, lease: str, store: Database) -> Database:
         """The store the work of `lease` writes through: fenced by the lease."""
@@ -327,6 +332,11 @@ class OneShot:
 
     def store_for(self, lease: str, store: Database) -> Database:
         return FencedStore(store, lease, self.me.id, self.lost)
+
+    def holds(self, lease: str) -> bool:
+        """Whether this sync surely holds `lease` now (see `surely_held`): its lanes check
+        it before each delivery, as a worker's do."""
+        return surely_held(self.held, lease)
 
     async def start(self, names: Sequence[str]) -> dict[str, str | None]:
         """Claim every one of `names` that is free; the others, with their live holder

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 import structlog
 
 from botasync.api.budget import RequestBudget
-from botasync.api.client import BotaClient
 from botasync.api.models import InvalidItem, Recording, parse_recording
-from botasync.config import Config
 from botasync.envelope import EventFactory, EventIds, iso
 from botasync.errors import NotFound
-from botasync.store.sqlite import Mirror, PageWrite, Upsert
+from botasync.store.sqlite import PageWrite, Upsert
+from botasync.sync.context import PassContext
 from botasync.sync.diff import deleted, diff
 from botasync.sync.fingerprint import VOLATILE_KEYS, fingerprint
-from botasync.sync.learning import Learning
 from botasync.sync.runs import Walk
 
 # the syncer's logger, unbound: an invalid item's line has carried no project so far
@@ -38,19 +35,9 @@ class ItemSync:
     """Writes what a walk reads into one project's mirror, and counts it in the walk's
     stats; `on_commit` after a write with events, `progress` after every page."""
 
-    def __init__(
-        self, cfg: Config, client: BotaClient, mirror: Mirror, learning: Learning, *,
-        clock: Callable[[], datetime], log: Any, on_commit: Callable[[], None],
-        progress: Callable[[Walk], None],
-    ) -> None:
-        self._cfg = cfg
-        self._client = client
-        self._mirror = mirror
-        self._learning = learning
-        self._clock = clock
-        self._log = log
+    def __init__(self, ctx: PassContext, *, on_commit: Callable[[], None]) -> None:
+        self._ctx = ctx
         self._on_commit = on_commit
-        self._progress = progress
         self._ids = EventIds()
         self._invalid_seen: set[str] = set()
         self._unknown_statuses: set[str] = set()
@@ -62,7 +49,7 @@ class ItemSync:
         stats = walk.stats
         stats.pages += 1
         valid = self._validate(walk, items)
-        known = await self._mirror.fingerprints([r.id for _, r, _ in valid])
+        known = await self._ctx.mirror.fingerprints([r.id for _, r, _ in valid])
         store_now: list[Item] = []
         fetch: list[tuple[str, str]] = []  # (id, list fingerprint)
         listed: dict[str, dict[str, Any]] = {}  # list items whose detail is fetched
@@ -76,7 +63,7 @@ class ItemSync:
             else:
                 store_now.append((item, rec, fp))
         if not store_now and not fetch:
-            self._progress(walk)
+            self._ctx.progress(walk)
             return True  # an invalid item cannot be mirrored: it must not keep a walk going
         fetched, gone = await self._details(walk, fetch, budgets)
         await self._compare(listed, fetched)
@@ -87,8 +74,8 @@ class ItemSync:
         self, walk: Walk, ids: Sequence[str], budgets: Sequence[RequestBudget]
     ) -> None:
         """Ask by id for stored recordings a list did not show: 404 = deleted."""
-        read_at = iso(self._clock())
-        known = await self._mirror.fingerprints(ids)
+        read_at = iso(self._ctx.clock())
+        known = await self._ctx.mirror.fingerprints(ids)
         fetched, gone = await self._details(walk, [(i, "") for i in ids], budgets)
         changed = [f for f in fetched if known.get(f[1].id, (None,))[0] != f[2]]
         walk.stats.unchanged += len(fetched) - len(changed)
@@ -98,14 +85,14 @@ class ItemSync:
 
     async def _compare(self, listed: dict[str, dict[str, Any]], fetched: list[Item]) -> None:
         """Learn from details fetched anyway whether they carry more than list items."""
-        learned = self._learning.now
+        learned = self._ctx.learning.now
         for raw, rec, _ in fetched:
             item = listed.get(rec.id)
             if item is not None:
                 learned = learned.compared(item, raw, VOLATILE_KEYS)
-        if learned.detail_keys != self._learning.now.detail_keys:
-            self._log.info("details_compared", detail_only_fields=sorted(learned.detail_keys))
-        await self._learning.keep(learned)
+        if learned.detail_keys != self._ctx.learning.now.detail_keys:
+            self._ctx.log.info("details_compared", detail_only_fields=sorted(learned.detail_keys))
+        await self._ctx.learning.keep(learned)
 
     def _validate(self, walk: Walk, items: list[Any]) -> list[Item]:
         out: dict[str, Item] = {}
@@ -136,18 +123,18 @@ class ItemSync:
         """Once per value: a status botasync does not know is stored as sent, and watched."""
         if rec.status not in self._unknown_statuses:
             self._unknown_statuses.add(rec.status)
-            self._log.warning("unknown_status", status=rec.status, id=rec.id,
+            self._ctx.log.warning("unknown_status", status=rec.status, id=rec.id,
                               note="stored as sent and watched like an in-flight status")
 
     def _wants_detail(self, item: dict[str, Any], stored: bool) -> bool:
         """Changed items get their detail (the authoritative read); never-seen items only
         when details have been seen to carry more than list items."""
-        policy = self._cfg.sync.detail
+        policy = self._ctx.cfg.sync.detail
         if policy == "never":
             return False
         if stored or policy == "always":
             return True
-        return self._learning.now.wants_detail(item)
+        return self._ctx.learning.now.wants_detail(item)
 
     async def _details(
         self, walk: Walk, wanted: list[tuple[str, str]], budgets: Sequence[RequestBudget]
@@ -173,7 +160,7 @@ class ItemSync:
     async def _detail(
         self, rid: str, budgets: Sequence[RequestBudget]
     ) -> tuple[dict[str, Any], Recording]:
-        raw = await self._client.get_recording(rid, budgets=budgets)
+        raw = await self._ctx.client.get_recording(rid, budgets=budgets)
         rec = parse_recording(raw)
         if rec.id != rid:
             raise InvalidItem(rid, f"detail answered with another id ({rec.id})")
@@ -193,8 +180,8 @@ class ItemSync:
         stored: the page's copy may be older, and writing it would turn the row and its
         events back (completed -> processing). A change it skips is seen by the next pass.
         """
-        now_dt = self._clock()
-        make = EventFactory(lambda: self._ids.new(now_dt), iso(now_dt), self._cfg.project)
+        now_dt = self._ctx.clock()
+        make = EventFactory(lambda: self._ids.new(now_dt), iso(now_dt), self._ctx.cfg.project)
         # every item's row is read inside the write, the ones new to this page too: another
         # pass (a tick beside a reconcile) may have stored it since, and must not be repeated
         ids = [r.id for _, r, _ in items] + [g for g in gone if g in known]
@@ -217,11 +204,11 @@ class ItemSync:
                     counts["deleted"] += 1
             return page
 
-        page = await self._mirror.apply(ids, build, iso(now_dt), read_at)
+        page = await self._ctx.mirror.apply(ids, build, iso(now_dt), read_at)
         walk.stats.created += counts["created"]
         walk.stats.updated += counts["updated"]
         walk.stats.deleted += counts["deleted"]
         walk.stats.events += len(page.events)
         if page.events:
             self._on_commit()
-        self._progress(walk)
+        self._ctx.progress(walk)

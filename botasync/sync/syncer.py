@@ -29,6 +29,7 @@ from botasync.envelope import iso, utc_now
 from botasync.errors import BadRequest
 from botasync.store.base import Database
 from botasync.store.sqlite import Mirror
+from botasync.sync.context import PassContext
 from botasync.sync.estimate import probe_total
 from botasync.sync.items import ItemSync
 from botasync.sync.learning import Learning
@@ -73,12 +74,10 @@ class Syncer:
         self._learning = Learning(self.mirror)
         self._runs = Runs(self.mirror, clock, self.log, lambda: client.requests)
         # `on_commit` may be set after the constructor (the downloader's notify)
-        self._items = ItemSync(cfg, client, self.mirror, self._learning, clock=clock,
-                               log=self.log, on_commit=lambda: self.on_commit(),
-                               progress=self._progress)
-        self._walker = Walker(cfg, client, self.mirror, learning=self._learning,
-                              items=self._items, runs=self._runs, clock=clock, log=self.log,
-                              progress=self._progress)
+        ctx = PassContext(cfg, client, self.mirror, self._learning, clock, self.log,
+                          self._progress)
+        self._items = ItemSync(ctx, on_commit=lambda: self.on_commit())
+        self._walker = Walker(ctx, items=self._items, runs=self._runs)
         # one walk at a time: a reconcile due while the first walk (the tick's, during the
         # backfill) still runs would resume that very walk beside it, and the two would
         # each count the other's changes as the backfill's (events never delivered)

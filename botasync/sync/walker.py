@@ -9,20 +9,17 @@ when the API did not understand its saved cursor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import aclosing
-from datetime import datetime
 from typing import Any
 
 from botasync.api.budget import RequestBudget
-from botasync.api.client import BotaClient, Page
+from botasync.api.client import Page
 from botasync.api.pages import Pager, PageRead
-from botasync.config import Config
 from botasync.envelope import iso
 from botasync.errors import BadRequest, PaginationError
-from botasync.store.sqlite import Mirror
+from botasync.sync.context import PassContext
 from botasync.sync.items import ItemSync
-from botasync.sync.learning import Learning
 from botasync.sync.runs import WALK_KINDS, Runs, Walk
 from botasync.sync.seen import SeenIds
 
@@ -34,22 +31,12 @@ class FilterIgnored(Exception):
 class Walker:
     """Walks one project's list for the passes; `progress` after every page."""
 
-    def __init__(
-        self, cfg: Config, client: BotaClient, mirror: Mirror, *, learning: Learning,
-        items: ItemSync, runs: Runs, clock: Callable[[], datetime], log: Any,
-        progress: Callable[[Walk], None],
-    ) -> None:
-        self._cfg = cfg
-        self._client = client
-        self._mirror = mirror
-        self._learning = learning
+    def __init__(self, ctx: PassContext, *, items: ItemSync, runs: Runs) -> None:
+        self._ctx = ctx
         self._items = items
         self._runs = runs
-        self._clock = clock
-        self._log = log
-        self._progress = progress
-        self._device_id = cfg.sync.device_id or None
-        self._end_user_id = cfg.sync.end_user_id or None
+        self._device_id = ctx.cfg.sync.device_id or None
+        self._end_user_id = ctx.cfg.sync.end_user_id or None
 
     async def walk(
         self,
@@ -94,8 +81,8 @@ class Walker:
         *, cursor: str | None = None, limit: int | None = None,
     ) -> Page:
         """One page of the list, under the configured device and end-user filters."""
-        return await self._client.list_recordings(
-            offset=offset, cursor=cursor, limit=limit or self._cfg.sync.page_size,
+        return await self._ctx.client.list_recordings(
+            offset=offset, cursor=cursor, limit=limit or self._ctx.cfg.sync.page_size,
             status=status, budgets=budgets, device_id=self._device_id,
             end_user_id=self._end_user_id,
         )
@@ -105,10 +92,10 @@ class Walker:
     ) -> bool:
         """Write one page and move the checkpoint past it; True when all was unchanged."""
         walk.resumed = False
-        learned = self._learning.now
+        learned = self._ctx.learning.now
         if read.paging is not None and read.paging != learned.paging:
-            self._log.info("paging_learned", paging=read.paging, was=learned.paging)
-            await self._learning.keep(learned.paged(read.paging))
+            self._ctx.log.info("paging_learned", paging=read.paging, was=learned.paging)
+            await self._ctx.learning.keep(learned.paged(read.paging))
         all_unchanged = await self._items.page(walk, read.page.items, budgets, read.read_at)
         if read.paging == "cursor":
             walk.position += len(read.page.items)
@@ -116,7 +103,7 @@ class Walker:
         else:
             walk.offset = walk.position = read.next_offset
         await self._runs.checkpoint(walk)
-        self._progress(walk)
+        self._ctx.progress(walk)
         if status is not None and _other_status(read.page.items, status):
             raise FilterIgnored(status)
         return all_unchanged
@@ -127,8 +114,8 @@ class Walker:
         async def fetch(offset: int, cursor: str | None) -> Page:
             return await self.list(offset, status, budgets, cursor=cursor)
 
-        return Pager(fetch, limit=self._cfg.sync.page_size, depth=depth, cap=cap,
-                     now=lambda: iso(self._clock()))
+        return Pager(fetch, limit=self._ctx.cfg.sync.page_size, depth=depth, cap=cap,
+                     now=lambda: iso(self._ctx.clock()))
 
     async def _resumed(self, walk: Walk, read: PageRead) -> bool:
         """The first page of a resumed walk: True when the walk must start again instead.
@@ -142,16 +129,16 @@ class Walker:
         items = [i for i in read.page.items if isinstance(i, dict)]
         first = items[0].get("id") if items else None
         if walk.cursor is not None and first is not None and (
-                first == await self._mirror.newest_live_id()):
+                first == await self._ctx.mirror.newest_live_id()):
             await self._restart(walk, "the API answered the saved cursor with the first page")
             return True
         created = [c for c in (i.get("created_at") for i in items) if isinstance(c, str)]
         if created:
-            walk.seen.update(await self._mirror.live_ids_created_after(max(created)))
+            walk.seen.update(await self._ctx.mirror.live_ids_created_after(max(created)))
         return False
 
     async def _restart(self, walk: Walk, why: str) -> None:
-        self._log.warning("walk_restarted", kind=walk.stats.kind, reason=why)
+        self._ctx.log.warning("walk_restarted", kind=walk.stats.kind, reason=why)
         walk.offset, walk.cursor, walk.position, walk.resumed = 0, None, 0, False
         walk.seen = SeenIds() if walk.stats.kind in WALK_KINDS else set()
         await self._runs.checkpoint(walk)
@@ -160,7 +147,7 @@ class Walker:
         """Fetch ahead freely on a first sync; later, not far past the known archive's end."""
         if depth <= 1 or status is not None:
             return 1 << 62
-        known = await self._mirror.count()
+        known = await self._ctx.mirror.count()
         return (1 << 62) if known == 0 else known
 
 
