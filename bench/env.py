@@ -46,7 +46,7 @@ class Plan:
 
 PLANS: dict[str, dict[str, Any]] = {
     "smoke": dict(sizes=[500], light_sizes=[], big=500, latency_ms=5, interval_s=1.0,
-                  steady_s=4.0, changes_per_min=120.0, rate_limit=600,
+                  steady_s=2.0, changes_per_min=120.0, rate_limit=600,
                   command_events=100, naive_timeout_s=60, timeout_s=60, install_dlt=False),
     "quick": dict(sizes=[10_000], light_sizes=[100_000], big=100_000, steady_s=120.0,
                   command_events=2000),

@@ -4,7 +4,8 @@ The session's server is, in this order: the one the environment names (`PGHOST`,
 `PGPORT`, `PGUSER`, `PGPASSWORD`: running the tests under `pg_virtualenv`, or a server of
 your own), else a throwaway cluster this module starts with `pg_virtualenv` (Debian's
 postgresql-common: a temporary cluster, dropped when the session ends; it works as root,
-which `initdb` alone refuses). Without either, the PostgreSQL cases skip with the reason,
+which `initdb` alone refuses; under pytest-xdist, one for all the workers, started by the
+controller: `SharedCluster`). Without either, the PostgreSQL cases skip with the reason,
 unless `BOTASYNC_PG=required` (set by `.ci/run`): then they fail.
 
 Each test gets a database of its own (`CREATE DATABASE`, dropped after it), empty: the
@@ -16,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +113,13 @@ def start(gucs: Sequence[str] = FAST_GUCS) -> tuple[PgServer | None, str]:
         if why is not None:
             return None, f"PGHOST={params['host']} names a PostgreSQL that does not answer: {why}"
         return PgServer(params), ""
+    if os.environ.get(SHARED):
+        return _shared(Path(os.environ[SHARED]))
+    return _cluster(gucs)
+
+
+def _cluster(gucs: Sequence[str]) -> tuple[PgServer | None, str]:
+    """A throwaway cluster of this process's (pg_virtualenv), dropped by `PgServer.stop`."""
     tool = shutil.which("pg_virtualenv")
     if tool is None:
         return None, ("no PostgreSQL: neither PGHOST nor pg_virtualenv (apt-get install "
@@ -145,6 +155,58 @@ def start(gucs: Sequence[str] = FAST_GUCS) -> tuple[PgServer | None, str]:
         server.stop()
         return None, f"the cluster pg_virtualenv started does not answer: {why}"
     return server, ""
+
+
+# --- one cluster for every pytest-xdist worker ----------------------------------------------
+
+SHARED = "BOTASYNC_PG_SHARED"  # the directory where the controller's cluster says where it is
+
+
+class SharedCluster:
+    """Under pytest-xdist, the controller starts one cluster for all its workers, in the
+    background from the session's start (conftest.py): each worker would otherwise start
+    one of its own when it reaches its first PostgreSQL test, one after the other (a host
+    lock), seconds each on the 2-core machine. A worker waits for the cluster the first time
+    it needs it (`start`), and never stops it; the controller drops it at the end."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="botasync-pg-shared-"))
+        self.server: PgServer | None = None
+        self._thread = threading.Thread(target=self._start, name="botasync-pg", daemon=True)
+
+    def begin(self) -> None:
+        os.environ[SHARED] = str(self.dir)  # before the workers start: they inherit it
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            server, why = _cluster(FAST_GUCS)
+        except Exception as e:  # said to the workers, who fail or skip with it
+            server, why = None, f"{type(e).__name__}: {e}"
+        self.server = server
+        name, text = ("params.json", json.dumps(server.params)) if server else ("error", why)
+        (self.dir / f"{name}.tmp").write_text(text)
+        (self.dir / f"{name}.tmp").rename(self.dir / name)  # all at once for the readers
+
+    def end(self) -> None:
+        self._thread.join(START_TIMEOUT_S)
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _shared(where: Path) -> tuple[PgServer | None, str]:
+    """The controller's cluster (`SharedCluster`), once it has started."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (where / "params.json").exists():
+        if (where / "error").exists():
+            return None, (where / "error").read_text()
+        if time.monotonic() > deadline:
+            return None, f"the shared cluster did not start in {START_TIMEOUT_S} s"
+        time.sleep(0.05)
+    params = json.loads((where / "params.json").read_text())
+    os.environ["PGPASSWORD"] = params["password"]  # libpq reads it: URLs carry no password
+    return PgServer(params), ""
 
 
 @contextlib.contextmanager

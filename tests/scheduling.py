@@ -46,17 +46,18 @@ SPREAD = frozenset({
 
 # longest first, as measured on the 2-core machine (a prefix of a node id)
 FIRST = (
-    "tests/torture/test_badinput.py",  # one table of ~46 `botasync` processes (module fixture)
-    "tests/test_nats.py::test_sigkill_while_relaying_stores_each_event_once",
-    "tests/torture/test_kill9.py",
-    "tests/test_bench.py::test_bench_smoke_measures_every_contender",
-    "tests/torture/test_surface.py::test_no_secret_anywhere_and_a_narrow_surface",
-    "tests/test_events_e2e.py",
     "tests/test_workers.py::test_workers_share_projects_survive_a_kill_and_hand_over_at_a_clean_stop",
+    "tests/test_bench.py::test_bench_smoke_measures_every_contender",
+    "tests/torture/test_badinput.py",  # one table of ~46 `botasync` processes (module fixture)
     "tests/test_demo.py::test_demo_runs_mirrors_and_prints_events",
+    "tests/test_nats.py::test_sigkill_while_relaying_stores_each_event_once",
+    "tests/test_progress.py::test_ctrl_c_says_where_the_walk_resumes",
     "tests/test_transcripts.py::test_sigkill_while_fetching_loses_and_duplicates_nothing",
-    "tests/test_operating.py",
+    "tests/test_events_e2e.py",
     "tests/test_search.py",
+    "tests/torture/test_kill9.py",
+    "tests/torture/test_surface.py::test_no_secret_anywhere_and_a_narrow_surface",
+    "tests/test_operating.py",
     "tests/test_nats.py",
 )
 

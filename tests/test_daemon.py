@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import sqlite3
-import sys
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from botasync.errors import BotasyncError
 from botasync.jsoncodec import loads
 from botasync.service.daemon import Daemon, Notifier
 from botasync.simulator import Simulator, World
+from tests import zygote
 from tests.conftest import SimulatorFactory, wait_for
 
 KEY = "sk_test_botasync"
@@ -135,12 +136,10 @@ def _write_cfg(tmp_path: Path, sim: Simulator, **sync: Any) -> Path:
     return path
 
 
-async def _spawn(cfg: Path, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botasync", "run", "--config", str(cfg),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "BOTASYNC_CONFIG": "", **(env or {})},
-    )
+async def _spawn(cfg: Path, env: dict[str, str] | None = None) -> Any:
+    return await zygote.botasync("run", "--config", str(cfg), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE,
+                                 env={**os.environ, "BOTASYNC_CONFIG": "", **(env or {})})
 
 
 def _position(db: Path) -> int:

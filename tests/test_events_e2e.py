@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from botasync.simulator import Dialect, Simulator, World
+from tests import zygote
 from tests.conftest import SimulatorFactory, wait_for
 from tests.mirror import mirror_diff
 from tests.pgserver import TestDb
@@ -57,10 +59,8 @@ def write_cfg(tmp_path: Path, sim: Simulator, handlers: list[tuple[str, str]],
 
 
 async def botasync(*args: str, cfg: Path) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botasync", *args, "--config", str(cfg),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "BOTASYNC_CONFIG": ""})
+    proc = await zygote.botasync(*args, "--config", str(cfg), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env={**os.environ, "BOTASYNC_CONFIG": ""})
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -199,10 +199,9 @@ async def test_sigkill_between_commit_and_delivery_loses_nothing(
     for item in sim.world.all()[:3]:
         sim.world.update(item["id"], name="edited")
     cfg = write_cfg(tmp_path, sim, [("h", "block")], db=database)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botasync", "sync", "--config", str(cfg),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "BOTASYNC_CONFIG": ""})
+    proc = await zygote.botasync("sync", "--config", str(cfg), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL,
+                                 env={**os.environ, "BOTASYNC_CONFIG": ""})
     started = tmp_path / "h.jsonl.started"
     # the handler opens the file, then writes its line: wait for the line, not the file
     await wait_for(lambda: started.exists() and len(started.read_text().split()) >= 2,

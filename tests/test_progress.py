@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from botasync.service.daemon import Daemon
 from botasync.simulator import World
 from botasync.sync.progress import WalkProgress, walk_progress
 from botasync.sync.syncer import PassStats
+from tests import zygote
 from tests.conftest import SimulatorFactory, wait_for
 from tests.simproc import simulate
 from tests.test_daemon import daemon_cfg
@@ -151,9 +153,8 @@ async def test_ctrl_c_says_where_the_walk_resumes(slow_simulator: str, tmp_path:
     cfg.write_text("[sync]\npage_size = 20\n[api]\nconcurrency = 1\n")
     env = {**os.environ, "BOTA_API_URL": slow_simulator, "BOTA_API_KEY": "sk_test_botasync",
            "BOTASYNC_DB": str(db), "BOTASYNC_CONFIG": str(cfg)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botasync", "sync", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await zygote.botasync("sync", env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
 
     def position() -> int:
         try:
@@ -174,9 +175,8 @@ async def test_ctrl_c_says_where_the_walk_resumes(slow_simulator: str, tmp_path:
     assert found, line
     offset = int(found.group(1).replace(",", ""))
     assert offset == position() and offset >= 100
-    again = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botasync", "sync", "--json", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    again = await zygote.botasync("sync", "--json", env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(again.communicate(), 120)
     assert again.returncode == 0, err.decode()[-2000:]
     assert json.loads(out)["passes"][0]["pages"] == (1000 - offset) // 20

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from botasync.service.workers import FencedStore, Workers
 from botasync.simulator import Simulator, World
 from botasync.store import open_store, writers_lock_wait
 from botasync.store.postgres import WRITER_LOCK, PgStore
+from tests import zygote
 from tests.conftest import SimulatorFactory, wait_for
 from tests.mirror import mirror_diff
 from tests.pgserver import TestDb
@@ -303,9 +303,8 @@ class Worker:
 async def _start(tmp_path: Path, cfg: Path, n: int) -> Worker:
     log = tmp_path / f"worker{n}.log"
     with log.open("w") as f:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "botasync", "run", "--config", str(cfg),
-            stdout=f, stderr=f, env={**os.environ, "BOTASYNC_CONFIG": ""})
+        proc = await zygote.botasync("run", "--config", str(cfg), stdout=f, stderr=f,
+                                     env={**os.environ, "BOTASYNC_CONFIG": ""})
     return Worker(n, proc, log)
 
 

@@ -12,12 +12,15 @@ import contextlib
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests import zygote
 
 REPO = Path(__file__).resolve().parents[2]
 # A key nobody would type by accident, so grepping every output for it means something.
@@ -103,12 +106,17 @@ async def botasync(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0,
     preexec_fn: Callable[[], None] | None = None, cwd: Path | None = None,
 ) -> Run:
-    """Run `python -m botasync ARGS` to completion (killed if it overruns `timeout`)."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL, env=dict(env or clean_env()), cwd=cwd,
-        preexec_fn=preexec_fn,
-    )
+    """Run `python -m botasync ARGS` to completion (killed if it overruns `timeout`),
+    forked from the zygote (tests/zygote.py) unless it needs a `preexec_fn`."""
+    env = dict(env or clean_env())
+    if preexec_fn is None:
+        proc = await zygote.botasync(*args, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+    else:
+        proc = await asyncio.create_subprocess_exec(
+            *argv(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL, env=env, cwd=cwd, preexec_fn=preexec_fn,
+        )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -121,14 +129,13 @@ async def botasync(
 
 async def spawn(
     *args: str, log_to: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-) -> asyncio.subprocess.Process:
-    """Start `python -m botasync ARGS` with stdout and stderr going to `log_to` (appended)."""
+) -> Any:
+    """Start `python -m botasync ARGS` with stdout and stderr going to `log_to` (appended),
+    forked from the zygote (tests/zygote.py)."""
     log = log_to.open("ab")
     try:
-        return await asyncio.create_subprocess_exec(
-            *argv(*args), stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
-            env=dict(env or clean_env()), cwd=cwd,
-        )
+        return await zygote.botasync(*args, env=env or clean_env(), cwd=cwd, stdout=log,
+                                     stderr=log)
     finally:
         log.close()  # the child holds its own copy
 
