@@ -26,6 +26,7 @@ import io
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -213,7 +214,14 @@ class _Zygote:
             proc.kill()
             raise RuntimeError(f"the zygote did not start: {line!r}")
         self._proc = proc
-        atexit.register(proc.kill)
+        atexit.register(self._stop)
+
+    def _stop(self) -> None:
+        """At this process's exit: the zygote, and its socket's directory."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
 
 
 _ZYGOTE = _Zygote()
