@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -344,16 +344,18 @@ async def create(args: list[str], *, env: Mapping[str, str], cwd: Path | str | N
 
 async def botasync(*args: str, env: Mapping[str, str], cwd: Path | str | None = None,
                    stdin: Stdio = subprocess.DEVNULL, stdout: Stdio = None,
-                   stderr: Stdio = None) -> Any:
+                   stderr: Stdio = None, preexec_fn: Callable[[], None] | None = None) -> Any:
     """`python -m botasync ARGS`: a child of the zygote, else a process of its own (the
-    same interface: `pid`, `returncode`, `wait`, `communicate`, signals)."""
-    proc = await create(list(args), env=env, cwd=cwd, stdin=stdin, stdout=stdout,
-                        stderr=stderr)
-    if proc is not None:
-        return proc
+    same interface: `pid`, `returncode`, `wait`, `communicate`, signals). With a
+    `preexec_fn` (limits set before the command starts) always a process of its own."""
+    if preexec_fn is None:
+        proc = await create(list(args), env=env, cwd=cwd, stdin=stdin, stdout=stdout,
+                            stderr=stderr)
+        if proc is not None:
+            return proc
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "botasync", *args, env=dict(env), cwd=cwd, stdin=stdin,
-        stdout=stdout, stderr=stderr)
+        stdout=stdout, stderr=stderr, preexec_fn=preexec_fn)
 
 
 if __name__ == "__main__":

@@ -123,8 +123,8 @@ async def _connect(url: str, application_name: str) -> AsyncConnection[Any]:
 
     try:
         return await psycopg.AsyncConnection.connect(url, autocommit=True,
-                                             connect_timeout=CONNECT_TIMEOUT_S,
-                                             application_name=application_name)
+                                                     connect_timeout=CONNECT_TIMEOUT_S,
+                                                     application_name=application_name)
     except (psycopg.Error, OSError) as e:
         raise StoreError(f"cannot open database {redact_database_url(url)}: {_why(e)}") from None
 

@@ -124,7 +124,7 @@ class ItemSync:
         if rec.status not in self._unknown_statuses:
             self._unknown_statuses.add(rec.status)
             self._ctx.log.warning("unknown_status", status=rec.status, id=rec.id,
-                              note="stored as sent and watched like an in-flight status")
+                                  note="stored as sent and watched like an in-flight status")
 
     def _wants_detail(self, item: dict[str, Any], stored: bool) -> bool:
         """Changed items get their detail (the authoritative read); never-seen items only

@@ -13,7 +13,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -98,25 +97,15 @@ class Run:
         return [ln for ln in self.err.splitlines() if ln.strip()]
 
 
-def argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "botasync", *args]
-
-
 async def botasync(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0,
     preexec_fn: Callable[[], None] | None = None, cwd: Path | None = None,
 ) -> Run:
     """Run `python -m botasync ARGS` to completion (killed if it overruns `timeout`),
     forked from the zygote (tests/zygote.py) unless it needs a `preexec_fn`."""
-    env = dict(env or clean_env())
-    if preexec_fn is None:
-        proc = await zygote.botasync(*args, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-    else:
-        proc = await asyncio.create_subprocess_exec(
-            *argv(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL, env=env, cwd=cwd, preexec_fn=preexec_fn,
-        )
+    proc = await zygote.botasync(*args, env=env or clean_env(), cwd=cwd,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=preexec_fn)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
