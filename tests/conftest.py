@@ -84,21 +84,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return Scheduling(config, log)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    """Under pytest-xdist, a test marked `exclusive` runs while no other test runs (its
-    fixtures' setup and teardown included; outside pytest-timeout's clock)."""
-    from tests.scheduling import turn
-
-    with turn(item):
-        return (yield)
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, the controller starts the workers' PostgreSQL (one for all, in
-    the background: tests/pgserver.py `SharedCluster`), unless PGHOST names one."""
+    """Under pytest-xdist, the controller compiles what every worker would (a fresh clone:
+    tests/prewarm.py), then starts the workers' PostgreSQL (one for all, in the background:
+    tests/pgserver.py `SharedCluster`), unless PGHOST names one."""
     workers = getattr(config.option, "numprocesses", None)
-    if workers and not hasattr(config, "workerinput") and not os.environ.get("PGHOST"):
+    if not workers or hasattr(config, "workerinput"):
+        return
+    from tests.prewarm import prewarm
+
+    root = Path(__file__).resolve().parents[1]
+    prewarm(config, [root / "botasync", root / "tests"])  # forks: before any thread starts
+    if not os.environ.get("PGHOST"):
         shared = pgserver.SharedCluster()
         shared.begin()
         config.stash[_SHARED_PG] = shared
@@ -111,12 +108,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _SHARED_PG = pytest.StashKey["pgserver.SharedCluster"]()
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    from tests.scheduling import forget_lock_files
-
-    forget_lock_files()
 
 
 @pytest.fixture

@@ -10,22 +10,12 @@ Two changes, both only to the order and the grouping of the work, never to what 
   still in a long test while the other has nothing left to do.
 
 A file missing from both lists runs whole on one worker, after the FIRST ones.
-
-A test marked `exclusive` (a comparison of timings, which the other worker's load would
-skew) runs while no other test runs: `turn()` is a readers-writer lock between the workers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from xdist.scheduler import LoadFileScheduling
 
 SPREAD = frozenset({
@@ -88,44 +78,3 @@ class Scheduling(LoadFileScheduling):
             self.workqueue.clear()
             self.workqueue.update(units)
         super()._assign_work_unit(node)
-
-
-def _lock_files() -> Path | None:
-    """The two lock files of this run, shared by its workers; None outside pytest-xdist."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not run or not os.environ.get("PYTEST_XDIST_WORKER"):
-        return None
-    return Path(tempfile.gettempdir()) / f"botasync-tests-{run}"
-
-
-@contextlib.contextmanager
-def turn(item: pytest.Item) -> Iterator[None]:
-    """Hold the run's lock while `item` runs: shared, or alone if it is marked `exclusive`.
-
-    Every test passes the turnstile first; a test waiting to run alone holds it, so no other
-    test starts until it has run, and those already running finish first.
-    """
-    base = _lock_files()
-    if base is None:
-        yield
-        return
-    alone = item.get_closest_marker("exclusive") is not None
-    with open(f"{base}.turn", "a") as gate, open(f"{base}.lock", "a") as lock:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        if not alone:
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            if alone:
-                fcntl.flock(gate, fcntl.LOCK_UN)
-
-
-def forget_lock_files() -> None:
-    """Remove this run's lock files (a worker that has finished takes no more turns)."""
-    base = _lock_files()
-    if base is not None:
-        for suffix in (".turn", ".lock"):
-            Path(f"{base}{suffix}").unlink(missing_ok=True)

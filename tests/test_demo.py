@@ -1,4 +1,4 @@
-"""`botasync demo --for 8`: a fresh user's first command works and shows live events."""
+"""`botasync demo --for 5`: a fresh user's first command works and shows live events."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from botasync.sync.progress import eta_seconds
 def test_demo_runs_mirrors_and_prints_events(tmp_path: Path, dialect: str) -> None:
     """It exits 0, leaves recordings and media, and printed status changes and next steps."""
     out = subprocess.run(
-        [sys.executable, "-m", "botasync", "demo", "--for", "8", "--move-every", "0.3",
+        [sys.executable, "-m", "botasync", "demo", "--for", "5", "--move-every", "0.3",
          "--dialect", dialect],
         cwd=tmp_path, capture_output=True, text=True, timeout=90,
         env={**os.environ, "BOTASYNC_CONFIG": "", "COLUMNS": "200"},

@@ -137,10 +137,13 @@ def test_sync_on_a_terminal_reports_each_pass_once() -> None:
 # --- Ctrl-C during a walk ---------------------------------------------------------------------
 
 
+SLOW_RECORDINGS = 500
+
+
 @pytest.fixture
 def slow_simulator() -> Iterator[str]:
     """`botasync simulate` in its own process, 100 ms an answer: a walk long enough to stop."""
-    with simulate(["--recordings", "1000", "--latency-ms", "100", "--no-rate-limit"],
+    with simulate(["--recordings", str(SLOW_RECORDINGS), "--latency-ms", "100", "--no-rate-limit"],
                   {**os.environ, "BOTASYNC_CONFIG": ""}) as url:
         yield url
 
@@ -179,7 +182,7 @@ async def test_ctrl_c_says_where_the_walk_resumes(slow_simulator: str, tmp_path:
                                   stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(again.communicate(), 120)
     assert again.returncode == 0, err.decode()[-2000:]
-    assert json.loads(out)["passes"][0]["pages"] == (1000 - offset) // 20
+    assert json.loads(out)["passes"][0]["pages"] == (SLOW_RECORDINGS - offset) // 20
 
 
 # --- the daemon's skipped ticks ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -112,11 +113,20 @@ def add_transcript(conn: sqlite3.Connection, rec_id: str, txn_id: str,
                      (cur.lastrowid, text, speaker))
 
 
-def schema(conn: sqlite3.Connection) -> None:
-    """Every schema step, as `Store.open` applies them."""
+@functools.cache
+def _migrated() -> sqlite3.Connection:
+    """An in-memory database with every schema step applied, as `Store.open` applies them."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
     for step in migrations.STEPS:
         conn.executescript(step)
     conn.execute(f"PRAGMA user_version = {migrations.LATEST}")
+    return conn
+
+
+def schema(conn: sqlite3.Connection) -> None:
+    """Every schema step in `conn`: a copy of the one database migrated (35 ms a time, and
+    the property tests below make hundreds)."""
+    _migrated().backup(conn)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from tests.simproc import simulate
 @pytest.fixture
 def deployed_api() -> Iterator[str]:
     """`botasync simulate --dialect deployed`, 20 ms an answer, in its own process."""
-    with simulate(["--recordings", "2500", "--dialect", "deployed", "--latency-ms", "20",
+    with simulate(["--recordings", "1000", "--dialect", "deployed", "--latency-ms", "20",
                    "--no-rate-limit"], {**os.environ, "BOTASYNC_CONFIG": ""}) as url:
         yield url
 
@@ -62,7 +62,7 @@ def _run_on_a_terminal(argv: list[str], env: dict[str, str], timeout: float) -> 
 
 
 def test_sync_on_a_terminal_shows_progress_and_ends(deployed_api: str, tmp_path: Path) -> None:
-    """25 cursor pages, no offset probe, a bar that counts items, exit 0 with every row."""
+    """10 cursor pages, no offset probe, a bar that counts items, exit 0 with every row."""
     db = tmp_path / "botasync.db"
     env = {**os.environ, "BOTA_API_URL": deployed_api, "BOTA_API_KEY": "sk_test_botasync",
            "BOTASYNC_DB": str(db), "BOTASYNC_CONFIG": "", "TERM": "xterm-256color",
@@ -71,9 +71,9 @@ def test_sync_on_a_terminal_shows_progress_and_ends(deployed_api: str, tmp_path:
     assert code == 0, screen[-2000:]
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
     assert re.search(r"\d+ pages, [\d,]+ recordings", plain), plain[-2000:]  # the bar
-    assert "2500 created" in plain
+    assert "1000 created" in plain
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT count(*) FROM recordings").fetchone()[0]
         learned = conn.execute("SELECT value FROM state WHERE key = 'dialect'").fetchone()[0]
     conn.close()
-    assert rows == 2500 and '"paging":"cursor"' in learned
+    assert rows == 1000 and '"paging":"cursor"' in learned

@@ -355,7 +355,7 @@ async def test_workers_share_projects_survive_a_kill_and_hand_over_at_a_clean_st
     moves its work within lease_s (the walk resumes elsewhere); a SIGTERM gives a worker's
     leases back at once. The mirror ends exact, no event is lost, and an event reaches the
     handler twice only if the killed worker had it in flight."""
-    sim = await simulator_factory(World(seed=41, recordings=700), projects=3, latency_s=0.03)
+    sim = await simulator_factory(World(seed=41, recordings=400), projects=3, latency_s=0.03)
     workers = [await _start(tmp_path, _cfg(tmp_path, sim, pg_database, hooks, n), n)
                for n in range(3)]
     try:

@@ -252,7 +252,8 @@ class Process:
         self.stderr = stderr
         self._exits = exits
         self._writer = writer
-        self._waiting: asyncio.Task[int] | None = None
+        # watched from the start, so `returncode` is set once the child ends, as asyncio's
+        self._waiting = asyncio.ensure_future(self._wait())
 
     async def _wait(self) -> int:
         line = await self._exits.readline()
@@ -263,10 +264,6 @@ class Process:
         return self.returncode
 
     async def wait(self) -> int:
-        if self.returncode is not None:
-            return self.returncode
-        if self._waiting is None:
-            self._waiting = asyncio.ensure_future(self._wait())
         return await asyncio.shield(self._waiting)
 
     def send_signal(self, sig: int) -> None:
