@@ -12,7 +12,7 @@ import pytest
 from botasync import config
 from botasync.api.models import Recording
 from botasync.envelope import EventFactory
-from botasync.errors import ConfigError
+from botasync.errors import ConfigError, StoreError
 from botasync.jsoncodec import dumps
 from botasync.store import migrations
 from botasync.store.sqlite import Mirror, PageWrite, Store, Upsert
@@ -92,6 +92,24 @@ async def test_a_step_that_breaks_a_foreign_key_changes_nothing(tmp_path: Path) 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
         assert conn.execute("SELECT count(*) FROM media").fetchone()[0] == 2
+    conn.close()
+
+
+async def test_a_step_that_fails_halfway_changes_nothing(tmp_path: Path) -> None:
+    """Step 6 failing in its middle (its `recordings` rebuilt, then a table in the way of
+    `media`'s) leaves the database as it was: version 5, the old tables and their rows."""
+    db = tmp_path / "halfway.db"
+    _v5_database(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE media_6 (x INT)")
+        before = conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+    conn.close()
+    with pytest.raises(StoreError, match="table media_6 already exists"):
+        await Store.open(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == before
+        assert conn.execute("SELECT count(*) FROM recordings").fetchone()[0] == 1
     conn.close()
 
 
