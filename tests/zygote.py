@@ -186,35 +186,41 @@ def _exit_code(code: object) -> int:
 
 
 class _Zygote:
-    """This test process's zygote, started on first use, killed at exit."""
+    """This test process's zygote, started on first use with this process's environment,
+    killed at exit. One that did not start is not tried again: each use says why."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._failed = ""
         self.path = ""
-        self.python_env: dict[str, str] = {}
+        self.python_env = _python_env(os.environ)
 
     def address(self, env: Mapping[str, str]) -> str | None:
         """The zygote's socket, or None when `env` would start Python differently (its
         `PYTHON*` variables are not the zygote's): then the caller starts a process."""
+        if _python_env(env) != self.python_env:
+            return None
         with self._lock:
-            if self._proc is None:
-                self._start(env)
-        return self.path if _python_env(env) == self.python_env else None
+            if self._proc is None and not self._failed:
+                self._start()
+        if self._failed:
+            raise RuntimeError(self._failed)
+        return self.path
 
-    def _start(self, env: Mapping[str, str]) -> None:
+    def _start(self) -> None:
         self.path = os.path.join(tempfile.mkdtemp(prefix="botasync-zygote-"), "socket")
-        self.python_env = _python_env(env)
+        atexit.register(self._stop)
         proc = subprocess.Popen([sys.executable, "-m", "tests.zygote", self.path], cwd=REPO,
-                                env=dict(env), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if line.strip() != b"ready":
             proc.kill()
-            raise RuntimeError(f"the zygote did not start: {line!r}")
+            proc.wait()
+            self._failed = f"the zygote did not start: {line!r}"
+            return
         self._proc = proc
-        atexit.register(self._stop)
 
     def _stop(self) -> None:
         """At this process's exit: the zygote, and its socket's directory."""
@@ -222,9 +228,6 @@ class _Zygote:
             self._proc.kill()
             self._proc.wait()
         shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
-
-
-_ZYGOTE = _Zygote()
 
 
 def _python_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -236,6 +239,8 @@ def _python_env(env: Mapping[str, str]) -> dict[str, str]:
         out["PYTHONPATH"] = os.pathsep.join(path)
     return out
 
+
+_ZYGOTE = _Zygote()
 
 Stdio = int | IO[Any] | None
 
