@@ -37,6 +37,7 @@ try:
 except ImportError:  # pytest's internals moved: the workers compile as before
     REWRITE = False
 
+POOL_FROM = 8  # stale files from which processes pay for their start (an edit: one or two)
 _config: pytest.Config | None = None  # the forked children's, for `_rewrite_test`
 
 
@@ -57,6 +58,10 @@ def prewarm(config: pytest.Config, roots: Iterable[Path]) -> int:
         return 0
     global _config
     _config = config
+    if len(stale) < POOL_FROM:
+        for job in stale:
+            _compile(job)
+        return len(stale)
     stale.sort(key=lambda job: -os.path.getsize(job[0]))  # the longest first
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=get_context("fork")) as pool:
         list(pool.map(_compile, stale))
@@ -71,7 +76,10 @@ def _compile(job: tuple[str, bool]) -> None:
     assert _config is not None
     source_hash, code = _rewrite_test(path, _config)
     cache = get_cache_dir(path)
-    cache.mkdir(exist_ok=True)
+    try:
+        cache.mkdir(exist_ok=True)
+    except OSError:  # a read-only tree: the workers rewrite in memory, as they would
+        return
     _write_pyc(_config.stash[assertstate_key], code, source_hash,
                cache / (path.name[:-3] + PYC_TAIL))
 
