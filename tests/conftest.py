@@ -1,4 +1,4 @@
-"""Shared fixtures: a seeded simulator world, a simulator serving it, and `wait_for`."""
+"""Shared fixtures: a seeded simulator world, a simulator serving it; `wait_for`, `one_row`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from botasync.simulator import Simulator, World, serve
+from botasync.store.base import Database
 from tests import pgserver
 from tests.pgserver import PgServer, TestDb
 
@@ -46,6 +47,13 @@ async def wait_for(
             name = getattr(predicate, "__qualname__", repr(predicate))
             pytest.fail(f"wait_for: {name} still false after {timeout}s (last value {value!r})")
         await asyncio.sleep(interval)
+
+
+async def one_row(store: Database, sql: str) -> Any:
+    """The first row of `sql`, which must return one (`fetchone` says None for no row)."""
+    row = await store.fetchone(sql)
+    assert row is not None, sql
+    return row
 
 
 # --- the torture suite's switch (tests/torture): pytest reads command-line options only from

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import random
@@ -397,7 +398,7 @@ async def run_kill9_relay(
                 goal = min(at_start + rng.randint(1, step), backlog - 1)
                 proc = await spawn("run", "--config", str(cfg), log_to=log)
                 try:  # the stream grew by a random amount (or the relay is done: kill anyway)
-                    await until(lambda g=goal: _grown(nc, g, look), 60, interval=0.002)
+                    await until(functools.partial(_grown, nc, goal, look), 60, interval=0.002)
                     await asyncio.sleep(rng.uniform(0, 0.02))
                 finally:
                     proc.kill()

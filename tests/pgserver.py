@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
@@ -59,7 +60,9 @@ class PgServer:
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
         """A plain psycopg connection; JSON columns read as text, as botasync reads them."""
-        conn = psycopg.connect(**{**self.params, "dbname": dbname}, autocommit=True)
+        # a conninfo string, which connect() would make of the keywords: mypy refuses **params there
+        conninfo = make_conninfo(**{**self.params, "dbname": dbname})
+        conn = psycopg.connect(conninfo, autocommit=True)
         conn.adapters.register_loader("jsonb", TextLoader)
         conn.adapters.register_loader("json", TextLoader)
         return conn
@@ -97,7 +100,8 @@ def _from_environment() -> dict[str, str] | None:
 def _reachable(params: dict[str, str]) -> str | None:
     """None when a connection works, else why not."""
     try:
-        with psycopg.connect(**params, dbname="postgres", connect_timeout=10) as conn:
+        conninfo = make_conninfo(**params, dbname="postgres", connect_timeout=10)
+        with psycopg.connect(conninfo) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as e:
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -259,8 +263,8 @@ class TestDb:
             finally:
                 conn.close()
         assert self.server is not None
-        with self.server.connect(self.dbname) as conn:
-            cur = conn.execute(translate(sql), _params(params))
+        with self.server.connect(self.dbname) as pg:
+            cur = pg.execute(translate(sql), _params(params))
             return [tuple(r) for r in cur.fetchall()] if cur.description else []
 
     def dict_rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
@@ -275,8 +279,8 @@ class TestDb:
             finally:
                 conn.close()
         assert self.server is not None
-        with self.server.connect(self.dbname) as conn:
-            cur = conn.cursor(row_factory=dict_row)
+        with self.server.connect(self.dbname) as pg:
+            cur = pg.cursor(row_factory=dict_row)
             cur.execute(translate(sql), _params(params))
             return list(cur.fetchall())
 
@@ -289,5 +293,5 @@ class TestDb:
                 conn.execute(sql, params)
             return
         assert self.server is not None
-        with self.server.connect(self.dbname) as conn:
-            conn.execute(translate(sql), _params(params))
+        with self.server.connect(self.dbname) as pg:
+            pg.execute(translate(sql), _params(params))

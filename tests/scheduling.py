@@ -60,7 +60,7 @@ def _rank(scope: str) -> int:
     return next((i for i, prefix in enumerate(FIRST) if scope.startswith(prefix)), len(FIRST))
 
 
-class Scheduling(LoadFileScheduling):
+class Scheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist is untyped: Any
     """`--dist loadfile`, with SPREAD files one test at a time and FIRST work handed out first."""
 
     def __init__(self, config: Any, log: Any = None) -> None:

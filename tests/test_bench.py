@@ -52,7 +52,7 @@ def test_sections_replace_only_their_own(tmp_path: Path) -> None:
     """A script rewriting its RESULTS.md section leaves the rest of the file as it was."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        from sections import replace_section
+        from sections import replace_section  # type: ignore[import-not-found]  # path set above
     finally:
         sys.path.remove(str(ROOT / "bench"))
     path = tmp_path / "RESULTS.md"

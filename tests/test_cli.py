@@ -38,7 +38,7 @@ class ThreadedSim:
     def _main(self) -> None:
         async def serve() -> None:
             self._loop = asyncio.get_running_loop()
-            self._task = asyncio.current_task()  # type: ignore[assignment]
+            self._task = asyncio.current_task()
 
             def ready(sim: Simulator) -> None:
                 self.sim, self.url = sim, sim.url
@@ -136,7 +136,9 @@ def test_queries_after_sync(env: dict[str, str], sim: ThreadedSim) -> None:
     one = json.loads(run(["recordings", "show", rows[0]["id"], "--json"], env).stdout)
     assert one["id"] == rows[0]["id"]
     assert [e["type"] for e in one["events"]] == ["recording.created"]
-    assert len(one["media"]) == len(sim.world.get(rows[0]["id"])["media"])
+    served = sim.world.get(rows[0]["id"])
+    assert served is not None
+    assert len(one["media"]) == len(served["media"])
     table = run(["recordings", "list"], env)
     assert rows[0]["id"] in table.stdout
     events = json.loads(run(["events", "list", "--json", "--limit", "3"], env).stdout)

@@ -430,7 +430,7 @@ async def test_download_url(simulator: Simulator, make_client: MakeClient) -> No
     assert (got.media_id, got.content_type, got.file_size_bytes) == (
         media["id"], media["mime_type"], media["file_size_bytes"])
     assert got.url.startswith(simulator.origin + "/_files/")
-    assert got.expires_at.endswith("Z")
+    assert got.expires_at is not None and got.expires_at.endswith("Z")
     assert "sig=" not in repr(got)
     assert (client.budget.used(), downloads.used()) == (1, 1)
     assert simulator.requests[0].method == "POST"

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from botasync import config
 from botasync.errors import ConfigError
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "botasync.example.toml"
 
 
-def _keys(model: type[config.BaseModel], prefix: str) -> set[str]:
+def _keys(model: type[BaseModel], prefix: str) -> set[str]:
     return {f"{prefix}.{name}" for name in model.model_fields}
 
 

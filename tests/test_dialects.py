@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from structlog.testing import capture_logs
@@ -21,21 +21,21 @@ from botasync.api.client import Page
 from botasync.api.pages import Pager
 from botasync.errors import PaginationError
 from botasync.service.app import App
-from botasync.simulator import Simulator, World, serve
+from botasync.simulator import Dialect, Simulator, World, serve
 from botasync.simulator.deployed import encode_cursor
 from tests.mirror import mirror_diff
 from tests.test_sync import full_sync, kinds, make_cfg, table_rows
 
-DIALECTS = ("documented", "deployed")
+DIALECTS: tuple[Dialect, ...] = ("documented", "deployed")
 
 
 @pytest.fixture(params=DIALECTS)
-def dialect(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def dialect(request: pytest.FixtureRequest) -> Dialect:
+    return cast(Dialect, request.param)  # one of DIALECTS; pytest types it Any
 
 
 @pytest.fixture
-async def sim(dialect: str) -> AsyncIterator[Simulator]:
+async def sim(dialect: Dialect) -> AsyncIterator[Simulator]:
     async with serve(World(seed=21, recordings=1500, dialect=dialect), rate_limit=None) as s:
         yield s
 

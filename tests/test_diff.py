@@ -136,7 +136,7 @@ media_items = st.lists(
 
 @st.composite
 def recordings(draw: st.DrawFn) -> dict[str, Any]:
-    r = {f: draw(values) for f in UPDATE_FIELDS if f != "media"}
+    r: dict[str, Any] = {f: draw(values) for f in UPDATE_FIELDS if f != "media"}
     r["transcription_id"] = draw(st.one_of(st.none(), st.sampled_from(["txn_1", "txn_2"])))
     r.update(id="rec_1", status=draw(statuses), media=draw(media_items))
     return r

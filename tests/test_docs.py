@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import pytest
+from pydantic import BaseModel
 
 from botasync import config
 from botasync.cli.main import main
@@ -26,7 +27,7 @@ def test_every_config_key_is_documented() -> None:
             assert f"[[{section}]]" in README
             continue
         model = field.annotation
-        assert isinstance(model, type) and issubclass(model, config.BaseModel)
+        assert isinstance(model, type) and issubclass(model, BaseModel)
         for key in model.model_fields:
             assert f"`[{section}] {key}`" in README, f"[{section}] {key}"
     for handler in (config.CommandHandlerConfig, config.WebhookHandlerConfig,

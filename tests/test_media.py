@@ -958,8 +958,8 @@ async def test_a_project_sweeps_verifies_prunes_and_retries_only_its_own(
     # an altered file in the default project: verify of acme alone does not see it
     third.path(files_dir).write_bytes(bytes(third.size))
     assert (await media_admin.verify(store, project="acme")).problems == []
-    report = await media_admin.verify(store)
-    assert [(p.project, p.media_id) for p in report.problems] == [("default", third.file_id)]
+    verified = await media_admin.verify(store)
+    assert [(p.project, p.media_id) for p in verified.problems] == [("default", third.file_id)]
     assert third.file_id in project_rows(db, "acme") and third.file_id not in project_rows(
         db, "default")
     # a given-up item in each project; retry of one project re-queues that one only

@@ -12,7 +12,7 @@ from botasync.api.dialect import Learned
 from botasync.api.models import InvalidItem, parse_recording
 from botasync.sync.fingerprint import fingerprint, is_signed_url, stable
 
-DEPLOYED = {
+DEPLOYED: dict[str, Any] = {
     "id": "rec_a1", "project_id": "proj_1", "device_id": None, "end_user_id": "eu_1",
     "name": "Standup", "status": "streaming", "duration_seconds": 12, "recorded_at": None,
     "file_size_bytes": "12345", "content_sha256": "ab" * 32,

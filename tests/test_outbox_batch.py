@@ -144,6 +144,7 @@ async def test_an_event_refused_every_time_goes_dead_and_the_rest_flow(store: St
         ids = await add_events(store, *created(*(f"rec_{i}" for i in range(6))))
         h.fail_at = ids[2]
         d.notify()
+        assert h.gate is not None
         h.gate.set()
         assert await d.drain(10)
     finally:
@@ -202,6 +203,7 @@ async def test_a_failure_drops_the_rows_read_ahead(store: Store) -> None:
         ids = await add_events(store, *created(*(f"rec_{i}" for i in range(BATCH + 300))))
         h.fail_at = ids[BATCH - 10]
         d.notify()
+        assert h.gate is not None
         h.gate.set()
         assert await d.drain(20)
     finally:

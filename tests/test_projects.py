@@ -12,10 +12,12 @@ import pytest
 from botasync import config
 from botasync.api.models import Recording
 from botasync.envelope import EventFactory
-from botasync.errors import ConfigError, StoreError
+from botasync.errors import ConfigError, MigrationError, StoreError
 from botasync.jsoncodec import dumps
 from botasync.store import migrations
+from botasync.store.base import Database
 from botasync.store.sqlite import Mirror, PageWrite, Store, Upsert
+from tests.conftest import one_row
 from tests.pgserver import TestDb
 
 NOW = "2026-11-29T00:00:00.000Z"
@@ -56,7 +58,7 @@ async def test_a_version_5_database_upgrades_in_place_as_the_project_default(
     db = tmp_path / "v5.db"
     _v5_database(db)
     async with await Store.open(db) as store:
-        assert (await store.fetchone("PRAGMA user_version"))[0] == migrations.LATEST
+        assert (await one_row(store, "PRAGMA user_version"))[0] == migrations.LATEST
         for table in ("recordings", "media", "transcriptions", "transcript_segments",
                       "transcript_queue", "events"):
             rows = await store.fetchall(f"SELECT DISTINCT project FROM {table}")
@@ -74,8 +76,8 @@ async def test_a_version_5_database_upgrades_in_place_as_the_project_default(
             "ON s.id = transcript_fts.rowid WHERE transcript_fts MATCH 'quarterly'")
         assert [h[0] for h in hits] == ["the quarterly numbers"]
         assert (await store.fetchone("PRAGMA foreign_key_check")) is None
-        assert (await store.fetchone("PRAGMA foreign_keys"))[0] == 1
-        assert (await store.fetchone("PRAGMA integrity_check"))[0] == "ok"
+        assert (await one_row(store, "PRAGMA foreign_keys"))[0] == 1
+        assert (await one_row(store, "PRAGMA integrity_check"))[0] == "ok"
 
 
 async def test_a_step_that_breaks_a_foreign_key_changes_nothing(tmp_path: Path) -> None:
@@ -87,7 +89,7 @@ async def test_a_step_that_breaks_a_foreign_key_changes_nothing(tmp_path: Path) 
         conn.execute("INSERT INTO media (id, recording_id, position, raw) "
                      "VALUES ('med_9', 'rec_gone', 0, '{}')")
     conn.close()
-    with pytest.raises(migrations.MigrationError, match="step 6 would leave 1 rows"):
+    with pytest.raises(MigrationError, match="step 6 would leave 1 rows"):
         await Store.open(db)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
@@ -122,7 +124,7 @@ def _upsert(rec_id: str, name: str) -> Upsert:
     return Upsert(Recording.model_validate(raw), raw, fingerprint=name, is_new=True)
 
 
-async def _write(store: Store, project: str, *ups: Upsert) -> None:
+async def _write(store: Database, project: str, *ups: Upsert) -> None:
     ids = iter(range(10**6))
     make = EventFactory(lambda: f"evt_{project}_{next(ids)}", NOW, project)
 

@@ -155,7 +155,7 @@ async def db(database: TestDb) -> TestDb:
     return database
 
 
-async def run_search(db: TestDb, query: str, **filters: object) -> list[dict[str, object]]:
+async def run_search(db: TestDb, query: str, **filters: object) -> list[dict[str, Any]]:
     """The command's code path: a read-only store, `search`, the JSON form of each hit."""
     async with await db.open(readonly=True) as store:
         hits = await search(store, SearchRequest(query=query, **filters))  # type: ignore[arg-type]
@@ -328,8 +328,8 @@ def test_past_the_cap_the_newest_matches_that_pass_the_filters_are_ranked() -> N
             (2.0, 3.0, "Bob", "a budget for the trip"),
         ])
 
-        def texts(cap: int, **filters: str) -> list[str]:
-            sql, params = search_sql(SearchRequest(query="budget", **filters))
+        def texts(cap: int, speaker: str | None = None) -> list[str]:
+            sql, params = search_sql(SearchRequest(query="budget", speaker=speaker))
             return [r[10] for r in conn.execute(sql, {**params, "cap": cap})]
 
         assert texts(5000)[0] == "budget budget"

@@ -133,14 +133,15 @@ def test_building_projects_checks_its_input() -> None:
     with a space, zero projects, or scopes for a key of no project: each a ValueError."""
     one, two = World(seed=1), World(seed=2)
     deployed = World(seed=3, dialect="deployed")
-    for args, options, why in [
+    cases: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
         (({"sk_a": one},), {"projects": 2}, "already names them"),
         (({"sk_a": one, "sk_b": one},), {}, "a World of its own"),
         (({"sk_a": one, "sk_b": deployed},), {}, "the same dialect"),
         (({"sk a": one},), {}, "without spaces"), (({},), {}, "at least one project"),
         ((one,), {"projects": 0}, "at least 1"),
         (({"sk_a": one, "sk_b": two},), {"api_keys": {"sk_c": ()}}, "keys of no project: sk_c"),
-    ]:
+    ]
+    for args, options, why in cases:
         with pytest.raises(ValueError, match=why):
             Simulator(*args, **options)
 
@@ -275,7 +276,7 @@ async def test_deployed_projects_sign_their_own_audio_urls(
             assert r.status == 200
             assert body == recording_bytes(item["id"], int(item["file_size_bytes"]))
             assert hashlib.sha256(body).hexdigest() == item["content_sha256"]
-        assert project.world.get(item["id"])["audio_url"].startswith(sim.origin)  # type: ignore[index]
+        assert project.world.get(item["id"])["audio_url"].startswith(sim.origin)
     assert len(project_ids) == 2
 
 

@@ -16,7 +16,7 @@ from botasync.errors import MigrationError, StoreError
 from botasync.store import migrations, open_store
 from botasync.store.base import Database
 from botasync.store.sqlite import Mirror, Store
-from tests.conftest import wait_for
+from tests.conftest import one_row, wait_for
 from tests.pgserver import TestDb
 
 
@@ -25,6 +25,7 @@ async def schema_version(store: Database) -> int:
         row = await store.fetchone("SELECT version FROM schema_version")
     else:
         row = await store.fetchone("PRAGMA user_version")
+    assert row is not None
     return int(row[0])
 
 
@@ -32,15 +33,15 @@ async def test_new_database_is_private_wal_and_migrated(tmp_path: Path) -> None:
     """A new file is 0600, in WAL mode, at the latest schema version, with foreign keys on."""
     db = tmp_path / "sub" / "botasync.db"
     async with await Store.open(db) as store:
-        assert (await store.fetchone("PRAGMA journal_mode"))[0] == "wal"
-        assert (await store.fetchone("PRAGMA user_version"))[0] == migrations.LATEST
-        assert (await store.fetchone("PRAGMA foreign_keys"))[0] == 1
+        assert (await one_row(store, "PRAGMA journal_mode"))[0] == "wal"
+        assert (await one_row(store, "PRAGMA user_version"))[0] == migrations.LATEST
+        assert (await one_row(store, "PRAGMA foreign_keys"))[0] == 1
         async with store.transaction() as conn:
             await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
         assert (tmp_path / "sub" / "botasync.db-wal").exists()
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     async with await Store.open(db) as store:  # reopening migrates nothing and keeps data
-        assert (await store.fetchone("SELECT value FROM state WHERE key = 'k'"))[0] == "v"
+        assert (await one_row(store, "SELECT value FROM state WHERE key = 'k'"))[0] == "v"
 
 
 async def test_a_new_database_is_migrated_and_keeps_its_rows(database: TestDb) -> None:
@@ -52,8 +53,8 @@ async def test_a_new_database_is_migrated_and_keeps_its_rows(database: TestDb) -
             await conn.execute("INSERT INTO state (key, value) VALUES ('k', 'v')")
     async with await database.open() as store:
         assert await schema_version(store) == migrations.LATEST
-        assert (await store.fetchone("SELECT value FROM state WHERE key = 'k'"))[0] == "v"
-        assert (await store.fetchone("SELECT project FROM state"))["project"] == "default"
+        assert (await one_row(store, "SELECT value FROM state WHERE key = 'k'"))[0] == "v"
+        assert (await one_row(store, "SELECT project FROM state"))["project"] == "default"
 
 
 async def test_transaction_rolls_back_on_error(database: TestDb) -> None:
@@ -144,6 +145,7 @@ async def test_rows_read_by_index_and_name_and_writes_count(database: TestDb) ->
         assert tuple(row) == ("k1", "x", 2)
         assert dict(zip(row.keys(), tuple(row), strict=True))["key"] == "k1"
         total = await store.fetchone("SELECT sum(pages + 2), count(*) FROM sync_runs")
+        assert total is not None
         assert tuple(total) == (4, 2) and all(type(v) is int for v in total)
 
 
@@ -216,12 +218,12 @@ async def test_a_version_1_database_upgrades_in_place(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     async with await Store.open(db) as store:
-        assert (await store.fetchone("PRAGMA user_version"))[0] == migrations.LATEST
+        assert (await one_row(store, "PRAGMA user_version"))[0] == migrations.LATEST
         media = await store.fetchone("SELECT id, local_path, download_attempts FROM media")
         assert media is not None and tuple(media) == ("med_1", None, 0)
-        assert (await store.fetchone("SELECT count(*) FROM recordings"))[0] == 1
-        assert (await store.fetchone("SELECT id FROM events"))[0] == "evt_1"
-        assert (await store.fetchone("PRAGMA integrity_check"))[0] == "ok"
+        assert (await one_row(store, "SELECT count(*) FROM recordings"))[0] == 1
+        assert (await one_row(store, "SELECT id FROM events"))[0] == "evt_1"
+        assert (await one_row(store, "PRAGMA integrity_check"))[0] == "ok"
 
 
 def test_statements_split_ignores_comments() -> None:

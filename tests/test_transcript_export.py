@@ -62,7 +62,7 @@ def vtt_cues(text: str) -> list[tuple[int, int, str | None, str]]:
     """(start ms, end ms, voice, text) of each cue, parsed by `webvtt-py`, entities decoded."""
     return [(c.start_time.in_milliseconds(), c.end_time.in_milliseconds(),
              norm(html.unescape(c.voice)) if c.voice else None, html.unescape(c.text))
-            for c in webvtt.from_string(text)]
+            for c in webvtt.from_string(text).captions]
 
 
 # --- txt -------------------------------------------------------------------------------

@@ -603,8 +603,12 @@ async def test_sigkill_while_fetching_loses_and_duplicates_nothing(
 
     for at in (len(want) // 4, len(want) // 2):
         proc = await zygote.botasync(*command, env=env)
-        await wait_for(lambda at=at, proc=proc: stored(rig.db) >= at or proc.returncode is not None,
-                       timeout=60)
+
+        # a def, not a lambda: mypy cannot type a lambda's defaults (python/mypy#15459)
+        def reached(at: int = at, proc: Any = proc) -> bool:
+            return stored(rig.db) >= at or proc.returncode is not None
+
+        await wait_for(reached, timeout=60)
         assert proc.returncode is None, "it finished before the kill"
         proc.send_signal(signal.SIGKILL)
         await proc.wait()

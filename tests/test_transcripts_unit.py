@@ -86,9 +86,9 @@ def search(db: str | Path, words: str) -> list[str]:
 def txn(tid: str, rec: str, status: str = "completed", words: str = "hello there",
         dialect: str = "documented", **extra: Any) -> dict[str, Any]:
     """A transcription object of either dialect with two speakers' segments."""
-    segments = [{"start": 0.0, "end": 1.5, "text": f"{words} one", "speaker": "A"},
-                {"start": 1.5, "end": 3.25, "text": f"{words} two", "speaker": "B",
-                 "confidence": 0.9}]
+    segments: list[dict[str, Any]] = [
+        {"start": 0.0, "end": 1.5, "text": f"{words} one", "speaker": "A"},
+        {"start": 1.5, "end": 3.25, "text": f"{words} two", "speaker": "B", "confidence": 0.9}]
     body: dict[str, Any] = {
         "id": tid, "recording_id": rec, "status": status, "language": "en",
         "provider": "deepgram", "segments": segments if status == "completed" else None,
@@ -136,6 +136,7 @@ def test_liberal_reading() -> None:
     assert [(s.position, s.start_s, s.end_s, s.speaker, s.text) for s in t.segments or ()] == [
         (0, 1.5, None, None, ""), (2, None, None, "2", "hi")]
     assert parse_segments(None) is None and parse_segments({}) is None
+    bad: object
     for bad in ({"id": "rec_1"}, {"id": "txn_../x"}, {}, [], "txn_a"):
         with pytest.raises(InvalidObject):
             parse_transcription(bad)

@@ -227,7 +227,7 @@ def webhook(url: str, secret: str | None, signature: str = "bota",
             clock: Callable[[], float] = time.time) -> WebhookHandler:
     """A webhook handler as `build_handler` makes it, with a clock of our choosing."""
     cfg = WebhookHandlerConfig(name="hook", type="webhook", url=url, timeout_s=5,
-                               signature=signature)  # type: ignore[arg-type]
+                               signature=signature)
     key = signing_key(cfg.signature, secret) if secret is not None else None
     return WebhookHandler(cfg.name, ["*"], cfg.url, cfg.timeout_s, key,
                           signature=cfg.signature, clock=clock)
@@ -424,7 +424,7 @@ def test_other_modes_take_any_secret_as_text(monkeypatch: pytest.MonkeyPatch, mo
     """Only `standard` decodes its secret; a `whsec_` one is plain text to the others."""
     monkeypatch.setenv("HOOK_SECRET", STANDARD_SECRET)
     cfg = WebhookHandlerConfig(name="hook", type="webhook", url="http://127.0.0.1:1/x",
-                               secret_env="HOOK_SECRET", signature=mode)  # type: ignore[arg-type]
+                               secret_env="HOOK_SECRET", signature=mode)
     handler: Handler = build_handler(cfg)
     assert isinstance(handler, WebhookHandler) and handler.signature == mode
 
