@@ -193,9 +193,11 @@ def pg_server() -> Iterator[PgServer]:
 def pg_database(pg_server: PgServer, tmp_path: Path) -> Iterator[TestDb]:
     """A fresh, empty PostgreSQL database of its own for one test."""
     name = pg_server.create_database()
+    db = TestDb("postgres", tmp_path / "botasync.db", pg_server.url(name), pg_server, name)
     try:
-        yield TestDb("postgres", tmp_path / "botasync.db", pg_server.url(name), pg_server, name)
+        yield db
     finally:
+        db.close()
         pg_server.drop_database(name)
 
 

@@ -239,6 +239,9 @@ class TestDb:
     url: str = ""
     server: PgServer | None = None
     dbname: str = ""
+    # the test's own session on a PostgreSQL database, kept across reads: a `rows` polled
+    # in a `wait_for` made a connection (a server backend) a call, thousands a run
+    _session: psycopg.Connection[Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def config(self) -> dict[str, str]:
@@ -252,6 +255,19 @@ class TestDb:
     async def open(self, *, readonly: bool = False) -> Database:
         return await open_store(self.db_config, readonly=readonly)
 
+    def _pg(self) -> psycopg.Connection[Any]:
+        """The session (autocommit: it holds no transaction between reads), opened again if
+        the server ended it."""
+        if self._session is None or self._session.closed or self._session.broken:
+            assert self.server is not None
+            self._session = self.server.connect(self.dbname)
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
     def rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         """A query run outside botasync (sqlite3, or psycopg after the same translation)."""
         if self.backend == "sqlite":
@@ -262,10 +278,8 @@ class TestDb:
                 return conn.execute(sql, params).fetchall()
             finally:
                 conn.close()
-        assert self.server is not None
-        with self.server.connect(self.dbname) as pg:
-            cur = pg.execute(translate(sql), _params(params))
-            return [tuple(r) for r in cur.fetchall()] if cur.description else []
+        cur = self._pg().execute(translate(sql), _params(params))
+        return [tuple(r) for r in cur.fetchall()] if cur.description else []
 
     def dict_rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts by column name; JSON columns as text on both backends."""
@@ -278,11 +292,9 @@ class TestDb:
                 return [dict(r) for r in conn.execute(sql, params).fetchall()]
             finally:
                 conn.close()
-        assert self.server is not None
-        with self.server.connect(self.dbname) as pg:
-            cur = pg.cursor(row_factory=dict_row)
-            cur.execute(translate(sql), _params(params))
-            return list(cur.fetchall())
+        cur = self._pg().cursor(row_factory=dict_row)
+        cur.execute(translate(sql), _params(params))
+        return list(cur.fetchall())
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
         """One write outside botasync, committed."""
@@ -292,6 +304,4 @@ class TestDb:
             with contextlib.closing(sqlite3.connect(self.path)) as conn, conn:
                 conn.execute(sql, params)
             return
-        assert self.server is not None
-        with self.server.connect(self.dbname) as pg:
-            pg.execute(translate(sql), _params(params))
+        self._pg().execute(translate(sql), _params(params))
