@@ -625,10 +625,10 @@ async def test_a_lane_whose_lease_lapsed_delivers_nothing_until_it_holds_it_agai
     d = dispatcher(rec)
     if via == "start":
         await d.start(lanes=["lane"], held=held)
-        ids = await add_events(store, *created(*(f"rec_{i}" for i in range(8))))
     else:
         await d.start(lanes=())
-        ids = await add_events(store, *created(*(f"rec_{i}" for i in range(8))))
+    ids = await add_events(store, *created(*(f"rec_{i}" for i in range(8))))
+    if via == "start_lane":
         await d.start_lane("lane", held=held)
     d.notify()
 
